@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ptl",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ptl", targets: ["ptl"]),
+        .library(name: "PTLModel", targets: ["PTLModel"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (Debian: libopenblas-dev, libzmq3-dev).
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq",
+                       providers: [.apt(["libzmq3-dev"])]),
+
+        // Kernels: forward/backward pairs over unsafe buffers and cblas_sgemm; a thread pool.
+        .target(name: "PTLTensor", dependencies: ["COpenBLAS"],
+                swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        // File formats: safetensors (read/write, strict).
+        .target(name: "PTLFormats"),
+        // Hugging Face tokenizer.json byte-level BPE.
+        .target(name: "PTLTokenizer"),
+        // Config, parameters, training pass, AdamW, schedule, KV-cached decoder, sampler.
+        .target(name: "PTLModel", dependencies: ["PTLTensor", "PTLFormats", "PTLTokenizer"]),
+        // Corpus (JSONL), prompt template, batches.
+        .target(name: "PTLData", dependencies: ["PTLTokenizer"]),
+        // The ZeroMQ binding (the cluster builds on it).
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ"]),
+
+        .executableTarget(name: "ptl", dependencies: [
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer"],
+                          path: "bench/Sources/ptl-bench"),
+
+        .testTarget(name: "PTLTensorTests", dependencies: ["PTLTensor"]),
+        .testTarget(name: "PTLFormatsTests", dependencies: ["PTLFormats"]),
+        .testTarget(name: "PTLTokenizerTests", dependencies: ["PTLTokenizer"]),
+        .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData"]),
+        .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster"]),
+        .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
+    ]
+)
