@@ -1,0 +1,118 @@
+import PTLTensor
+
+/// Incremental (KV-cached) inference for `batch` sequences that advance in lock-step.
+///
+/// `step(tokens:)` feeds `newTokens` ids per sequence (a prompt chunk, or one sampled token) at
+/// the current position, appends their keys/values to the cache, and returns the logits of the
+/// last fed token of each sequence. Scratch is sized once for `maxChunk` tokens per call.
+public final class Decoder: @unchecked Sendable {
+    public let model: Model
+    public let batch: Int
+    /// Cache capacity in positions.
+    public let capacity: Int
+    public let maxChunk: Int
+    /// Positions already in the cache.
+    public private(set) var position = 0
+    let rope: RoPETables
+    let kCache: FloatBuffer   // (layers, batch, capacity, kvHeads, headDim)
+    let vCache: FloatBuffer
+    let x: FloatBuffer, ln: FloatBuffer, q: FloatBuffer, kNew: FloatBuffer, vNew: FloatBuffer
+    let attOut: FloatBuffer, tmp: FloatBuffer, gate: FloatBuffer, up: FloatBuffer
+    let scores: FloatBuffer, lastHidden: FloatBuffer
+    /// Logits of the last fed token of each sequence, (batch, vocab).
+    public let logits: FloatBuffer
+    var tokenScratch: [Int32]
+
+    public init(model: Model, batch: Int = 1, capacity: Int, maxChunk: Int = 256) {
+        let c = model.config
+        self.model = model
+        self.batch = batch
+        self.capacity = capacity
+        self.maxChunk = max(1, min(maxChunk, capacity))
+        rope = model.ropeTables(positions: capacity)
+        let L = c.numHiddenLayers, H = c.hiddenSize, R = batch * self.maxChunk
+        kCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
+        vCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
+        x = FloatBuffer(count: R * H); ln = FloatBuffer(count: R * H)
+        q = FloatBuffer(count: R * c.qDim); kNew = FloatBuffer(count: R * c.kvDim); vNew = FloatBuffer(count: R * c.kvDim)
+        attOut = FloatBuffer(count: R * c.qDim); tmp = FloatBuffer(count: R * H)
+        gate = FloatBuffer(count: R * c.intermediateSize); up = FloatBuffer(count: R * c.intermediateSize)
+        scores = FloatBuffer(count: batch * c.numAttentionHeads * capacity)
+        lastHidden = FloatBuffer(count: batch * H)
+        logits = FloatBuffer(count: batch * c.vocabSize)
+        tokenScratch = [Int32](repeating: 0, count: R)
+    }
+
+    /// Empties the cache.
+    public func reset() { position = 0 }
+
+    /// Feeds `tokens` (batch rows of equal length, row-major) and returns the logits of each
+    /// row's last token in `logits`. Long inputs are processed in chunks of `maxChunk`.
+    public func step(tokens: [Int32]) {
+        precondition(tokens.count % batch == 0 && !tokens.isEmpty, "token count must be a multiple of the batch")
+        let perRow = tokens.count / batch
+        precondition(position + perRow <= capacity, "KV cache full: \(position) + \(perRow) > \(capacity)")
+        var start = 0
+        while start < perRow {
+            let n = min(maxChunk, perRow - start)
+            for b in 0..<batch {
+                for t in 0..<n { tokenScratch[b * n + t] = tokens[b * perRow + start + t] }
+            }
+            chunk(newTokens: n)
+            start += n
+        }
+    }
+
+    private func chunk(newTokens n: Int) {
+        let c = model.config
+        let P = model.parameters
+        let H = c.hiddenSize, I = c.intermediateSize, R = batch * n
+        let past = position
+        for t in tokenScratch[0..<R] { precondition(t >= 0 && Int(t) < c.vocabSize, "token id \(t) outside the vocabulary") }
+        tokenScratch.withUnsafeBufferPointer { tok in
+            embeddingForward(x.pointer, tok.baseAddress!, P.at(model.layout.embedding), rows: R, dim: H)
+        }
+        let posOf: (Int) -> Int = { past + $0 % n }
+        let layerCache = batch * capacity * c.kvDim
+        for l in 0..<c.numHiddenLayers {
+            let o = model.layout.layers[l]
+            rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.inputNorm), rows: R, dim: H, eps: c.rmsNormEps)
+            matmulForward(q.pointer, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
+            matmulForward(kNew.pointer, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+            matmulForward(vNew.pointer, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+            rope.cos.withUnsafeBufferPointer { cs in
+                rope.sin.withUnsafeBufferPointer { sn in
+                    ropeForward(q.pointer, rows: R, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    ropeForward(kNew.pointer, rows: R, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                }
+            }
+            let kc = kCache.at(l * layerCache), vc = vCache.at(l * layerCache)
+            for b in 0..<batch {
+                (kc + (b * capacity + past) * c.kvDim).update(from: kNew.at(b * n * c.kvDim), count: n * c.kvDim)
+                (vc + (b * capacity + past) * c.kvDim).update(from: vNew.at(b * n * c.kvDim), count: n * c.kvDim)
+            }
+            attentionCachedForward(attOut.pointer, scores.pointer, q.pointer, kc, vc, batch: batch, newTokens: n,
+                                   past: past, capacity: capacity, qHeads: c.numAttentionHeads,
+                                   kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+            matmulForward(tmp.pointer, attOut.pointer, P.at(o.o), o.oBias.map { P.at($0) }, rows: R, inDim: c.qDim, outDim: H)
+            addInPlace(x.pointer, tmp.pointer, count: R * H)
+            rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.postNorm), rows: R, dim: H, eps: c.rmsNormEps)
+            matmulForward(gate.pointer, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+            matmulForward(up.pointer, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+            swigluForward(gate.pointer, gate.pointer, up.pointer, count: R * I)
+            matmulForward(tmp.pointer, gate.pointer, P.at(o.down), o.downBias.map { P.at($0) }, rows: R, inDim: I, outDim: H)
+            addInPlace(x.pointer, tmp.pointer, count: R * H)
+        }
+        for b in 0..<batch {
+            lastHidden.at(b * H).update(from: x.at((b * n + n - 1) * H), count: H)
+        }
+        rmsnormForward(lastHidden.pointer, nil, lastHidden.pointer, P.at(model.layout.finalNorm), rows: batch, dim: H, eps: c.rmsNormEps)
+        matmulForward(logits.pointer, lastHidden.pointer, P.at(model.layout.lmHead), nil, rows: batch, inDim: H, outDim: c.vocabSize)
+        position += n
+    }
+
+    /// Logits of sequence `b` after the last step.
+    public func logits(of b: Int) -> UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: logits.at(b * model.config.vocabSize), count: model.config.vocabSize)
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import PTLTensor
+
+/// A model: its config, the layout of its parameters, and the flat fp32 parameter buffer.
+public final class Model: @unchecked Sendable {
+    public let config: ModelConfig
+    public let layout: ParameterLayout
+    /// Every parameter, laid out by `layout`.
+    public let parameters: FloatBuffer
+
+    /// A model with zeroed parameters, or with `parameters` (which must match the layout).
+    public init(config: ModelConfig, parameters: FloatBuffer? = nil) {
+        self.config = config
+        self.layout = ParameterLayout(config: config)
+        if let parameters {
+            precondition(parameters.count == layout.count, "parameter buffer does not match the layout")
+            self.parameters = parameters
+        } else {
+            self.parameters = FloatBuffer(count: layout.count)
+        }
+    }
+
+    /// Fills the parameters like transformers' default init: normal(0, std) for matrices and
+    /// embeddings, ones for norms, zeros for biases; deterministic from `seed`.
+    public func initializeRandomly(seed: UInt64, std: Float = 0.02) {
+        var rng = SplitMix64(seed: seed)
+        for e in layout.entries {
+            let p = parameters.at(e.offset)
+            if e.shape.count >= 2 {
+                for i in 0..<e.count { p[i] = rng.nextGaussian() * std }
+            } else if e.name.hasSuffix("norm.weight") {
+                for i in 0..<e.count { p[i] = 1 }
+            } else {
+                for i in 0..<e.count { p[i] = 0 }
+            }
+        }
+    }
+
+    /// A copy of one named tensor.
+    public func tensor(_ name: String) -> [Float]? {
+        guard let e = layout.entry(name) else { return nil }
+        return parameters.array(e.range)
+    }
+
+    /// RoPE tables for positions 0..<positions.
+    public func ropeTables(positions: Int) -> RoPETables {
+        RoPETables(inverseFrequencies: config.ropeInverseFrequencies, headDim: config.headDim, positions: positions)
+    }
+
+    /// Total parameter count (a tied LM head counted once).
+    public var parameterCount: Int { layout.count }
+}
+
+/// SplitMix64: a small, fast, seedable generator (same seed → same stream on every platform).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 24 bits of precision.
+    public mutating func nextUniform() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
+    /// Uniform in [0, 1) with 53 bits of precision.
+    public mutating func nextDouble() -> Double { Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0) }
+    /// Standard normal (Box–Muller).
+    public mutating func nextGaussian() -> Float {
+        let u1 = max(nextDouble(), 1e-300), u2 = nextDouble()
+        return Float((-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2))
+    }
+}
+
+
+

@@ -1,0 +1,207 @@
+import PTLTensor
+
+/// The activations and scratch of one (batch, seq) training pass, allocated once.
+///
+/// `forward` runs the causal model over `batch` rows of `seq` tokens and returns the summed
+/// cross-entropy over the non-ignored targets; `backward` adds the gradient of
+/// `scale · Σ losses` into a gradient buffer with the parameter layout.
+public final class TrainingPass: @unchecked Sendable {
+    public let model: Model
+    public let batch: Int
+    public let seq: Int
+    let rope: RoPETables
+    let shape: AttentionShape
+
+    // Saved activations, one slice per layer. (rows = batch·seq)
+    let resid: FloatBuffer      // (layers+1, rows, hidden) residual stream entering each block
+    let ln1: FloatBuffer        // (layers, rows, hidden)
+    let rstd1: FloatBuffer      // (layers, rows)
+    let q: FloatBuffer          // (layers, rows, qDim) after RoPE
+    let k: FloatBuffer          // (layers, rows, kvDim) after RoPE
+    let v: FloatBuffer          // (layers, rows, kvDim)
+    let probs: FloatBuffer      // (layers, batch, heads, seq, seq)
+    let att: FloatBuffer        // (layers, rows, qDim)
+    let mid: FloatBuffer        // (layers, rows, hidden) residual after attention
+    let ln2: FloatBuffer        // (layers, rows, hidden)
+    let rstd2: FloatBuffer      // (layers, rows)
+    let gate: FloatBuffer       // (layers, rows, intermediate)
+    let up: FloatBuffer         // (layers, rows, intermediate)
+    let act: FloatBuffer        // (layers, rows, intermediate) silu(gate)·up
+    let lnf: FloatBuffer        // (rows, hidden)
+    let rstdf: FloatBuffer      // (rows)
+    /// Logits after `forward` (rows, vocab); overwritten by `backward`.
+    public let logits: FloatBuffer
+    let losses: FloatBuffer     // (rows)
+    // Backward scratch.
+    let dresid: FloatBuffer, dln: FloatBuffer, dq: FloatBuffer, dk: FloatBuffer, dv: FloatBuffer
+    let datt: FloatBuffer, dact: FloatBuffer, dgate: FloatBuffer, dup: FloatBuffer
+    let tmp: FloatBuffer, attScratch: FloatBuffer
+    var tokens: [Int32]
+    var targets: [Int32]
+
+    /// Optional per-layer branch scales: block l adds `alpha[l] ×` its attention and FFN outputs.
+    /// nil means 1 for every layer (plain HF semantics).
+    public var branchScale: [Float]? = nil
+
+    public init(model: Model, batch: Int, seq: Int) {
+        let c = model.config
+        precondition(seq <= max(c.maxPositionEmbeddings, seq))
+        self.model = model
+        self.batch = batch
+        self.seq = seq
+        let L = c.numHiddenLayers, N = batch * seq, H = c.hiddenSize, I = c.intermediateSize
+        rope = model.ropeTables(positions: seq)
+        shape = AttentionShape(batch: batch, seq: seq, qHeads: c.numAttentionHeads,
+                               kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+        resid = FloatBuffer(count: (L + 1) * N * H)
+        ln1 = FloatBuffer(count: L * N * H); rstd1 = FloatBuffer(count: L * N)
+        q = FloatBuffer(count: L * N * c.qDim); k = FloatBuffer(count: L * N * c.kvDim)
+        v = FloatBuffer(count: L * N * c.kvDim)
+        probs = FloatBuffer(count: L * shape.probsCount)
+        att = FloatBuffer(count: L * N * c.qDim)
+        mid = FloatBuffer(count: L * N * H)
+        ln2 = FloatBuffer(count: L * N * H); rstd2 = FloatBuffer(count: L * N)
+        gate = FloatBuffer(count: L * N * I); up = FloatBuffer(count: L * N * I); act = FloatBuffer(count: L * N * I)
+        lnf = FloatBuffer(count: N * H); rstdf = FloatBuffer(count: N)
+        logits = FloatBuffer(count: N * c.vocabSize)
+        losses = FloatBuffer(count: N)
+        dresid = FloatBuffer(count: N * H); dln = FloatBuffer(count: N * H)
+        dq = FloatBuffer(count: N * c.qDim); dk = FloatBuffer(count: N * c.kvDim); dv = FloatBuffer(count: N * c.kvDim)
+        datt = FloatBuffer(count: N * c.qDim)
+        dact = FloatBuffer(count: N * I); dgate = FloatBuffer(count: N * I); dup = FloatBuffer(count: N * I)
+        tmp = FloatBuffer(count: N * H); attScratch = FloatBuffer(count: seq * seq)
+        tokens = [Int32](repeating: 0, count: N)
+        targets = [Int32](repeating: -1, count: N)
+    }
+
+    /// Runs the model on `tokens` (batch·seq ids, row-major) and scores `targets` (same shape;
+    /// negative = ignored). Returns the summed loss and the number of scored targets.
+    @discardableResult
+    public func forward(tokens: [Int32], targets: [Int32]) -> (sum: Double, count: Int) {
+        let c = model.config
+        let N = batch * seq, H = c.hiddenSize, I = c.intermediateSize
+        precondition(tokens.count == N && targets.count == N, "expected \(N) tokens and targets")
+        for t in tokens { precondition(t >= 0 && Int(t) < c.vocabSize, "token id \(t) outside the vocabulary (\(c.vocabSize))") }
+        self.tokens = tokens
+        self.targets = targets
+        let P = model.parameters
+        let T = seq
+        let posOf: (Int) -> Int = { $0 % T }
+        tokens.withUnsafeBufferPointer { tok in
+            embeddingForward(resid.pointer, tok.baseAddress!, P.at(model.layout.embedding), rows: N, dim: H)
+        }
+        for l in 0..<c.numHiddenLayers {
+            let o = model.layout.layers[l]
+            let alpha = branchScale?[l] ?? 1
+            let x = resid.at(l * N * H)
+            let ln1l = ln1.at(l * N * H), ql = q.at(l * N * c.qDim), kl = k.at(l * N * c.kvDim), vl = v.at(l * N * c.kvDim)
+            let attl = att.at(l * N * c.qDim), midl = mid.at(l * N * H), ln2l = ln2.at(l * N * H)
+            let gl = gate.at(l * N * I), ul = up.at(l * N * I), al = act.at(l * N * I)
+            rmsnormForward(ln1l, rstd1.at(l * N), x, P.at(o.inputNorm), rows: N, dim: H, eps: c.rmsNormEps)
+            matmulForward(ql, ln1l, P.at(o.q), o.qBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.qDim)
+            matmulForward(kl, ln1l, P.at(o.k), o.kBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
+            matmulForward(vl, ln1l, P.at(o.v), o.vBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
+            rope.cos.withUnsafeBufferPointer { cs in
+                rope.sin.withUnsafeBufferPointer { sn in
+                    ropeForward(ql, rows: N, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    ropeForward(kl, rows: N, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                }
+            }
+            attentionForward(attl, probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            matmulForward(tmp.pointer, attl, P.at(o.o), o.oBias.map { P.at($0) }, rows: N, inDim: c.qDim, outDim: H)
+            if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
+            addForward(midl, x, tmp.pointer, count: N * H)
+            rmsnormForward(ln2l, rstd2.at(l * N), midl, P.at(o.postNorm), rows: N, dim: H, eps: c.rmsNormEps)
+            matmulForward(gl, ln2l, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
+            matmulForward(ul, ln2l, P.at(o.up), o.upBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
+            swigluForward(al, gl, ul, count: N * I)
+            matmulForward(tmp.pointer, al, P.at(o.down), o.downBias.map { P.at($0) }, rows: N, inDim: I, outDim: H)
+            if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
+            addForward(resid.at((l + 1) * N * H), midl, tmp.pointer, count: N * H)
+        }
+        let last = resid.at(c.numHiddenLayers * N * H)
+        rmsnormForward(lnf.pointer, rstdf.pointer, last, P.at(model.layout.finalNorm), rows: N, dim: H, eps: c.rmsNormEps)
+        matmulForward(logits.pointer, lnf.pointer, P.at(model.layout.lmHead), nil, rows: N, inDim: H, outDim: c.vocabSize)
+        return targets.withUnsafeBufferPointer { tg in
+            crossEntropyForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer,
+                                        targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, scale: 0)
+        }
+    }
+
+    /// Adds the gradient of `scale · Σ losses` (of the last `forward`) into `grads`, which has the
+    /// parameter layout. Use `scale = 1 / count` for the mean loss. Overwrites `logits`.
+    public func backward(into grads: FloatBuffer, scale: Float) {
+        let c = model.config
+        let N = batch * seq, H = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
+        precondition(grads.count == model.layout.count)
+        let P = model.parameters, G = grads
+        let T = seq
+        let posOf: (Int) -> Int = { $0 % T }
+        // dlogits in place of the logits.
+        targets.withUnsafeBufferPointer { tg in
+            _ = crossEntropyForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer,
+                                            targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
+        }
+        dln.zero()
+        matmulBackward(dln.pointer, G.at(model.layout.lmHead), nil, logits.pointer, lnf.pointer, P.at(model.layout.lmHead),
+                       rows: N, inDim: H, outDim: V)
+        dresid.zero()
+        rmsnormBackward(dresid.pointer, G.at(model.layout.finalNorm), dln.pointer, resid.at(c.numHiddenLayers * N * H),
+                        P.at(model.layout.finalNorm), rstdf.pointer, rows: N, dim: H)
+        for l in stride(from: c.numHiddenLayers - 1, through: 0, by: -1) {
+            let o = model.layout.layers[l]
+            let alpha = branchScale?[l] ?? 1
+            let x = resid.at(l * N * H)
+            let ln1l = ln1.at(l * N * H), ql = q.at(l * N * c.qDim), kl = k.at(l * N * c.kvDim), vl = v.at(l * N * c.kvDim)
+            let attl = att.at(l * N * c.qDim), midl = mid.at(l * N * H), ln2l = ln2.at(l * N * H)
+            let gl = gate.at(l * N * I), ul = up.at(l * N * I), al = act.at(l * N * I)
+            // FFN half: resid[l+1] = mid + α·down(act); dresid flows through unchanged to mid.
+            let dbranch: UnsafeMutablePointer<Float>
+            if alpha != 1 {
+                tmp.pointer.update(from: dresid.pointer, count: N * H)
+                scaleInPlace(tmp.pointer, alpha, count: N * H)
+                dbranch = tmp.pointer
+            } else {
+                dbranch = dresid.pointer
+            }
+            dact.zero()
+            matmulBackward(dact.pointer, G.at(o.down), o.downBias.map { G.at($0) }, dbranch, al, P.at(o.down), rows: N, inDim: I, outDim: H)
+            swigluBackward(dgate.pointer, dup.pointer, dact.pointer, gl, ul, count: N * I)
+            dln.zero()
+            matmulBackward(dln.pointer, G.at(o.gate), o.gateBias.map { G.at($0) }, dgate.pointer, ln2l, P.at(o.gate), rows: N, inDim: H, outDim: I)
+            matmulBackward(dln.pointer, G.at(o.up), o.upBias.map { G.at($0) }, dup.pointer, ln2l, P.at(o.up), rows: N, inDim: H, outDim: I)
+            rmsnormBackward(dresid.pointer, G.at(o.postNorm), dln.pointer, midl, P.at(o.postNorm), rstd2.at(l * N), rows: N, dim: H)
+            // Attention half: mid = x + α·o_proj(att).
+            let dbranch2: UnsafeMutablePointer<Float>
+            if alpha != 1 {
+                tmp.pointer.update(from: dresid.pointer, count: N * H)
+                scaleInPlace(tmp.pointer, alpha, count: N * H)
+                dbranch2 = tmp.pointer
+            } else {
+                dbranch2 = dresid.pointer
+            }
+            datt.zero()
+            matmulBackward(datt.pointer, G.at(o.o), o.oBias.map { G.at($0) }, dbranch2, attl, P.at(o.o), rows: N, inDim: c.qDim, outDim: H)
+            dk.zero(); dv.zero()
+            attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, datt.pointer,
+                              probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            rope.cos.withUnsafeBufferPointer { cs in
+                rope.sin.withUnsafeBufferPointer { sn in
+                    ropeBackward(dq.pointer, rows: N, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    ropeBackward(dk.pointer, rows: N, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                }
+            }
+            dln.zero()
+            matmulBackward(dln.pointer, G.at(o.q), o.qBias.map { G.at($0) }, dq.pointer, ln1l, P.at(o.q), rows: N, inDim: H, outDim: c.qDim)
+            matmulBackward(dln.pointer, G.at(o.k), o.kBias.map { G.at($0) }, dk.pointer, ln1l, P.at(o.k), rows: N, inDim: H, outDim: c.kvDim)
+            matmulBackward(dln.pointer, G.at(o.v), o.vBias.map { G.at($0) }, dv.pointer, ln1l, P.at(o.v), rows: N, inDim: H, outDim: c.kvDim)
+            rmsnormBackward(dresid.pointer, G.at(o.inputNorm), dln.pointer, x, P.at(o.inputNorm), rstd1.at(l * N), rows: N, dim: H)
+        }
+        tokens.withUnsafeBufferPointer { tok in
+            embeddingBackward(G.at(model.layout.embedding), dresid.pointer, tok.baseAddress!, rows: N, dim: H)
+        }
+    }
+
+    /// Per-position losses of the last `forward` (0 where ignored).
+    public var positionLosses: [Float] { losses.array() }
+}

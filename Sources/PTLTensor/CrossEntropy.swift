@@ -1,0 +1,48 @@
+import Foundation
+
+/// Cross-entropy of `rows` logit rows of width `vocab` against `targets` (negative = ignored).
+///
+/// Writes each row's loss into `losses` (0 for ignored rows) and returns (sum of losses, valid
+/// rows). When `dlogits` is given (it may alias `logits`), writes `scale · (softmax − onehot)`
+/// for valid rows and 0 for ignored ones: with `scale = 1 / validCount` that is the gradient of
+/// the mean loss.
+@discardableResult
+public func crossEntropyForwardBackward(
+    losses: UnsafeMutablePointer<Float>, dlogits: UnsafeMutablePointer<Float>?,
+    logits: UnsafeMutablePointer<Float>, targets: UnsafePointer<Int32>,
+    rows: Int, vocab: Int, scale: Float
+) -> (sum: Double, count: Int) {
+    parallelChunks(rows, minChunk: 4) { r0, r1 in
+        for r in r0..<r1 {
+            let x = logits + r * vocab
+            let target = Int(targets[r])
+            guard target >= 0 else {
+                losses[r] = 0
+                if let dlogits { (dlogits + r * vocab).update(repeating: 0, count: vocab) }
+                continue
+            }
+            var m = -Float.infinity
+            for i in 0..<vocab where x[i] > m { m = x[i] }
+            var sum: Float = 0
+            if let dlogits {
+                let g = dlogits + r * vocab
+                let xt = x[target]
+                for i in 0..<vocab { let e = Foundation.exp(x[i] - m); g[i] = e; sum += e }
+                losses[r] = Foundation.log(sum) + m - xt
+                let f = scale / sum
+                for i in 0..<vocab { g[i] *= f }
+                g[target] -= scale
+            } else {
+                for i in 0..<vocab { sum += Foundation.exp(x[i] - m) }
+                losses[r] = Foundation.log(sum) + m - x[target]
+            }
+        }
+    }
+    var total = 0.0
+    var count = 0
+    for r in 0..<rows where targets[r] >= 0 {
+        total += Double(losses[r])
+        count += 1
+    }
+    return (total, count)
+}
