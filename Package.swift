@@ -29,14 +29,16 @@ let package = Package(
         .target(name: "PTLModel", dependencies: ["PTLTensor", "PTLFormats", "PTLTokenizer"]),
         // Corpus (JSONL), prompt template, batches.
         .target(name: "PTLData", dependencies: ["PTLTokenizer"]),
+        // Continual pre-training (trainer loop) and loss evaluation over token sequences.
+        .target(name: "PTLTune", dependencies: ["PTLModel", "PTLData"]),
         // The ZeroMQ binding (the cluster builds on it).
         .target(name: "PTLCluster", dependencies: ["CZeroMQ"]),
 
         .executableTarget(name: "ptl", dependencies: [
-            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer",
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer"],
+        .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],
                           path: "bench/Sources/ptl-bench"),
 
         .testTarget(name: "PTLTensorTests", dependencies: ["PTLTensor"]),
@@ -44,6 +46,7 @@ let package = Package(
         .testTarget(name: "PTLTokenizerTests", dependencies: ["PTLTokenizer"]),
         .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData"]),
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
+        .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]

@@ -36,6 +36,7 @@ public final class TrainingPass: @unchecked Sendable {
     let dresid: FloatBuffer, dln: FloatBuffer, dq: FloatBuffer, dk: FloatBuffer, dv: FloatBuffer
     let datt: FloatBuffer, dact: FloatBuffer, dgate: FloatBuffer, dup: FloatBuffer
     let tmp: FloatBuffer, attScratch: FloatBuffer
+    let attSlots: Int
     var tokens: [Int32]
     var targets: [Int32]
 
@@ -69,7 +70,9 @@ public final class TrainingPass: @unchecked Sendable {
         dq = FloatBuffer(count: N * c.qDim); dk = FloatBuffer(count: N * c.kvDim); dv = FloatBuffer(count: N * c.kvDim)
         datt = FloatBuffer(count: N * c.qDim)
         dact = FloatBuffer(count: N * I); dgate = FloatBuffer(count: N * I); dup = FloatBuffer(count: N * I)
-        tmp = FloatBuffer(count: N * H); attScratch = FloatBuffer(count: seq * seq)
+        tmp = FloatBuffer(count: N * H)
+        attSlots = ComputeThreads.count
+        attScratch = FloatBuffer(count: attentionScratchCount(seq: seq, slots: attSlots))
         tokens = [Int32](repeating: 0, count: N)
         targets = [Int32](repeating: -1, count: N)
     }
@@ -88,7 +91,9 @@ public final class TrainingPass: @unchecked Sendable {
         let T = seq
         let posOf: (Int) -> Int = { $0 % T }
         tokens.withUnsafeBufferPointer { tok in
+            OpProfiler.time("embedding.fwd") {
             embeddingForward(resid.pointer, tok.baseAddress!, P.at(model.layout.embedding), rows: N, dim: H)
+            }
         }
         for l in 0..<c.numHiddenLayers {
             let o = model.layout.layers[l]
@@ -97,34 +102,70 @@ public final class TrainingPass: @unchecked Sendable {
             let ln1l = ln1.at(l * N * H), ql = q.at(l * N * c.qDim), kl = k.at(l * N * c.kvDim), vl = v.at(l * N * c.kvDim)
             let attl = att.at(l * N * c.qDim), midl = mid.at(l * N * H), ln2l = ln2.at(l * N * H)
             let gl = gate.at(l * N * I), ul = up.at(l * N * I), al = act.at(l * N * I)
+            OpProfiler.time("rmsnorm.fwd") {
             rmsnormForward(ln1l, rstd1.at(l * N), x, P.at(o.inputNorm), rows: N, dim: H, eps: c.rmsNormEps)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(ql, ln1l, P.at(o.q), o.qBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.qDim)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(kl, ln1l, P.at(o.k), o.kBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(vl, ln1l, P.at(o.v), o.vBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
+            }
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
+                    OpProfiler.time("rope.fwd") {
                     ropeForward(ql, rows: N, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    }
+                    OpProfiler.time("rope.fwd") {
                     ropeForward(kl, rows: N, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    }
                 }
             }
+            OpProfiler.time("attention.fwd") {
             attentionForward(attl, probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(tmp.pointer, attl, P.at(o.o), o.oBias.map { P.at($0) }, rows: N, inDim: c.qDim, outDim: H)
+            }
             if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
+            OpProfiler.time("add") {
             addForward(midl, x, tmp.pointer, count: N * H)
+            }
+            OpProfiler.time("rmsnorm.fwd") {
             rmsnormForward(ln2l, rstd2.at(l * N), midl, P.at(o.postNorm), rows: N, dim: H, eps: c.rmsNormEps)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(gl, ln2l, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(ul, ln2l, P.at(o.up), o.upBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
+            }
+            OpProfiler.time("swiglu.fwd") {
             swigluForward(al, gl, ul, count: N * I)
+            }
+            OpProfiler.time("matmul.fwd") {
             matmulForward(tmp.pointer, al, P.at(o.down), o.downBias.map { P.at($0) }, rows: N, inDim: I, outDim: H)
+            }
             if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
+            OpProfiler.time("add") {
             addForward(resid.at((l + 1) * N * H), midl, tmp.pointer, count: N * H)
+            }
         }
         let last = resid.at(c.numHiddenLayers * N * H)
+        OpProfiler.time("rmsnorm.fwd") {
         rmsnormForward(lnf.pointer, rstdf.pointer, last, P.at(model.layout.finalNorm), rows: N, dim: H, eps: c.rmsNormEps)
+        }
+        OpProfiler.time("matmul.fwd") {
         matmulForward(logits.pointer, lnf.pointer, P.at(model.layout.lmHead), nil, rows: N, inDim: H, outDim: c.vocabSize)
+        }
         return targets.withUnsafeBufferPointer { tg in
+            OpProfiler.time("crossentropy") {
             crossEntropyForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer,
                                         targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, scale: 0)
+            }
         }
     }
 
@@ -139,15 +180,21 @@ public final class TrainingPass: @unchecked Sendable {
         let posOf: (Int) -> Int = { $0 % T }
         // dlogits in place of the logits.
         targets.withUnsafeBufferPointer { tg in
+            OpProfiler.time("crossentropy") {
             _ = crossEntropyForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer,
                                             targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
+            }
         }
         dln.zero()
+        OpProfiler.time("matmul.bwd") {
         matmulBackward(dln.pointer, G.at(model.layout.lmHead), nil, logits.pointer, lnf.pointer, P.at(model.layout.lmHead),
                        rows: N, inDim: H, outDim: V)
+        }
         dresid.zero()
+        OpProfiler.time("rmsnorm.bwd") {
         rmsnormBackward(dresid.pointer, G.at(model.layout.finalNorm), dln.pointer, resid.at(c.numHiddenLayers * N * H),
                         P.at(model.layout.finalNorm), rstdf.pointer, rows: N, dim: H)
+        }
         for l in stride(from: c.numHiddenLayers - 1, through: 0, by: -1) {
             let o = model.layout.layers[l]
             let alpha = branchScale?[l] ?? 1
@@ -165,12 +212,22 @@ public final class TrainingPass: @unchecked Sendable {
                 dbranch = dresid.pointer
             }
             dact.zero()
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dact.pointer, G.at(o.down), o.downBias.map { G.at($0) }, dbranch, al, P.at(o.down), rows: N, inDim: I, outDim: H)
+            }
+            OpProfiler.time("swiglu.bwd") {
             swigluBackward(dgate.pointer, dup.pointer, dact.pointer, gl, ul, count: N * I)
+            }
             dln.zero()
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dln.pointer, G.at(o.gate), o.gateBias.map { G.at($0) }, dgate.pointer, ln2l, P.at(o.gate), rows: N, inDim: H, outDim: I)
+            }
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dln.pointer, G.at(o.up), o.upBias.map { G.at($0) }, dup.pointer, ln2l, P.at(o.up), rows: N, inDim: H, outDim: I)
+            }
+            OpProfiler.time("rmsnorm.bwd") {
             rmsnormBackward(dresid.pointer, G.at(o.postNorm), dln.pointer, midl, P.at(o.postNorm), rstd2.at(l * N), rows: N, dim: H)
+            }
             // Attention half: mid = x + α·o_proj(att).
             let dbranch2: UnsafeMutablePointer<Float>
             if alpha != 1 {
@@ -181,24 +238,42 @@ public final class TrainingPass: @unchecked Sendable {
                 dbranch2 = dresid.pointer
             }
             datt.zero()
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(datt.pointer, G.at(o.o), o.oBias.map { G.at($0) }, dbranch2, attl, P.at(o.o), rows: N, inDim: c.qDim, outDim: H)
+            }
             dk.zero(); dv.zero()
-            attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, datt.pointer,
+            OpProfiler.time("attention.bwd") {
+            attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, slots: attSlots, datt.pointer,
                               probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            }
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
+                    OpProfiler.time("rope.bwd") {
                     ropeBackward(dq.pointer, rows: N, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    }
+                    OpProfiler.time("rope.bwd") {
                     ropeBackward(dk.pointer, rows: N, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    }
                 }
             }
             dln.zero()
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dln.pointer, G.at(o.q), o.qBias.map { G.at($0) }, dq.pointer, ln1l, P.at(o.q), rows: N, inDim: H, outDim: c.qDim)
+            }
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dln.pointer, G.at(o.k), o.kBias.map { G.at($0) }, dk.pointer, ln1l, P.at(o.k), rows: N, inDim: H, outDim: c.kvDim)
+            }
+            OpProfiler.time("matmul.bwd") {
             matmulBackward(dln.pointer, G.at(o.v), o.vBias.map { G.at($0) }, dv.pointer, ln1l, P.at(o.v), rows: N, inDim: H, outDim: c.kvDim)
+            }
+            OpProfiler.time("rmsnorm.bwd") {
             rmsnormBackward(dresid.pointer, G.at(o.inputNorm), dln.pointer, x, P.at(o.inputNorm), rstd1.at(l * N), rows: N, dim: H)
+            }
         }
         tokens.withUnsafeBufferPointer { tok in
+            OpProfiler.time("embedding.bwd") {
             embeddingBackward(G.at(model.layout.embedding), dresid.pointer, tok.baseAddress!, rows: N, dim: H)
+            }
         }
     }
 

@@ -19,6 +19,8 @@ public struct AttentionShape: Sendable {
 
 /// Causal attention forward. Writes `out` (batch·seq, qHeads·headDim) and the softmax
 /// probabilities `probs` (batch, qHeads, seq, seq; zero above the diagonal) kept for backward.
+///
+/// (batch, head) pairs run in parallel on our threads, each with single-threaded sgemm calls.
 public func attentionForward(
     _ out: UnsafeMutablePointer<Float>, _ probs: UnsafeMutablePointer<Float>,
     _ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
@@ -26,19 +28,22 @@ public func attentionForward(
 ) {
     let T = s.seq, D = s.headDim
     let ldq = s.qHeads * D, ldk = s.kvHeads * D
-    for b in 0..<s.batch {
-        for h in 0..<s.qHeads {
-            let kh = h / s.group
-            let qp = q + b * T * ldq + h * D
-            let kp = k + b * T * ldk + kh * D
-            let vp = v + b * T * ldk + kh * D
-            let op = out + b * T * ldq + h * D
-            let pp = probs + (b * s.qHeads + h) * T * T
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D),
-                        s.scale, qp, Int32(ldq), kp, Int32(ldk), 0, pp, Int32(T))
-            causalSoftmaxRows(pp, T)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
-                        1, pp, Int32(T), vp, Int32(ldk), 0, op, Int32(ldq))
+    do {
+        parallelChunks(s.batch * s.qHeads) { i0, i1 in
+            for bh in i0..<i1 {
+                let b = bh / s.qHeads, h = bh % s.qHeads
+                let kh = h / s.group
+                let qp = q + b * T * ldq + h * D
+                let kp = k + b * T * ldk + kh * D
+                let vp = v + b * T * ldk + kh * D
+                let op = out + b * T * ldq + h * D
+                let pp = probs + (b * s.qHeads + h) * T * T
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D),
+                            s.scale, qp, Int32(ldq), kp, Int32(ldk), 0, pp, Int32(T))
+                causalSoftmaxRows(pp, T)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
+                            1, pp, Int32(T), vp, Int32(ldk), 0, op, Int32(ldq))
+            }
         }
     }
 }
@@ -46,66 +51,65 @@ public func attentionForward(
 /// Softmax of row t over columns 0...t of a (T, T) matrix; columns after t set to 0.
 @inline(__always)
 func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, _ T: Int) {
-    parallelChunks(T, minChunk: 32) { r0, r1 in
-        for t in r0..<r1 {
-            let row = p + t * T
-            var m = -Float.infinity
-            for j in 0...t where row[j] > m { m = row[j] }
-            var sum: Float = 0
-            for j in 0...t {
-                let e = Foundation.exp(row[j] - m)
-                row[j] = e
-                sum += e
-            }
-            let inv = 1 / sum
-            for j in 0...t { row[j] *= inv }
-            for j in (t + 1)..<T { row[j] = 0 }
-        }
+    for t in 0..<T {
+        let row = p + t * T
+        let m = vectorMax(row, t + 1)
+        let sum = vectorExpShiftSum(row, shift: m, t + 1)
+        vectorScale(row, 1 / sum, t + 1)
+        if t + 1 < T { (row + t + 1).update(repeating: 0, count: T - t - 1) }
     }
 }
 
+/// Floats of scratch `attentionBackward` needs for `slots` parallel slots.
+public func attentionScratchCount(seq: Int, slots: Int) -> Int { seq * seq * slots }
+
 /// Backward of `attentionForward`. Writes `dq` (batch·seq, qHeads·headDim) and *adds* into `dk`
-/// and `dv` (callers zero them first). `scratch` holds seq·seq floats.
+/// and `dv` (callers zero them first). `scratch` holds `slots` blocks of seq·seq floats.
+///
+/// Work is split by (batch, kv head) so the q heads sharing a kv head add into its gradient in
+/// a fixed order: the result does not depend on the thread count.
 public func attentionBackward(
     _ dq: UnsafeMutablePointer<Float>, _ dk: UnsafeMutablePointer<Float>, _ dv: UnsafeMutablePointer<Float>,
-    _ scratch: UnsafeMutablePointer<Float>,
+    _ scratch: UnsafeMutablePointer<Float>, slots: Int,
     _ dout: UnsafePointer<Float>, _ probs: UnsafePointer<Float>,
     _ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
     shape s: AttentionShape
 ) {
     let T = s.seq, D = s.headDim
     let ldq = s.qHeads * D, ldk = s.kvHeads * D
-    for b in 0..<s.batch {
-        for h in 0..<s.qHeads {
-            let kh = h / s.group
-            let qp = q + b * T * ldq + h * D
-            let kp = k + b * T * ldk + kh * D
-            let vp = v + b * T * ldk + kh * D
-            let dop = dout + b * T * ldq + h * D
-            let dqp = dq + b * T * ldq + h * D
-            let dkp = dk + b * T * ldk + kh * D
-            let dvp = dv + b * T * ldk + kh * D
-            let pp = probs + (b * s.qHeads + h) * T * T
-            // dP = dO · Vᵀ ; dV += Pᵀ · dO
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D),
-                        1, dop, Int32(ldq), vp, Int32(ldk), 0, scratch, Int32(T))
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
-                        1, pp, Int32(T), dop, Int32(ldq), 1, dvp, Int32(ldk))
-            // dS = P ⊙ (dP − Σ_j P·dP), causal part only
-            parallelChunks(T, minChunk: 32) { r0, r1 in
-                for t in r0..<r1 {
-                    let pr = pp + t * T, dr = scratch + t * T
-                    var dot: Float = 0
-                    for j in 0...t { dot += pr[j] * dr[j] }
-                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
-                    for j in (t + 1)..<T { dr[j] = 0 }
+    do {
+        parallelChunksIndexed(s.batch * s.kvHeads, maxChunks: slots) { slot, i0, i1 in
+            let dP = scratch + slot * T * T
+            for bk in i0..<i1 {
+                let b = bk / s.kvHeads, kh = bk % s.kvHeads
+                for h in (kh * s.group)..<((kh + 1) * s.group) {
+                    let qp = q + b * T * ldq + h * D
+                    let kp = k + b * T * ldk + kh * D
+                    let vp = v + b * T * ldk + kh * D
+                    let dop = dout + b * T * ldq + h * D
+                    let dqp = dq + b * T * ldq + h * D
+                    let dkp = dk + b * T * ldk + kh * D
+                    let dvp = dv + b * T * ldk + kh * D
+                    let pp = probs + (b * s.qHeads + h) * T * T
+                    // dP = dO · Vᵀ ; dV += Pᵀ · dO
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D),
+                                1, dop, Int32(ldq), vp, Int32(ldk), 0, dP, Int32(T))
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
+                                1, pp, Int32(T), dop, Int32(ldq), 1, dvp, Int32(ldk))
+                    // dS = P ⊙ (dP − Σ_j P·dP), causal part only
+                    for t in 0..<T {
+                        let pr = pp + t * T, dr = dP + t * T
+                        let dot = vectorDot(pr, dr, t + 1)
+                        for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
+                        if t + 1 < T { (dr + t + 1).update(repeating: 0, count: T - t - 1) }
+                    }
+                    // dQ = scale · dS · K ; dK += scale · dSᵀ · Q
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
+                                s.scale, dP, Int32(T), kp, Int32(ldk), 0, dqp, Int32(ldq))
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
+                                s.scale, dP, Int32(T), qp, Int32(ldq), 1, dkp, Int32(ldk))
                 }
             }
-            // dQ = scale · dS · K ; dK += scale · dSᵀ · Q
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
-                        s.scale, scratch, Int32(T), kp, Int32(ldk), 0, dqp, Int32(ldq))
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T),
-                        s.scale, scratch, Int32(T), qp, Int32(ldq), 1, dkp, Int32(ldk))
         }
     }
 }
@@ -166,21 +170,16 @@ public func attentionCachedForward(
             var m = -Float.infinity
             for j in 0..<visible {
                 let kv = kCache + ((b * capacity + j) * kvHeads + kh) * D
-                var dot: Float = 0
-                for d in 0..<D { dot += qv[d] * kv[d] }
-                dot *= scale
+                let dot = vectorDot(qv, kv, D) * scale
                 sc[j] = dot
                 if dot > m { m = dot }
             }
-            var sum: Float = 0
-            for j in 0..<visible { let e = Foundation.exp(sc[j] - m); sc[j] = e; sum += e }
+            let sum = vectorExpShiftSum(sc, shift: m, visible)
             let inv = 1 / sum
             let o = out + ((b * newTokens + t) * qHeads + h) * D
-            for d in 0..<D { o[d] = 0 }
+            o.update(repeating: 0, count: D)
             for j in 0..<visible {
-                let w = sc[j] * inv
-                let vv = vCache + ((b * capacity + j) * kvHeads + kh) * D
-                for d in 0..<D { o[d] += w * vv[d] }
+                vectorAxpy(o, sc[j] * inv, vCache + ((b * capacity + j) * kvHeads + kh) * D, D)
             }
         }
     }

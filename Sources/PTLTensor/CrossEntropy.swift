@@ -13,6 +13,10 @@ public func crossEntropyForwardBackward(
     rows: Int, vocab: Int, scale: Float
 ) -> (sum: Double, count: Int) {
     parallelChunks(rows, minChunk: 4) { r0, r1 in
+        // Exponentials go to the gradient row, or to a scratch row when there is none.
+        let scratchBuffer = dlogits == nil ? UnsafeMutablePointer<Float>.allocate(capacity: vocab) : nil
+        defer { scratchBuffer?.deallocate() }
+        let rowScratch = scratchBuffer ?? logits
         for r in r0..<r1 {
             let x = logits + r * vocab
             let target = Int(targets[r])
@@ -21,20 +25,15 @@ public func crossEntropyForwardBackward(
                 if let dlogits { (dlogits + r * vocab).update(repeating: 0, count: vocab) }
                 continue
             }
-            var m = -Float.infinity
-            for i in 0..<vocab where x[i] > m { m = x[i] }
-            var sum: Float = 0
-            if let dlogits {
-                let g = dlogits + r * vocab
-                let xt = x[target]
-                for i in 0..<vocab { let e = Foundation.exp(x[i] - m); g[i] = e; sum += e }
-                losses[r] = Foundation.log(sum) + m - xt
-                let f = scale / sum
-                for i in 0..<vocab { g[i] *= f }
+            let m = vectorMax(x, vocab)
+            let xt = x[target]
+            let g = dlogits.map { $0 + r * vocab } ?? rowScratch
+            if g != x { g.update(from: x, count: vocab) }
+            let sum = vectorExpShiftSum(g, shift: m, vocab)
+            losses[r] = Foundation.log(sum) + m - xt
+            if dlogits != nil {
+                vectorScale(g, scale / sum, vocab)
                 g[target] -= scale
-            } else {
-                for i in 0..<vocab { sum += Foundation.exp(x[i] - m) }
-                losses[r] = Foundation.log(sum) + m - x[target]
             }
         }
     }

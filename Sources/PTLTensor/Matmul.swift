@@ -1,5 +1,47 @@
 import COpenBLAS
 
+/// `C = α·op(A)·op(B) + β·C` (row-major), split over our threads by blocks of C's rows or
+/// columns, each block one single-threaded sgemm. Every element of C is computed by one sgemm
+/// over the full K, so the result does not depend on the split.
+@inline(__always)
+public func parallelSgemm(
+    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+    _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+    beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
+    let threads = ComputeThreads.count
+    let work = m * n * k
+    if threads == 1 || work < 1 << 18 {
+        cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        return
+    }
+    if m >= n {
+        // Blocks of rows of C (and of op(A)), multiples of 16.
+        let blocks = min(threads, max(1, m / 16))
+        parallelChunks(blocks) { b0, b1 in
+            for blk in b0..<b1 {
+                let r0 = blk * m / blocks / 16 * 16, r1 = blk + 1 == blocks ? m : (blk + 1) * m / blocks / 16 * 16
+                if r1 <= r0 { continue }
+                let aOff = transA ? r0 : r0 * lda
+                cblas_sgemm(CblasRowMajor, ta, tb, Int32(r1 - r0), Int32(n), Int32(k), alpha, a + aOff, Int32(lda),
+                            b, Int32(ldb), beta, c + r0 * ldc, Int32(ldc))
+            }
+        }
+    } else {
+        let blocks = min(threads, max(1, n / 16))
+        parallelChunks(blocks) { b0, b1 in
+            for blk in b0..<b1 {
+                let c0 = blk * n / blocks / 16 * 16, c1 = blk + 1 == blocks ? n : (blk + 1) * n / blocks / 16 * 16
+                if c1 <= c0 { continue }
+                let bOff = transB ? c0 * ldb : c0
+                cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(c1 - c0), Int32(k), alpha, a, Int32(lda),
+                            b + bOff, Int32(ldb), beta, c + c0, Int32(ldc))
+            }
+        }
+    }
+}
+
 // Linear layers in Hugging Face layout: weight is (out, in), y = x·Wᵀ + b.
 // All matrix products go through cblas_sgemm; backward functions add into their gradients.
 
@@ -10,8 +52,8 @@ public func matmulForward(
     _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
     rows: Int, inDim: Int, outDim: Int
 ) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outDim), Int32(inDim),
-                1, inp, Int32(inDim), weight, Int32(inDim), 0, out, Int32(outDim))
+    parallelSgemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, alpha: 1,
+                  inp, lda: inDim, weight, ldb: inDim, beta: 0, out, ldc: outDim)
     if let bias {
         parallelChunks(rows, minChunk: 16) { r0, r1 in
             for r in r0..<r1 {
@@ -32,12 +74,12 @@ public func matmulBackward(
     rows: Int, inDim: Int, outDim: Int
 ) {
     if let dinp {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(inDim), Int32(outDim),
-                    1, dout, Int32(outDim), weight, Int32(inDim), 1, dinp, Int32(inDim))
+        parallelSgemm(transA: false, transB: false, m: rows, n: inDim, k: outDim, alpha: 1,
+                      dout, lda: outDim, weight, ldb: inDim, beta: 1, dinp, ldc: inDim)
     }
     if let dweight {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(outDim), Int32(inDim), Int32(rows),
-                    1, dout, Int32(outDim), inp, Int32(inDim), 1, dweight, Int32(inDim))
+        parallelSgemm(transA: true, transB: false, m: outDim, n: inDim, k: rows, alpha: 1,
+                      dout, lda: outDim, inp, ldb: inDim, beta: 1, dweight, ldc: inDim)
     }
     if let dbias {
         // Column sums, split over columns so each output element is summed in row order.

@@ -10,15 +10,20 @@ import Darwin
 ///
 /// Set once at start-up (`ptl --threads`, `ptl-worker --threads`); kernels read it on every call.
 public enum ComputeThreads {
-    nonisolated(unsafe) private static var value = max(1, System.coreCount)
+    nonisolated(unsafe) private static var value: Int = {
+        openblas_set_num_threads(1)
+        return max(1, System.coreCount)
+    }()
 
     /// The number of threads kernels spread work over.
     public static var count: Int { value }
 
-    /// Sets the thread count for our loops and for OpenBLAS.
+    /// Sets the thread count for our loops. OpenBLAS itself always runs single-threaded: we split
+    /// every product over our own threads (`parallelSgemm`), so its spinning workers never compete
+    /// with ours for the cores, and results do not depend on the thread count.
     public static func set(_ n: Int) {
         value = max(1, n)
-        openblas_set_num_threads(Int32(value))
+        openblas_set_num_threads(1)
     }
 
     /// The OpenBLAS kernel family in use (e.g. "Haswell", "Cooperlake").
@@ -55,6 +60,25 @@ public func parallelChunks(_ count: Int, minChunk: Int = 1, _ body: (Int, Int) -
             let start = c * count / chunks
             let end = (c + 1) * count / chunks
             if end > start { f.value(start, end) }
+        }
+    }
+}
+
+/// Like `parallelChunks`, but also passes the chunk's index (0..<chunks), and never uses more than
+/// `maxChunks` chunks, so callers can give each chunk its own scratch slot.
+@inline(__always)
+public func parallelChunksIndexed(_ count: Int, maxChunks: Int, _ body: (Int, Int, Int) -> Void) {
+    let chunks = max(1, min(ComputeThreads.count, maxChunks, count))
+    if chunks == 1 {
+        if count > 0 { body(0, 0, count) }
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        let f = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let start = c * count / chunks
+            let end = (c + 1) * count / chunks
+            if end > start { f.value(c, start, end) }
         }
     }
 }

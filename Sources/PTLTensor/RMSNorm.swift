@@ -10,8 +10,7 @@ public func rmsnormForward(
     parallelChunks(rows, minChunk: 8) { r0, r1 in
         for r in r0..<r1 {
             let x = inp + r * dim, y = out + r * dim
-            var ss: Float = 0
-            for i in 0..<dim { ss += x[i] * x[i] }
+            let ss = vectorDot(x, x, dim)
             let s = 1 / (ss / Float(dim) + eps).squareRoot()
             rstd?[r] = s
             for i in 0..<dim { y[i] = (x[i] * s) * weight[i] }
@@ -34,8 +33,7 @@ public func rmsnormBackward(
             let x = inp + r * dim, dy = dout + r * dim, dx = dinp + r * dim
             let s = rstd[r]
             // y_i = w_i x_i s;  dx_j = s w_j dy_j - s³/d x_j Σ_i dy_i w_i x_i
-            var dot: Float = 0
-            for i in 0..<dim { dot += dy[i] * weight[i] * x[i] }
+            let dot = vectorDot3(dy, weight, x, dim)
             let c = dot * s * s * s / Float(dim)
             for i in 0..<dim { dx[i] += s * weight[i] * dy[i] - c * x[i] }
         }

@@ -1,1 +1,1 @@
-print("ptl")
+print("ptl: building")

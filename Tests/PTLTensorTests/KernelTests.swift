@@ -97,7 +97,7 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
         attentionForward(&out, &probs, q, k, v, shape: shape)
         var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
         var scratch = [Float](repeating: 0, count: T * T)
-        attentionBackward(&dq, &dk, &dv, &scratch, w, probs, q, k, v, shape: shape)
+        attentionBackward(&dq, &dk, &dv, &scratch, slots: 1, w, probs, q, k, v, shape: shape)
         let h: Float = 1e-2
         for (which, analytic) in [(0, dq), (1, dk), (2, dv)] {
             for idx in stride(from: 0, to: analytic.count, by: 7) {
@@ -192,5 +192,39 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
         let two = sumOfSquares(x, count: x.count)
         ComputeThreads.set(saved)
         #expect(one == two)
+    }
+}
+
+@Suite struct VectorTests {
+    @Test func fastExpIsAccurate() {
+        var worst: Double = 0
+        var x: Float = -100
+        while x < 88 {
+            var v = SIMD16<Float>(repeating: 0)
+            for j in 0..<16 { v[j] = x + Float(j) * 0.0013 }
+            let e = fastExp(v)
+            for j in 0..<16 {
+                let ref = exp(Double(v[j]))
+                if ref > 1e-37 { worst = max(worst, abs(Double(e[j]) - ref) / ref) }
+                else { #expect(e[j] < 2e-37) }
+            }
+            x += 0.37
+        }
+        #expect(worst < 5e-7, "largest relative error \(worst)")
+        #expect(fastExp(SIMD16<Float>(repeating: -.infinity))[0] == 0)
+    }
+
+    @Test func reductionsMatchPlainLoops() {
+        for n in [0, 1, 15, 16, 17, 100] {
+            let a = randomValues(n, seed: 30), b = randomValues(n, seed: 31), c = randomValues(n, seed: 32)
+            var dot = 0.0, dot3 = 0.0
+            for i in 0..<n { dot += Double(a[i] * b[i]); dot3 += Double(a[i] * b[i] * c[i]) }
+            #expect(abs(Double(vectorDot(a, b, n)) - dot) < 1e-4)
+            #expect(abs(Double(vectorDot3(a, b, c, n)) - dot3) < 1e-4)
+            #expect(vectorMax(a, n) == (a.max() ?? -.infinity))
+            var e = a
+            let sum = vectorExpShiftSum(&e, shift: 0.5, n)
+            #expect(abs(Double(sum) - a.reduce(0.0) { $0 + exp(Double($1) - 0.5) }) < 1e-4)
+        }
     }
 }

@@ -1,1 +1,56 @@
-print("bench")
+import Foundation
+import PTLModel
+import PTLTensor
+
+// ptl-bench: training-step, prefill and decode speed for the two reference shapes, with the
+// sgemm rate and copy bandwidth measured in the same run.
+//   swift run -c release ptl-bench [--config a|b|all] [--reps N] [--threads N] [--skip-train] [--skip-inference]
+
+var configNames = ["a", "b"]
+var reps = 5
+var skipTrain = false
+var skipInference = false
+var threads = System.coreCount
+var args = Array(CommandLine.arguments.dropFirst())
+while !args.isEmpty {
+    let a = args.removeFirst()
+    switch a {
+    case "--config":
+        let v = args.isEmpty ? "all" : args.removeFirst()
+        configNames = v == "all" ? ["a", "b"] : [v]
+    case "--reps": reps = Int(args.isEmpty ? "5" : args.removeFirst()) ?? 5
+    case "--threads": threads = Int(args.isEmpty ? "2" : args.removeFirst()) ?? 2
+    case "--skip-train": skipTrain = true
+    case "--skip-inference": skipInference = true
+    case "--profile": OpProfiler.enabled = true
+    default:
+        FileHandle.standardError.write(Data("unknown argument \(a)\n".utf8))
+        exit(2)
+    }
+}
+ComputeThreads.set(threads)
+let env = ProcessInfo.processInfo.environment
+print("# ptl-bench  threads \(threads)  OpenBLAS core \(ComputeThreads.blasCoreName)  OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)") OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
+let bandwidth = copyBandwidth(reps: reps)
+print(String(format: "copy bandwidth: %.1f GB/s", bandwidth))
+for name in configNames {
+    do {
+        let bc = try BenchConfig.named(name)
+        var r = runModelBench(bc, reps: reps, skipTrain: skipTrain, skipInference: skipInference)
+        let weightBytes = r["parameters"]! * 4
+        r["decode_bandwidth_limit_tokens_per_s"] = bandwidth * 1e9 / weightBytes
+        if let d = r["decode_b1_tokens_per_s"] { r["decode_b1_fraction_of_bandwidth_limit"] = d / r["decode_bandwidth_limit_tokens_per_s"]! }
+        r["copy_bandwidth_gbs"] = bandwidth
+        print("config \(bc.name), batch \(bc.batch), seq \(bc.seq)")
+        if OpProfiler.enabled {
+            for (name, seconds, calls) in OpProfiler.report { print(String(format: "  op %-20@ %8.3f s  %6d calls", name as NSString, seconds, calls)) }
+            OpProfiler.reset()
+        }
+        for k in r.keys.sorted() { print(String(format: "  %-40@ %.3f", k as NSString, r[k]!)) }
+        let json = r.keys.sorted().map { "\"\($0)\": \(r[$0]!)" }.joined(separator: ", ")
+        print("JSON {\"config\": \"\(name)\", \"threads\": \(threads), \"blas_core\": \"\(ComputeThreads.blasCoreName)\", \(json)}")
+    } catch {
+        FileHandle.standardError.write(Data("\(error)\n".utf8))
+        exit(1)
+    }
+}

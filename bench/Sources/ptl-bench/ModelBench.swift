@@ -1,0 +1,153 @@
+import COpenBLAS
+import Foundation
+import PTLModel
+import PTLTensor
+
+/// One benchmark shape.
+struct BenchConfig {
+    let name: String
+    let config: ModelConfig
+    let batch: Int
+    let seq: Int
+
+    static func named(_ name: String) throws -> BenchConfig {
+        switch name {
+        case "a":
+            return BenchConfig(name: "a: hidden 256, 8 layers, 8/4 heads, FFN 768, vocab 4096",
+                               config: try ModelConfig(vocabSize: 4096, hiddenSize: 256, intermediateSize: 768, numHiddenLayers: 8,
+                                                       numAttentionHeads: 8, numKeyValueHeads: 4, maxPositionEmbeddings: 2048),
+                               batch: 8, seq: 256)
+        case "b":
+            return BenchConfig(name: "b: SmolLM2-135M shape (hidden 576, 30 layers, 9/3 heads, FFN 1536, vocab 49152, tied)",
+                               config: try ModelConfig(vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numHiddenLayers: 30,
+                                                       numAttentionHeads: 9, numKeyValueHeads: 3, ropeTheta: 100000,
+                                                       maxPositionEmbeddings: 2048, tieWordEmbeddings: true),
+                               batch: 4, seq: 256)
+        default:
+            throw BenchError("unknown config \(name) (a or b)")
+        }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Median seconds of `reps` runs after one warm-up run.
+func timeIt(reps: Int, _ body: () -> Void) -> (median: Double, min: Double) {
+    body()
+    var times: [Double] = []
+    for _ in 0..<reps {
+        let t0 = now()
+        body()
+        times.append(now() - t0)
+    }
+    return (median(times), times.min()!)
+}
+
+/// Plain `cblas_sgemm` GFLOP/s (OpenBLAS's own threading, `threads` threads) on the shapes a
+/// training step of `c` uses most.
+func sgemmRate(rows: Int, c: ModelConfig, reps: Int, threads: Int) -> Double {
+    openblas_set_num_threads(Int32(threads))
+    defer { openblas_set_num_threads(1) }
+    let shapes = [(rows, c.intermediateSize, c.hiddenSize), (rows, c.hiddenSize, c.intermediateSize), (rows, c.qDim, c.hiddenSize)]
+    var flops = 0.0, seconds = 0.0
+    for (m, n, k) in shapes {
+        let a = FloatBuffer(count: m * k), b = FloatBuffer(count: n * k), out = FloatBuffer(count: m * n)
+        for i in 0..<a.count { a.pointer[i] = Float(i % 7) * 0.01 }
+        for i in 0..<b.count { b.pointer[i] = Float(i % 5) * 0.01 }
+        let t = timeIt(reps: reps) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a.pointer, Int32(k),
+                        b.pointer, Int32(k), 0, out.pointer, Int32(n))
+        }
+        flops += 2.0 * Double(m * n * k)
+        seconds += t.median
+    }
+    return flops / seconds / 1e9
+}
+
+/// Copy bandwidth in GB/s (bytes read + written) over a buffer far larger than the caches.
+func copyBandwidth(reps: Int) -> Double {
+    let n = 64 << 20   // 256 MB of floats
+    let a = FloatBuffer(count: n), b = FloatBuffer(count: n)
+    for i in stride(from: 0, to: n, by: 1024) { a.pointer[i] = 1 }
+    let t = timeIt(reps: reps) {
+        parallelChunks(n, minChunk: 1 << 20) { i0, i1 in
+            (b.pointer + i0).update(from: a.pointer + i0, count: i1 - i0)
+        }
+    }
+    return 2.0 * Double(n * 4) / t.median / 1e9
+}
+
+func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference: Bool) -> [String: Double] {
+    let c = bc.config
+    let model = Model(config: c)
+    model.initializeRandomly(seed: 1)
+    let cost = ModelCost(config: c)
+    var r: [String: Double] = ["parameters": Double(cost.parameters)]
+    let N = bc.batch * bc.seq
+    let sgemm = sgemmRate(rows: N, c: c, reps: reps, threads: ComputeThreads.count)
+    r["sgemm_gflops"] = sgemm
+    var rng = SplitMix64(seed: 2)
+    let tokens = (0..<N).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
+    let targets = (0..<N).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
+    if !skipTrain {
+        let pass = TrainingPass(model: model, batch: bc.batch, seq: bc.seq)
+        let grads = FloatBuffer(count: model.layout.count)
+        let opt = AdamW(layout: model.layout)
+        var forwardOnly = 0.0
+        let t = timeIt(reps: reps) {
+            let f0 = now()
+            let (_, n) = pass.forward(tokens: tokens, targets: targets)
+            forwardOnly = now() - f0
+            grads.zero()
+            pass.backward(into: grads, scale: 1 / Float(n))
+            GradientClipping.clip(grads, maxNorm: 1)
+            opt.update(params: model.parameters, grads: grads, lr: 1e-5)
+        }
+        let tokPerSec = Double(N) / t.median
+        let gflops = cost.trainingFlopsPerToken(sequenceLength: bc.seq) * tokPerSec / 1e9
+        r["train_step_seconds"] = t.median
+        r["train_step_seconds_min"] = t.min
+        r["train_tokens_per_s"] = tokPerSec
+        r["train_gflops"] = gflops
+        r["train_fraction_of_sgemm"] = gflops / sgemm
+        r["train_forward_seconds_last"] = forwardOnly
+    }
+    if skipInference { return r }
+    // Prefill: one cached forward over batch × seq.
+    let prefillDecoder = Decoder(model: model, batch: bc.batch, capacity: bc.seq, maxChunk: bc.seq)
+    let tp = timeIt(reps: reps) {
+        prefillDecoder.reset()
+        prefillDecoder.step(tokens: tokens)
+    }
+    r["prefill_tokens_per_s"] = Double(N) / tp.median
+    // Decode: 64-token prompt, 128 new tokens, greedy; batch 1 and 8.
+    for batch in [1, 8] {
+        let decoder = Decoder(model: model, batch: batch, capacity: 64 + 128, maxChunk: 64)
+        let prompt = Array(tokens[0..<(64 * batch)])
+        var next = [Int32](repeating: 0, count: batch)
+        let td = timeIt(reps: max(1, reps / 2)) {
+            decoder.reset()
+            decoder.step(tokens: prompt)
+            let t0 = now()
+            for _ in 0..<128 {
+                for b in 0..<batch { next[b] = Int32(Sampler.argmax(decoder.logits(of: b))) }
+                decoder.step(tokens: next)
+            }
+            _ = t0
+        }
+        // Subtract the prompt's share measured separately.
+        let tprompt = timeIt(reps: max(1, reps / 2)) { decoder.reset(); decoder.step(tokens: prompt) }
+        r["decode_b\(batch)_tokens_per_s"] = Double(128 * batch) / max(1e-9, td.median - tprompt.median)
+    }
+    return r
+}
