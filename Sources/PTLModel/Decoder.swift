@@ -16,8 +16,9 @@ public final class Decoder: @unchecked Sendable {
     let rope: RoPETables
     let kCache: FloatBuffer   // (layers, batch, capacity, kvHeads, headDim)
     let vCache: FloatBuffer
-    let x: FloatBuffer, ln: FloatBuffer, q: FloatBuffer, kNew: FloatBuffer, vNew: FloatBuffer
-    let attOut: FloatBuffer, tmp: FloatBuffer, gate: FloatBuffer, up: FloatBuffer
+    let x: FloatBuffer, ln: FloatBuffer, qkv: FloatBuffer, gateUp: FloatBuffer
+    let q: FloatBufferView, kNew: FloatBufferView, vNew: FloatBufferView, gate: FloatBufferView, up: FloatBufferView
+    let attOut: FloatBuffer, tmp: FloatBuffer
     let scores: FloatBuffer, lastHidden: FloatBuffer
     /// Logits of the last fed token of each sequence, (batch, vocab).
     public let logits: FloatBuffer
@@ -34,9 +35,15 @@ public final class Decoder: @unchecked Sendable {
         kCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
         vCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
         x = FloatBuffer(count: R * H); ln = FloatBuffer(count: R * H)
-        q = FloatBuffer(count: R * c.qDim); kNew = FloatBuffer(count: R * c.kvDim); vNew = FloatBuffer(count: R * c.kvDim)
+        // q, kNew, vNew are views of one buffer so a single token's q|k|v is contiguous.
+        qkv = FloatBuffer(count: R * (c.qDim + 2 * c.kvDim))
+        q = FloatBufferView(qkv, offset: 0)
+        kNew = FloatBufferView(qkv, offset: R * c.qDim)
+        vNew = FloatBufferView(qkv, offset: R * (c.qDim + c.kvDim))
         attOut = FloatBuffer(count: R * c.qDim); tmp = FloatBuffer(count: R * H)
-        gate = FloatBuffer(count: R * c.intermediateSize); up = FloatBuffer(count: R * c.intermediateSize)
+        gateUp = FloatBuffer(count: 2 * R * c.intermediateSize)
+        gate = FloatBufferView(gateUp, offset: 0)
+        up = FloatBufferView(gateUp, offset: R * c.intermediateSize)
         scores = FloatBuffer(count: batch * c.numAttentionHeads * capacity)
         lastHidden = FloatBuffer(count: batch * H)
         logits = FloatBuffer(count: batch * c.vocabSize)
@@ -77,9 +84,20 @@ public final class Decoder: @unchecked Sendable {
         for l in 0..<c.numHiddenLayers {
             let o = model.layout.layers[l]
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.inputNorm), rows: R, dim: H, eps: c.rmsNormEps)
-            matmulForward(q.pointer, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
-            matmulForward(kNew.pointer, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
-            matmulForward(vNew.pointer, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+            OpProfiler.time("dec.qkv") {
+                if R == 1 {
+                    // q, k, v weights are adjacent in the layout and q/kNew/vNew adjacent in qkv:
+                    // one fused matrix-vector product.
+                    matvec(qkv.pointer, P.at(o.q), ln.pointer, rows: c.qDim + 2 * c.kvDim, cols: H)
+                    if let b = o.qBias { addInPlace(q.pointer, P.at(b), count: c.qDim) }
+                    if let b = o.kBias { addInPlace(kNew.pointer, P.at(b), count: c.kvDim) }
+                    if let b = o.vBias { addInPlace(vNew.pointer, P.at(b), count: c.kvDim) }
+                } else {
+                    matmulForward(q.pointer, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
+                    matmulForward(kNew.pointer, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+                    matmulForward(vNew.pointer, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+                }
+            }
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
                     ropeForward(q.pointer, rows: R, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
@@ -91,23 +109,37 @@ public final class Decoder: @unchecked Sendable {
                 (kc + (b * capacity + past) * c.kvDim).update(from: kNew.at(b * n * c.kvDim), count: n * c.kvDim)
                 (vc + (b * capacity + past) * c.kvDim).update(from: vNew.at(b * n * c.kvDim), count: n * c.kvDim)
             }
+            OpProfiler.time("dec.attention") {
             attentionCachedForward(attOut.pointer, scores.pointer, q.pointer, kc, vc, batch: batch, newTokens: n,
                                    past: past, capacity: capacity, qHeads: c.numAttentionHeads,
                                    kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+            }
+            OpProfiler.time("dec.o") {
             matmulForward(tmp.pointer, attOut.pointer, P.at(o.o), o.oBias.map { P.at($0) }, rows: R, inDim: c.qDim, outDim: H)
+            }
             addInPlace(x.pointer, tmp.pointer, count: R * H)
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.postNorm), rows: R, dim: H, eps: c.rmsNormEps)
-            matmulForward(gate.pointer, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
-            matmulForward(up.pointer, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+            OpProfiler.time("dec.ffn") {
+            if R == 1 {
+                matvec(gate.pointer, P.at(o.gate), ln.pointer, rows: 2 * I, cols: H)   // gate then up
+                if let b = o.gateBias { addInPlace(gate.pointer, P.at(b), count: I) }
+                if let b = o.upBias { addInPlace(up.pointer, P.at(b), count: I) }
+            } else {
+                matmulForward(gate.pointer, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+                matmulForward(up.pointer, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+            }
             swigluForward(gate.pointer, gate.pointer, up.pointer, count: R * I)
             matmulForward(tmp.pointer, gate.pointer, P.at(o.down), o.downBias.map { P.at($0) }, rows: R, inDim: I, outDim: H)
+            }
             addInPlace(x.pointer, tmp.pointer, count: R * H)
         }
         for b in 0..<batch {
             lastHidden.at(b * H).update(from: x.at((b * n + n - 1) * H), count: H)
         }
         rmsnormForward(lastHidden.pointer, nil, lastHidden.pointer, P.at(model.layout.finalNorm), rows: batch, dim: H, eps: c.rmsNormEps)
-        matmulForward(logits.pointer, lastHidden.pointer, P.at(model.layout.lmHead), nil, rows: batch, inDim: H, outDim: c.vocabSize)
+        OpProfiler.time("dec.lm_head") {
+        matmulForward(self.logits.pointer, lastHidden.pointer, P.at(model.layout.lmHead), nil, rows: batch, inDim: H, outDim: c.vocabSize)
+        }
         position += n
     }
 

@@ -53,22 +53,28 @@ public struct ParameterLayout: Sendable {
         for l in 0..<c.numHiddenLayers {
             let p = "model.layers.\(l)."
             var o = LayerOffsets()
+            // Weights first, so q/k/v and gate/up sit back to back: decoding reads each pair as
+            // one fused matrix. Biases follow.
             o.inputNorm = add(p + "input_layernorm.weight", [H])
             o.q = add(p + "self_attn.q_proj.weight", [c.qDim, H])
-            if c.qkvBias { o.qBias = add(p + "self_attn.q_proj.bias", [c.qDim]) }
             o.k = add(p + "self_attn.k_proj.weight", [c.kvDim, H])
-            if c.qkvBias { o.kBias = add(p + "self_attn.k_proj.bias", [c.kvDim]) }
             o.v = add(p + "self_attn.v_proj.weight", [c.kvDim, H])
-            if c.qkvBias { o.vBias = add(p + "self_attn.v_proj.bias", [c.kvDim]) }
             o.o = add(p + "self_attn.o_proj.weight", [H, c.qDim])
-            if c.oBias { o.oBias = add(p + "self_attn.o_proj.bias", [H]) }
             o.postNorm = add(p + "post_attention_layernorm.weight", [H])
             o.gate = add(p + "mlp.gate_proj.weight", [I, H])
-            if c.mlpBias { o.gateBias = add(p + "mlp.gate_proj.bias", [I]) }
             o.up = add(p + "mlp.up_proj.weight", [I, H])
-            if c.mlpBias { o.upBias = add(p + "mlp.up_proj.bias", [I]) }
             o.down = add(p + "mlp.down_proj.weight", [H, I])
-            if c.mlpBias { o.downBias = add(p + "mlp.down_proj.bias", [H]) }
+            if c.qkvBias {
+                o.qBias = add(p + "self_attn.q_proj.bias", [c.qDim])
+                o.kBias = add(p + "self_attn.k_proj.bias", [c.kvDim])
+                o.vBias = add(p + "self_attn.v_proj.bias", [c.kvDim])
+            }
+            if c.oBias { o.oBias = add(p + "self_attn.o_proj.bias", [H]) }
+            if c.mlpBias {
+                o.gateBias = add(p + "mlp.gate_proj.bias", [I])
+                o.upBias = add(p + "mlp.up_proj.bias", [I])
+                o.downBias = add(p + "mlp.down_proj.bias", [H])
+            }
             layers.append(o)
         }
         self.layers = layers

@@ -42,6 +42,46 @@ public func parallelSgemm(
     }
 }
 
+/// `y (rows) = W (rows, cols) · x (cols)`: rows split over our threads; each thread streams its
+/// rows of W four at a time against x, so decoding reads every weight once.
+@inline(__always)
+public func matvec(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, rows: Int, cols: Int) {
+    let blocks = rows * cols < 1 << 15 ? 1 : min(ComputeThreads.count, max(1, rows / 16))
+    parallelChunks(blocks) { b0, b1 in
+        for blk in b0..<b1 {
+            let r0 = blk * rows / blocks / 4 * 4, r1 = blk + 1 == blocks ? rows : (blk + 1) * rows / blocks / 4 * 4
+            matvecRows(y, w, x, r0: r0, r1: r1, cols: cols)
+        }
+    }
+}
+
+@inline(__always)
+func matvecRows(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, r0: Int, r1: Int, cols: Int) {
+    var r = r0
+    let full = cols / 16 * 16
+    while r + 4 <= r1 {
+        let w0 = w + r * cols, w1 = w0 + cols, w2 = w1 + cols, w3 = w2 + cols
+        var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+        var i = 0
+        while i < full {
+            let xv = load16(x + i)
+            a0 += load16(w0 + i) * xv
+            a1 += load16(w1 + i) * xv
+            a2 += load16(w2 + i) * xv
+            a3 += load16(w3 + i) * xv
+            i += 16
+        }
+        var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
+        while i < cols { s0 += w0[i] * x[i]; s1 += w1[i] * x[i]; s2 += w2[i] * x[i]; s3 += w3[i] * x[i]; i += 1 }
+        y[r] = s0; y[r + 1] = s1; y[r + 2] = s2; y[r + 3] = s3
+        r += 4
+    }
+    while r < r1 {
+        y[r] = vectorDot(w + r * cols, x, cols)
+        r += 1
+    }
+}
+
 // Linear layers in Hugging Face layout: weight is (out, in), y = x·Wᵀ + b.
 // All matrix products go through cblas_sgemm; backward functions add into their gradients.
 
@@ -52,8 +92,13 @@ public func matmulForward(
     _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
     rows: Int, inDim: Int, outDim: Int
 ) {
-    parallelSgemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, alpha: 1,
-                  inp, lda: inDim, weight, ldb: inDim, beta: 0, out, ldc: outDim)
+    if rows == 1 {
+        // One token (decoding): a matrix-vector product bound by reading the weights once.
+        matvec(out, weight, inp, rows: outDim, cols: inDim)
+    } else {
+        parallelSgemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, alpha: 1,
+                      inp, lda: inDim, weight, ldb: inDim, beta: 0, out, ldc: outDim)
+    }
     if let bias {
         parallelChunks(rows, minChunk: 16) { r0, r1 in
             for r in r0..<r1 {

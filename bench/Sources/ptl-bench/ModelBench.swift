@@ -74,17 +74,26 @@ func sgemmRate(rows: Int, c: ModelConfig, reps: Int, threads: Int) -> Double {
     return flops / seconds / 1e9
 }
 
-/// Copy bandwidth in GB/s (bytes read + written) over a buffer far larger than the caches.
-func copyBandwidth(reps: Int) -> Double {
-    let n = 64 << 20   // 256 MB of floats
+/// Memory bandwidth in GB/s over 256 MB buffers (far larger than the caches), all threads:
+/// copy counts the bytes read plus written; read streams one buffer through a sum.
+func memoryBandwidth(reps: Int) -> (copy: Double, read: Double) {
+    let n = 64 << 20
     let a = FloatBuffer(count: n), b = FloatBuffer(count: n)
-    for i in stride(from: 0, to: n, by: 1024) { a.pointer[i] = 1 }
-    let t = timeIt(reps: reps) {
+    for i in 0..<n { a.pointer[i] = 1; b.pointer[i] = 0 }
+    let tc = timeIt(reps: reps) {
         parallelChunks(n, minChunk: 1 << 20) { i0, i1 in
             (b.pointer + i0).update(from: a.pointer + i0, count: i1 - i0)
         }
     }
-    return 2.0 * Double(n * 4) / t.median / 1e9
+    var sink: Float = 0
+    let tr = timeIt(reps: reps) {
+        let parts = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+        defer { parts.deallocate() }
+        parallelChunksIndexed(n, maxChunks: 64) { c, i0, i1 in parts[c] = vectorDot(a.pointer + i0, a.pointer + i0, i1 - i0) }
+        sink += parts[0]
+    }
+    if sink == -1 { print(sink) }
+    return (2.0 * Double(n * 4) / tc.median / 1e9, Double(n * 4) / tr.median / 1e9)
 }
 
 func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference: Bool) -> [String: Double] {
@@ -150,4 +159,23 @@ func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference:
         r["decode_b\(batch)_tokens_per_s"] = Double(128 * batch) / max(1e-9, td.median - tprompt.median)
     }
     return r
+}
+
+/// Times one batch-1 decode step by op (for `--profile-decode`).
+func profileDecode(_ bc: BenchConfig) {
+    let model = Model(config: bc.config)
+    model.initializeRandomly(seed: 1)
+    let decoder = Decoder(model: model, batch: 1, capacity: 256, maxChunk: 64)
+    decoder.step(tokens: [Int32](repeating: 1, count: 64))
+    OpProfiler.reset()
+    OpProfiler.enabled = true
+    let t0 = now()
+    for _ in 0..<64 { decoder.step(tokens: [2]) }
+    let dt = now() - t0
+    OpProfiler.enabled = false
+    print(String(format: "decode b1: %.2f ms/token", dt / 64 * 1000))
+    for (name, seconds, calls) in OpProfiler.report { print(String(format: "  op %-20@ %8.3f ms/token  %6d calls", name as NSString, seconds / 64 * 1000, calls)) }
+    let w = FloatBuffer(count: bc.config.vocabSize * bc.config.hiddenSize), x = FloatBuffer(count: bc.config.hiddenSize), y = FloatBuffer(count: bc.config.vocabSize)
+    let t = timeIt(reps: 10) { matvec(y.pointer, w.pointer, x.pointer, rows: bc.config.vocabSize, cols: bc.config.hiddenSize) }
+    print(String(format: "lm_head matvec: %.2f ms (%.1f GB/s)", t.median * 1000, Double(w.count * 4) / t.median / 1e9))
 }

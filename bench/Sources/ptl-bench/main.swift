@@ -23,6 +23,10 @@ while !args.isEmpty {
     case "--skip-train": skipTrain = true
     case "--skip-inference": skipInference = true
     case "--profile": OpProfiler.enabled = true
+    case "--profile-decode":
+        ComputeThreads.set(threads)
+        profileDecode(try! BenchConfig.named(args.isEmpty ? "b" : args.removeFirst()))
+        exit(0)
     default:
         FileHandle.standardError.write(Data("unknown argument \(a)\n".utf8))
         exit(2)
@@ -31,8 +35,10 @@ while !args.isEmpty {
 ComputeThreads.set(threads)
 let env = ProcessInfo.processInfo.environment
 print("# ptl-bench  threads \(threads)  OpenBLAS core \(ComputeThreads.blasCoreName)  OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)") OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
-let bandwidth = copyBandwidth(reps: reps)
-print(String(format: "copy bandwidth: %.1f GB/s", bandwidth))
+let (copyGBs, readGBs) = memoryBandwidth(reps: reps)
+print(String(format: "memory bandwidth: copy %.1f GB/s, read %.1f GB/s", copyGBs, readGBs))
+// Decoding streams the weights once per token: the read bandwidth bounds it.
+let bandwidth = readGBs
 for name in configNames {
     do {
         let bc = try BenchConfig.named(name)
@@ -40,7 +46,8 @@ for name in configNames {
         let weightBytes = r["parameters"]! * 4
         r["decode_bandwidth_limit_tokens_per_s"] = bandwidth * 1e9 / weightBytes
         if let d = r["decode_b1_tokens_per_s"] { r["decode_b1_fraction_of_bandwidth_limit"] = d / r["decode_bandwidth_limit_tokens_per_s"]! }
-        r["copy_bandwidth_gbs"] = bandwidth
+        r["copy_bandwidth_gbs"] = copyGBs
+        r["read_bandwidth_gbs"] = readGBs
         print("config \(bc.name), batch \(bc.batch), seq \(bc.seq)")
         if OpProfiler.enabled {
             for (name, seconds, calls) in OpProfiler.report { print(String(format: "  op %-20@ %8.3f s  %6d calls", name as NSString, seconds, calls)) }
