@@ -16,8 +16,8 @@ public final class Decoder: @unchecked Sendable {
     let rope: RoPETables
     let kCache: FloatBuffer   // (layers, batch, capacity, kvHeads, headDim)
     let vCache: FloatBuffer
+    // q|k|v and gate|up of the current rows are stored back to back (see `chunk`).
     let x: FloatBuffer, ln: FloatBuffer, qkv: FloatBuffer, gateUp: FloatBuffer
-    let q: FloatBufferView, kNew: FloatBufferView, vNew: FloatBufferView, gate: FloatBufferView, up: FloatBufferView
     let attOut: FloatBuffer, tmp: FloatBuffer
     let scores: FloatBuffer, lastHidden: FloatBuffer
     /// Logits of the last fed token of each sequence, (batch, vocab).
@@ -35,15 +35,9 @@ public final class Decoder: @unchecked Sendable {
         kCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
         vCache = FloatBuffer(count: L * batch * capacity * c.kvDim)
         x = FloatBuffer(count: R * H); ln = FloatBuffer(count: R * H)
-        // q, kNew, vNew are views of one buffer so a single token's q|k|v is contiguous.
         qkv = FloatBuffer(count: R * (c.qDim + 2 * c.kvDim))
-        q = FloatBufferView(qkv, offset: 0)
-        kNew = FloatBufferView(qkv, offset: R * c.qDim)
-        vNew = FloatBufferView(qkv, offset: R * (c.qDim + c.kvDim))
         attOut = FloatBuffer(count: R * c.qDim); tmp = FloatBuffer(count: R * H)
         gateUp = FloatBuffer(count: 2 * R * c.intermediateSize)
-        gate = FloatBufferView(gateUp, offset: 0)
-        up = FloatBufferView(gateUp, offset: R * c.intermediateSize)
         scores = FloatBuffer(count: batch * c.numAttentionHeads * capacity)
         lastHidden = FloatBuffer(count: batch * H)
         logits = FloatBuffer(count: batch * c.vocabSize)
@@ -81,6 +75,9 @@ public final class Decoder: @unchecked Sendable {
         }
         let posOf: (Int) -> Int = { past + $0 % n }
         let layerCache = batch * capacity * c.kvDim
+        // For one row these are contiguous: [q | k | v] and [gate | up].
+        let q = qkv.pointer, kNew = qkv.pointer + R * c.qDim, vNew = qkv.pointer + R * (c.qDim + c.kvDim)
+        let gate = gateUp.pointer, up = gateUp.pointer + R * I
         for l in 0..<c.numHiddenLayers {
             let o = model.layout.layers[l]
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.inputNorm), rows: R, dim: H, eps: c.rmsNormEps)
@@ -89,28 +86,28 @@ public final class Decoder: @unchecked Sendable {
                     // q, k, v weights are adjacent in the layout and q/kNew/vNew adjacent in qkv:
                     // one fused matrix-vector product.
                     matvec(qkv.pointer, P.at(o.q), ln.pointer, rows: c.qDim + 2 * c.kvDim, cols: H)
-                    if let b = o.qBias { addInPlace(q.pointer, P.at(b), count: c.qDim) }
-                    if let b = o.kBias { addInPlace(kNew.pointer, P.at(b), count: c.kvDim) }
-                    if let b = o.vBias { addInPlace(vNew.pointer, P.at(b), count: c.kvDim) }
+                    if let b = o.qBias { addInPlace(q, P.at(b), count: c.qDim) }
+                    if let b = o.kBias { addInPlace(kNew, P.at(b), count: c.kvDim) }
+                    if let b = o.vBias { addInPlace(vNew, P.at(b), count: c.kvDim) }
                 } else {
-                    matmulForward(q.pointer, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
-                    matmulForward(kNew.pointer, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
-                    matmulForward(vNew.pointer, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+                    matmulForward(q, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
+                    matmulForward(kNew, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+                    matmulForward(vNew, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
                 }
             }
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
-                    ropeForward(q.pointer, rows: R, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
-                    ropeForward(kNew.pointer, rows: R, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    ropeForward(q, rows: R, heads: c.numAttentionHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
+                    ropeForward(kNew, rows: R, heads: c.numKeyValueHeads, headDim: c.headDim, cos: cs.baseAddress!, sin: sn.baseAddress!, positionOf: posOf)
                 }
             }
             let kc = kCache.at(l * layerCache), vc = vCache.at(l * layerCache)
             for b in 0..<batch {
-                (kc + (b * capacity + past) * c.kvDim).update(from: kNew.at(b * n * c.kvDim), count: n * c.kvDim)
-                (vc + (b * capacity + past) * c.kvDim).update(from: vNew.at(b * n * c.kvDim), count: n * c.kvDim)
+                (kc + (b * capacity + past) * c.kvDim).update(from: (kNew + b * n * c.kvDim), count: n * c.kvDim)
+                (vc + (b * capacity + past) * c.kvDim).update(from: (vNew + b * n * c.kvDim), count: n * c.kvDim)
             }
             OpProfiler.time("dec.attention") {
-            attentionCachedForward(attOut.pointer, scores.pointer, q.pointer, kc, vc, batch: batch, newTokens: n,
+            attentionCachedForward(attOut.pointer, scores.pointer, q, kc, vc, batch: batch, newTokens: n,
                                    past: past, capacity: capacity, qHeads: c.numAttentionHeads,
                                    kvHeads: c.numKeyValueHeads, headDim: c.headDim)
             }
@@ -121,15 +118,15 @@ public final class Decoder: @unchecked Sendable {
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.postNorm), rows: R, dim: H, eps: c.rmsNormEps)
             OpProfiler.time("dec.ffn") {
             if R == 1 {
-                matvec(gate.pointer, P.at(o.gate), ln.pointer, rows: 2 * I, cols: H)   // gate then up
-                if let b = o.gateBias { addInPlace(gate.pointer, P.at(b), count: I) }
-                if let b = o.upBias { addInPlace(up.pointer, P.at(b), count: I) }
+                matvec(gate, P.at(o.gate), ln.pointer, rows: 2 * I, cols: H)   // gate then up
+                if let b = o.gateBias { addInPlace(gate, P.at(b), count: I) }
+                if let b = o.upBias { addInPlace(up, P.at(b), count: I) }
             } else {
-                matmulForward(gate.pointer, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
-                matmulForward(up.pointer, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+                matmulForward(gate, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+                matmulForward(up, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
             }
-            swigluForward(gate.pointer, gate.pointer, up.pointer, count: R * I)
-            matmulForward(tmp.pointer, gate.pointer, P.at(o.down), o.downBias.map { P.at($0) }, rows: R, inDim: I, outDim: H)
+            swigluForward(gate, gate, up, count: R * I)
+            matmulForward(tmp.pointer, gate, P.at(o.down), o.downBias.map { P.at($0) }, rows: R, inDim: I, outDim: H)
             }
             addInPlace(x.pointer, tmp.pointer, count: R * H)
         }

@@ -61,15 +61,3 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 }
 
-/// A window into a `FloatBuffer` starting at `offset` (keeps the buffer alive).
-public struct FloatBufferView: @unchecked Sendable {
-    public let buffer: FloatBuffer
-    public let offset: Int
-    public init(_ buffer: FloatBuffer, offset: Int) {
-        precondition(offset <= buffer.count)
-        self.buffer = buffer
-        self.offset = offset
-    }
-    @inline(__always) public var pointer: UnsafeMutablePointer<Float> { buffer.pointer + offset }
-    @inline(__always) public func at(_ i: Int) -> UnsafeMutablePointer<Float> { buffer.pointer + offset + i }
-}
