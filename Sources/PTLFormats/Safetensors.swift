@@ -1,0 +1,298 @@
+import Foundation
+
+/// A tensor decoded to fp32, row-major.
+public struct TensorF32: Sendable, Equatable {
+    public var shape: [Int]
+    public var values: [Float]
+    public init(shape: [Int], values: [Float]) {
+        precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
+        self.shape = shape
+        self.values = values
+    }
+    public var count: Int { values.count }
+}
+
+/// Element types of safetensors files.
+public enum SafetensorsDType: String, Sendable, CaseIterable {
+    case f32 = "F32", f16 = "F16", bf16 = "BF16", f64 = "F64", i64 = "I64", i32 = "I32"
+    /// Bytes per element.
+    public var size: Int {
+        switch self {
+        case .f32, .i32: return 4
+        case .f16, .bf16: return 2
+        case .f64, .i64: return 8
+        }
+    }
+}
+
+/// A problem with a safetensors file, naming the file (and tensor).
+public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// One tensor's entry in a safetensors header.
+public struct SafetensorsEntry: Sendable, Equatable {
+    public let name: String
+    public let dtype: SafetensorsDType
+    public let shape: [Int]
+    /// Byte range within the data section (after the header).
+    public let dataOffsets: Range<Int>
+}
+
+/// The parsed header of a safetensors file.
+public struct SafetensorsHeader: Sendable {
+    /// Entries in data order.
+    public let entries: [SafetensorsEntry]
+    public let metadata: [String: String]
+    /// Byte offset of the data section in the file (8 + header length).
+    public let dataStart: Int
+}
+
+/// Reading and writing the safetensors format: an 8-byte little-endian header length, a JSON
+/// header of `name: {dtype, shape, data_offsets}` (plus `__metadata__`), then raw data.
+public enum Safetensors {
+    /// Parses and checks the header of the file at `path` without reading tensor data.
+    public static func readHeader(path: String) throws -> SafetensorsHeader {
+        let data = try mapped(path)
+        return try parseHeader(data, path: path)
+    }
+
+    /// Reads every tensor of one .safetensors file, decoded to fp32.
+    public static func read(path: String) throws -> [String: TensorF32] {
+        let data = try mapped(path)
+        let header = try parseHeader(data, path: path)
+        var out: [String: TensorF32] = [:]
+        out.reserveCapacity(header.entries.count)
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            let base = raw.baseAddress! + header.dataStart
+            for e in header.entries {
+                out[e.name] = decode(base + e.dataOffsets.lowerBound, e)
+            }
+        }
+        return out
+    }
+
+    /// Reads a model directory: `model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`, checking each listed tensor is in its shard exactly once.
+    public static func readModel(directory: String) throws -> [String: TensorF32] {
+        let dir = URL(fileURLWithPath: directory)
+        let index = dir.appendingPathComponent("model.safetensors.index.json")
+        let single = dir.appendingPathComponent("model.safetensors")
+        let fm = FileManager.default
+        if fm.fileExists(atPath: index.path) {
+            guard let data = fm.contents(atPath: index.path),
+                  let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let weightMap = json["weight_map"] as? [String: String] else {
+                throw SafetensorsError("\(index.path): not a valid index (needs a \"weight_map\" object of tensor → file)")
+            }
+            var byShard: [String: [String]] = [:]
+            for (tensor, file) in weightMap { byShard[file, default: []].append(tensor) }
+            var out: [String: TensorF32] = [:]
+            for file in byShard.keys.sorted() {
+                let path = dir.appendingPathComponent(file).path
+                guard fm.fileExists(atPath: path) else {
+                    throw SafetensorsError("\(index.path): shard \(file) is listed but missing")
+                }
+                let tensors = try read(path: path)
+                for name in byShard[file]!.sorted() {
+                    guard let t = tensors[name] else {
+                        throw SafetensorsError("\(path): tensor \(name) is listed in the index but not in this shard")
+                    }
+                    out[name] = t
+                }
+                for name in tensors.keys where weightMap[name] != file {
+                    if weightMap[name] == nil {
+                        throw SafetensorsError("\(path): tensor \(name) is not listed in \(index.lastPathComponent)")
+                    }
+                    throw SafetensorsError("\(path): tensor \(name) also appears in shard \(weightMap[name]!)")
+                }
+            }
+            return out
+        }
+        if fm.fileExists(atPath: single.path) { return try read(path: single.path) }
+        throw SafetensorsError("\(directory): no model.safetensors or model.safetensors.index.json")
+    }
+
+    /// Writes tensors in the given order as F32 or BF16 (round-to-nearest-even like torch),
+    /// header padded with spaces to a multiple of 8, `__metadata__` {"format": "pt", …}.
+    /// Written to a temporary file beside `path`, then renamed.
+    public static func write(_ tensors: [(name: String, tensor: TensorF32)], to path: String,
+                             dtype: SafetensorsDType = .f32, metadata: [String: String] = [:]) throws {
+        guard dtype == .f32 || dtype == .bf16 else {
+            throw SafetensorsError("\(path): writing \(dtype.rawValue) is not supported (F32 or BF16)")
+        }
+        var seen = Set<String>()
+        var offset = 0
+        var header = "{"
+        var meta = metadata
+        meta["format"] = meta["format"] ?? "pt"
+        header += "\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
+        for (name, t) in tensors {
+            guard seen.insert(name).inserted else { throw SafetensorsError("\(path): tensor \(name) given twice") }
+            let bytes = t.count * dtype.size
+            header += ",\(jsonString(name)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            offset += bytes
+        }
+        header += "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        let total = 8 + headerBytes.count + offset
+        var file = [UInt8](repeating: 0, count: total)
+        file.withUnsafeMutableBytes { raw in
+            let base = raw.baseAddress!
+            base.storeBytes(of: UInt64(headerBytes.count).littleEndian, as: UInt64.self)
+            headerBytes.withUnsafeBytes { base.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: headerBytes.count) }
+            var p = base + 8 + headerBytes.count
+            for (_, t) in tensors {
+                t.values.withUnsafeBufferPointer { src in
+                    if dtype == .f32 {
+                        p.copyMemory(from: src.baseAddress!, byteCount: t.count * 4)
+                    } else {
+                        let dst = p.bindMemory(to: UInt16.self, capacity: t.count)
+                        for i in 0..<t.count { dst[i] = bfloat16Bits(src[i]) }
+                    }
+                }
+                p += t.count * dtype.size
+            }
+        }
+        let url = URL(fileURLWithPath: path)
+        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        do {
+            try Data(file).write(to: temp)
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(at: temp, to: url)
+        } catch {
+            try? FileManager.default.removeItem(at: temp)
+            throw SafetensorsError("\(path): cannot write (\(error.localizedDescription))")
+        }
+    }
+
+    // MARK: - Decoding
+
+    static func mapped(_ path: String) throws -> Data {
+        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError("\(path): no such file") }
+        do {
+            return try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+        } catch {
+            throw SafetensorsError("\(path): cannot read (\(error.localizedDescription))")
+        }
+    }
+
+    static func parseHeader(_ data: Data, path: String) throws -> SafetensorsHeader {
+        guard data.count >= 8 else { throw SafetensorsError("\(path): truncated (\(data.count) bytes; a safetensors file starts with an 8-byte header length)") }
+        let n = data.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard n <= UInt64(data.count - 8) else {
+            throw SafetensorsError("\(path): header length \(n) is larger than the file (\(data.count) bytes): truncated or not a safetensors file")
+        }
+        guard n <= 100_000_000 else { throw SafetensorsError("\(path): header length \(n) is implausibly large") }
+        let headerData = data.subdata(in: 8..<(8 + Int(n)))
+        guard let object = try? JSONSerialization.jsonObject(with: headerData), let dict = object as? [String: Any] else {
+            throw SafetensorsError("\(path): the header is not a JSON object")
+        }
+        let dataStart = 8 + Int(n)
+        let dataSize = data.count - dataStart
+        var entries: [SafetensorsEntry] = []
+        var metadata: [String: String] = [:]
+        for (name, value) in dict {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw SafetensorsError("\(path): __metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let s = v as? String else { throw SafetensorsError("\(path): __metadata__ value for \(k) is not a string") }
+                    metadata[k] = s
+                }
+                continue
+            }
+            guard let info = value as? [String: Any] else { throw SafetensorsError("\(path): tensor \(name): header entry is not an object") }
+            guard let dtypeName = info["dtype"] as? String else { throw SafetensorsError("\(path): tensor \(name): missing dtype") }
+            guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
+                throw SafetensorsError("\(path): tensor \(name): unsupported dtype \(dtypeName) (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            guard let shapeAny = info["shape"] as? [Any], let shape = integers(shapeAny), shape.allSatisfy({ $0 >= 0 }) else {
+                throw SafetensorsError("\(path): tensor \(name): shape must be a list of non-negative integers")
+            }
+            guard let offAny = info["data_offsets"] as? [Any], let offs = integers(offAny), offs.count == 2, offs[0] >= 0, offs[0] <= offs[1] else {
+                throw SafetensorsError("\(path): tensor \(name): data_offsets must be [begin, end] with begin ≤ end")
+            }
+            let expected = shape.reduce(1, *) * dtype.size
+            guard offs[1] - offs[0] == expected else {
+                throw SafetensorsError("\(path): tensor \(name): \(offs[1] - offs[0]) bytes for \(dtype.rawValue) \(shape), expected \(expected)")
+            }
+            guard offs[1] <= dataSize else {
+                throw SafetensorsError("\(path): tensor \(name): data ends at byte \(offs[1]) but the file has \(dataSize) data bytes: truncated")
+            }
+            entries.append(SafetensorsEntry(name: name, dtype: dtype, shape: shape, dataOffsets: offs[0]..<offs[1]))
+        }
+        entries.sort { $0.dataOffsets.lowerBound != $1.dataOffsets.lowerBound ? $0.dataOffsets.lowerBound < $1.dataOffsets.lowerBound : $0.name < $1.name }
+        for i in entries.indices.dropFirst() where entries[i].dataOffsets.lowerBound < entries[i - 1].dataOffsets.upperBound {
+            throw SafetensorsError("\(path): tensors \(entries[i - 1].name) and \(entries[i].name) overlap")
+        }
+        return SafetensorsHeader(entries: entries, metadata: metadata, dataStart: dataStart)
+    }
+
+    static func integers(_ xs: [Any]) -> [Int]? {
+        var out: [Int] = []
+        for x in xs {
+            guard let n = x as? NSNumber, n.doubleValue == n.doubleValue.rounded(), n.doubleValue >= -9e15, n.doubleValue <= 9e15 else { return nil }
+            out.append(n.intValue)
+        }
+        return out
+    }
+
+    static func decode(_ src: UnsafeRawPointer, _ e: SafetensorsEntry) -> TensorF32 {
+        let n = e.shape.reduce(1, *)
+        let values = [Float](unsafeUninitializedCapacity: n) { dst, count in
+            let d = dst.baseAddress!
+            switch e.dtype {
+            case .f32:
+                if n > 0 { UnsafeMutableRawPointer(d).copyMemory(from: src, byteCount: n * 4) }
+            case .bf16:
+                for i in 0..<n {
+                    let bits = UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16
+                    d[i] = Float(bitPattern: bits)
+                }
+            case .f16:
+                for i in 0..<n { d[i] = halfToFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+            case .f64:
+                for i in 0..<n { d[i] = Float(src.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
+            case .i64:
+                for i in 0..<n { d[i] = Float(src.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)) }
+            case .i32:
+                for i in 0..<n { d[i] = Float(src.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+            }
+            count = n
+        }
+        return TensorF32(shape: e.shape, values: values)
+    }
+
+    static func jsonString(_ s: String) -> String {
+        let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
+        let text = String(decoding: data, as: UTF8.self)
+        return String(text.dropFirst().dropLast())
+    }
+}
+
+/// IEEE half → float, including subnormals, infinities and NaN.
+@inline(__always)
+public func halfToFloat(_ h: UInt16) -> Float {
+    let sign = UInt32(h & 0x8000) << 16
+    let exp = Int((h >> 10) & 0x1F)
+    let mant = UInt32(h & 0x3FF)
+    if exp == 0 {
+        if mant == 0 { return Float(bitPattern: sign) }
+        let v = Float(mant) * Float(sign: .plus, exponent: -24, significand: 1)
+        return sign != 0 ? -v : v
+    }
+    if exp == 31 { return Float(bitPattern: sign | 0x7F80_0000 | (mant << 13)) }
+    return Float(bitPattern: sign | UInt32(exp - 15 + 127) << 23 | (mant << 13))
+}
+
+/// float → bfloat16 bits, rounding to nearest even (torch's conversion); NaN stays NaN.
+@inline(__always)
+public func bfloat16Bits(_ f: Float) -> UInt16 {
+    let bits = f.bitPattern
+    if f.isNaN { return UInt16(bits >> 16) | 0x0040 }
+    let rounding = 0x7FFF + ((bits >> 16) & 1)
+    return UInt16((bits &+ rounding) >> 16)
+}
