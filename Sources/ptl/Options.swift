@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import PTLData
+import PTLModel
+import PTLTensor
+import PTLTokenizer
+
+/// Options every model-reading subcommand shares.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "A Hugging Face model directory (config.json, model.safetensors or sharded, tokenizer.json).")
+    var model: String
+
+    @Option(help: "Compute threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    /// Applies the thread count.
+    func configureThreads() {
+        ComputeThreads.set(threads ?? System.coreCount)
+    }
+
+    func loadModel() throws -> Model {
+        configureThreads()
+        return try HFModel.load(directory: model)
+    }
+
+    func loadTokenizer() throws -> Tokenizer {
+        let path = (model as NSString).appendingPathComponent("tokenizer.json")
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ModelError("\(path): missing (the model directory needs a tokenizer.json)")
+        }
+        return try Tokenizer(path: path)
+    }
+}
+
+/// Options for reading a JSONL corpus.
+struct DataOptions: ParsableArguments {
+    @Option(help: "JSONL data: one {\"question\",\"answer\"} or {\"text\"} object a line.")
+    var data: String
+
+    @Option(help: "Template for question/answer lines.")
+    var template: String = PromptTemplate.standard.template
+
+    @Option(help: "Tokens kept of each line (longer lines are cut).")
+    var seqLen: Int = 1024
+
+    @Option(help: "Use only the first N lines.")
+    var limit: Int?
+
+    func validate() throws {
+        if seqLen < 2 { throw ValidationError("--seq-len must be at least 2") }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        _ = try PromptTemplate(template)
+    }
+
+    /// Each line tokenized on its own (with the tokenizer's special tokens) and cut at seq-len.
+    func tokenizedLines(with tokenizer: Tokenizer) throws -> [[Int]] {
+        let corpus = try Corpus.load(path: data, limit: limit)
+        let template = try PromptTemplate(template)
+        return corpus.records.map { Array(tokenizer.encode(template.render($0)).prefix(seqLen)) }
+    }
+}
+
+/// Writes one JSON object as a line to standard output.
+func printJSON(_ value: JSONValue) {
+    print(value.description)
+}
+
+extension JSONValue {
+    static func ints(_ xs: [Int]) -> JSONValue { .array(xs.map { .number(Double($0)) }) }
+}

@@ -1,1 +1,0 @@
-print("ptl: building")
