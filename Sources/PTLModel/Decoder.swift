@@ -107,9 +107,16 @@ public final class Decoder: @unchecked Sendable {
                 (vc + (b * capacity + past) * c.kvDim).update(from: (vNew + b * n * c.kvDim), count: n * c.kvDim)
             }
             OpProfiler.time("dec.attention") {
+            if past == 0 && n > 1 {
+                // A fresh prompt: the training kernel (sgemm per head) over the new tokens alone.
+                let shape = AttentionShape(batch: batch, seq: n, qHeads: c.numAttentionHeads,
+                                           kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+                attentionForward(attOut.pointer, promptProbs(count: shape.probsCount), q, kNew, vNew, shape: shape)
+            } else {
             attentionCachedForward(attOut.pointer, scores.pointer, q, kc, vc, batch: batch, newTokens: n,
                                    past: past, capacity: capacity, qHeads: c.numAttentionHeads,
                                    kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+            }
             }
             OpProfiler.time("dec.o") {
             matmulForward(tmp.pointer, attOut.pointer, P.at(o.o), o.oBias.map { P.at($0) }, rows: R, inDim: c.qDim, outDim: H)
@@ -138,6 +145,16 @@ public final class Decoder: @unchecked Sendable {
         matmulForward(self.logits.pointer, lastHidden.pointer, P.at(model.layout.lmHead), nil, rows: batch, inDim: H, outDim: c.vocabSize)
         }
         position += n
+    }
+
+    private var promptProbsBuffer: FloatBuffer?
+
+    /// Scratch for the attention probabilities of a prompt chunk, allocated on first use.
+    private func promptProbs(count: Int) -> UnsafeMutablePointer<Float> {
+        if let b = promptProbsBuffer, b.count >= count { return b.pointer }
+        let b = FloatBuffer(count: count)
+        promptProbsBuffer = b
+        return b.pointer
     }
 
     /// Logits of sequence `b` after the last step.

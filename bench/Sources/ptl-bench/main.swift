@@ -5,6 +5,8 @@ import PTLTensor
 // ptl-bench: training-step, prefill and decode speed for the two reference shapes, with the
 // sgemm rate and copy bandwidth measured in the same run.
 //   swift run -c release ptl-bench [--config a|b|all] [--reps N] [--threads N] [--skip-train] [--skip-inference]
+//   ptl-bench --tokenizer tokenizer.json data.jsonl      (tokenizer MB/s)
+//   ptl-bench --profile-decode a|b                      (decode time per op)
 
 var configNames = ["a", "b"]
 var reps = 5
@@ -23,6 +25,12 @@ while !args.isEmpty {
     case "--skip-train": skipTrain = true
     case "--skip-inference": skipInference = true
     case "--profile": OpProfiler.enabled = true
+    case "--tokenizer":
+        // --tokenizer TOKENIZER.json DATA.jsonl
+        let tok = args.removeFirst(), data = args.removeFirst()
+        let r = try! tokenizerBenchmark(tokenizerPath: tok, jsonlPath: data, reps: reps)
+        print(String(format: "tokenizer %@: %.2f MB in, %d tokens, %.2f MB/s (one thread, one call per line)", tok, r.megabytes, r.tokens, r.mbPerSecond))
+        exit(0)
     case "--profile-decode":
         ComputeThreads.set(threads)
         profileDecode(try! BenchConfig.named(args.isEmpty ? "b" : args.removeFirst()))
