@@ -178,4 +178,10 @@ func profileDecode(_ bc: BenchConfig) {
     let w = FloatBuffer(count: bc.config.vocabSize * bc.config.hiddenSize), x = FloatBuffer(count: bc.config.hiddenSize), y = FloatBuffer(count: bc.config.vocabSize)
     let t = timeIt(reps: 10) { matvec(y.pointer, w.pointer, x.pointer, rows: bc.config.vocabSize, cols: bc.config.hiddenSize) }
     print(String(format: "lm_head matvec: %.2f ms (%.1f GB/s)", t.median * 1000, Double(w.count * 4) / t.median / 1e9))
+    let c = bc.config
+    for (rows, cols) in [(2 * c.intermediateSize, c.hiddenSize), (c.hiddenSize, c.intermediateSize), (c.qDim + 2 * c.kvDim, c.hiddenSize)] {
+        let w = FloatBuffer(count: rows * cols), x = FloatBuffer(count: cols), y = FloatBuffer(count: rows)
+        let t = timeIt(reps: 200) { matvec(y.pointer, w.pointer, x.pointer, rows: rows, cols: cols) }
+        print(String(format: "matvec %d×%d: %.1f µs (%.1f GB/s)", rows, cols, t.median * 1e6, Double(rows * cols * 4) / t.median / 1e9))
+    }
 }
