@@ -31,11 +31,13 @@ let package = Package(
         .target(name: "PTLData", dependencies: ["PTLTokenizer"]),
         // Continual pre-training (trainer loop) and loss evaluation over token sequences.
         .target(name: "PTLTune", dependencies: ["PTLModel", "PTLData"]),
+        // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
+        .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"]),
         // The ZeroMQ binding (the cluster builds on it).
         .target(name: "PTLCluster", dependencies: ["CZeroMQ"]),
 
         .executableTarget(name: "ptl", dependencies: [
-            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune",
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],
@@ -47,6 +49,7 @@ let package = Package(
         .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData"]),
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
+        .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
         .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]

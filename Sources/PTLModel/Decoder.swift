@@ -42,10 +42,23 @@ public final class Decoder: @unchecked Sendable {
         lastHidden = FloatBuffer(count: batch * H)
         logits = FloatBuffer(count: batch * c.vocabSize)
         tokenScratch = [Int32](repeating: 0, count: R)
+        padding = [Int](repeating: 0, count: batch)
     }
 
-    /// Empties the cache.
-    public func reset() { position = 0 }
+    /// Left padding of each sequence: positions before it are invisible to that sequence and
+    /// its RoPE positions count from it, so prompts of unequal length batch together.
+    public private(set) var padding: [Int]
+
+    /// Empties the cache; `padding` gives each sequence's left padding for the next prompt.
+    public func reset(padding: [Int]? = nil) {
+        position = 0
+        if let padding {
+            precondition(padding.count == batch, "one padding per sequence")
+            self.padding = padding
+        } else {
+            self.padding = [Int](repeating: 0, count: batch)
+        }
+    }
 
     /// Feeds `tokens` (batch rows of equal length, row-major) and returns the logits of each
     /// row's last token in `logits`. Long inputs are processed in chunks of `maxChunk`.
@@ -73,7 +86,9 @@ public final class Decoder: @unchecked Sendable {
         tokenScratch.withUnsafeBufferPointer { tok in
             embeddingForward(x.pointer, tok.baseAddress!, P.at(model.layout.embedding), rows: R, dim: H)
         }
-        let posOf: (Int) -> Int = { past + $0 % n }
+        let pad = padding
+        let padded = pad.contains { $0 > 0 }
+        let posOf: (Int) -> Int = padded ? { r in max(0, past + r % n - pad[r / n]) } : { past + $0 % n }
         let layerCache = batch * capacity * c.kvDim
         // For one row these are contiguous: [q | k | v] and [gate | up].
         let q = qkv.pointer, kNew = qkv.pointer + R * c.qDim, vNew = qkv.pointer + R * (c.qDim + c.kvDim)
@@ -107,15 +122,17 @@ public final class Decoder: @unchecked Sendable {
                 (vc + (b * capacity + past) * c.kvDim).update(from: (vNew + b * n * c.kvDim), count: n * c.kvDim)
             }
             OpProfiler.time("dec.attention") {
-            if past == 0 && n > 1 {
+            if past == 0 && n > 1 && !padded {
                 // A fresh prompt: the training kernel (sgemm per head) over the new tokens alone.
                 let shape = AttentionShape(batch: batch, seq: n, qHeads: c.numAttentionHeads,
                                            kvHeads: c.numKeyValueHeads, headDim: c.headDim)
                 attentionForward(attOut.pointer, promptProbs(count: shape.probsCount), q, kNew, vNew, shape: shape)
             } else {
-            attentionCachedForward(attOut.pointer, scores.pointer, q, kc, vc, batch: batch, newTokens: n,
-                                   past: past, capacity: capacity, qHeads: c.numAttentionHeads,
-                                   kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+            pad.withUnsafeBufferPointer { pb in
+                attentionCachedForward(attOut.pointer, scores.pointer, q, kc, vc, batch: batch, newTokens: n,
+                                       past: past, capacity: capacity, qHeads: c.numAttentionHeads,
+                                       kvHeads: c.numKeyValueHeads, headDim: c.headDim, firstVisible: padded ? pb.baseAddress : nil)
+            }
             }
             }
             OpProfiler.time("dec.o") {

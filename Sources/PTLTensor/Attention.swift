@@ -152,11 +152,13 @@ public func attentionForwardNaive(
 /// positions (the new keys/values already written), causal within the new tokens.
 ///
 /// q/out: (batch, newTokens, qHeads, headDim); cache k/v: (batch, capacity, kvHeads, headDim).
-/// `scores` holds batch·qHeads·(past + newTokens) floats.
+/// `scores` holds batch·qHeads·(past + newTokens) floats. `firstVisible[b]` (optional) hides
+/// the cache positions before it from sequence b: left padding of a batch of unequal prompts.
 public func attentionCachedForward(
     _ out: UnsafeMutablePointer<Float>, _ scores: UnsafeMutablePointer<Float>,
     _ q: UnsafePointer<Float>, _ kCache: UnsafePointer<Float>, _ vCache: UnsafePointer<Float>,
-    batch: Int, newTokens: Int, past: Int, capacity: Int, qHeads: Int, kvHeads: Int, headDim: Int
+    batch: Int, newTokens: Int, past: Int, capacity: Int, qHeads: Int, kvHeads: Int, headDim: Int,
+    firstVisible: UnsafePointer<Int>? = nil
 ) {
     let D = headDim, group = qHeads / kvHeads
     let scale = 1 / Float(D).squareRoot()
@@ -164,21 +166,26 @@ public func attentionCachedForward(
     parallelFor(batch * qHeads) { bh in
         let b = bh / qHeads, h = bh % qHeads, kh = h / group
         let sc = scores + bh * total
+        let first = firstVisible?[b] ?? 0
         for t in 0..<newTokens {
             let qv = q + ((b * newTokens + t) * qHeads + h) * D
             let visible = past + t + 1
+            let o = out + ((b * newTokens + t) * qHeads + h) * D
+            if first >= visible {
+                o.update(repeating: 0, count: D)   // a padding position: attends to nothing
+                continue
+            }
             var m = -Float.infinity
-            for j in 0..<visible {
+            for j in first..<visible {
                 let kv = kCache + ((b * capacity + j) * kvHeads + kh) * D
                 let dot = vectorDot(qv, kv, D) * scale
                 sc[j] = dot
                 if dot > m { m = dot }
             }
-            let sum = vectorExpShiftSum(sc, shift: m, visible)
+            let sum = vectorExpShiftSum(sc + first, shift: m, visible - first)
             let inv = 1 / sum
-            let o = out + ((b * newTokens + t) * qHeads + h) * D
             o.update(repeating: 0, count: D)
-            for j in 0..<visible {
+            for j in first..<visible {
                 vectorAxpy(o, sc[j] * inv, vCache + ((b * capacity + j) * kvHeads + kh) * D, D)
             }
         }

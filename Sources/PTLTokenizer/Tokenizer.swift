@@ -157,6 +157,12 @@ public final class Tokenizer: @unchecked Sendable {
         return out
     }
 
+    /// Ids of a generation prompt: the post-processor's leading special tokens (BOS) and the
+    /// text, without the trailing ones (an EOS after a prompt would end the answer at once).
+    public func encodePrompt(_ text: String) -> [Int] {
+        prefixIds + encode(text, addSpecialTokens: false)
+    }
+
     /// Text for ids: added tokens as their content, the rest through the ByteLevel decoder.
     public func decode(_ ids: [Int], skipSpecialTokens: Bool = false) -> String {
         var out = ""

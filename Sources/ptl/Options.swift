@@ -1,13 +1,14 @@
 import ArgumentParser
 import Foundation
 import PTLData
+import PTLFormats
 import PTLModel
 import PTLTensor
 import PTLTokenizer
 
 /// Options every model-reading subcommand shares.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "A Hugging Face model directory (config.json, model.safetensors or sharded, tokenizer.json).")
+    @Option(help: "A Hugging Face model directory (config.json, model.safetensors or sharded, tokenizer.json) or a llama.cpp .gguf file.")
     var model: String
 
     @Option(help: "Compute threads (default: all cores).")
@@ -24,15 +25,18 @@ struct ModelOptions: ParsableArguments {
 
     func loadModel() throws -> Model {
         configureThreads()
-        return try HFModel.load(directory: model)
+        return try ModelSource.loadModel(model)
     }
 
     func loadTokenizer() throws -> Tokenizer {
-        let path = (model as NSString).appendingPathComponent("tokenizer.json")
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw ModelError("\(path): missing (the model directory needs a tokenizer.json)")
+        try ModelSource.loadTokenizer(model)
+    }
+
+    /// Files to copy next to a saved model (tokenizer files of a directory; a GGUF's rebuilt tokenizer).
+    func copyTokenizer(to out: String) throws {
+        if ModelSource.isGGUF(model) {
+            try GGUFModel.tokenizerJSON(path: model).write(to: URL(fileURLWithPath: out).appendingPathComponent("tokenizer.json"))
         }
-        return try Tokenizer(path: path)
     }
 }
 

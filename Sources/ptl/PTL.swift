@@ -7,8 +7,10 @@ struct PTL: ParsableCommand {
         abstract: "Compress reasoning language models by the Prune–Tune Loop.",
         discussion: """
         Single-process tools over a Hugging Face model directory (config.json, *.safetensors,
-        tokenizer.json): inspect it, measure perplexity, train it, generate text, tokenize.
+        tokenizer.json) or a llama.cpp .gguf file: inspect, perplexity, train, generate,
+        tokenize, eval, bench-decode, export; plus init (a random model) and data generate.
         """,
-        subcommands: [Inspect.self, Perplexity.self, Train.self, Generate.self, Tokenize.self]
+        subcommands: [Inspect.self, Perplexity.self, Train.self, Generate.self, Tokenize.self, Eval.self, BenchDecode.self,
+                      Export.self, Init.self, DataCommand.self]
     )
 }

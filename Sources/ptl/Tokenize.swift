@@ -5,7 +5,7 @@ struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the token ids of a text, as the tokenizers library gives them by default.")
 
-    @Option(help: "A Hugging Face model directory holding tokenizer.json.")
+    @Option(help: "A Hugging Face model directory holding tokenizer.json, or a .gguf file.")
     var model: String
 
     @Option(help: "The text to tokenize.")

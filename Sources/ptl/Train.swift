@@ -98,7 +98,8 @@ struct Train: ParsableCommand {
             print(line)
             logHandle?.write(Data((line + "\n").utf8))
         }
-        try HFModel.save(model, to: out, dtype: dtype == "bf16" ? .bf16 : .f32, copyFrom: options.model)
+        try HFModel.save(model, to: out, dtype: dtype == "bf16" ? .bf16 : .f32, copyFrom: ModelSource.isGGUF(options.model) ? nil : options.model)
+        try options.copyTokenizer(to: out)
         FileHandle.standardError.write(Data("saved \(out)\n".utf8))
     }
 }

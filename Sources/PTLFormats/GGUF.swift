@@ -1,0 +1,288 @@
+import Foundation
+
+/// A metadata value of a GGUF file.
+public indirect enum GGUFValue: Sendable, Equatable {
+    case uint(UInt64), int(Int64), float(Double), bool(Bool), string(String), array([GGUFValue])
+
+    public var int: Int? {
+        switch self {
+        case .uint(let v): return Int(exactly: v)
+        case .int(let v): return Int(exactly: v)
+        case .float(let d): return d.rounded() == d ? Int(d) : nil
+        default: return nil
+        }
+    }
+    public var double: Double? {
+        switch self {
+        case .uint(let v): return Double(v)
+        case .int(let v): return Double(v)
+        case .float(let d): return d
+        default: return nil
+        }
+    }
+    public var string: String? { if case .string(let s) = self { return s }; return nil }
+    public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
+    public var array: [GGUFValue]? { if case .array(let a) = self { return a }; return nil }
+}
+
+/// ggml tensor types we can read.
+public enum GGMLType: UInt32, Sendable, CaseIterable {
+    case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q4_K = 12, q5_K = 13, q6_K = 14, bf16 = 30
+
+    /// (elements, bytes) per block.
+    public var block: (elements: Int, bytes: Int) {
+        switch self {
+        case .f32: return (1, 4)
+        case .f16, .bf16: return (1, 2)
+        case .q4_0: return (32, 18)
+        case .q4_1: return (32, 20)
+        case .q8_0: return (32, 34)
+        case .q4_K: return (256, 144)
+        case .q5_K: return (256, 176)
+        case .q6_K: return (256, 210)
+        }
+    }
+
+    static let names: [UInt32: String] = [0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+                                          10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+                                          17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+                                          23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16"]
+    public static func name(_ raw: UInt32) -> String { names[raw] ?? "type \(raw)" }
+    public var name: String { GGMLType.name(rawValue) }
+}
+
+/// One tensor of a GGUF file.
+public struct GGUFTensorInfo: Sendable {
+    public let name: String
+    /// ggml order: dims[0] varies fastest (the reverse of the PyTorch shape).
+    public let dims: [Int]
+    public let typeRaw: UInt32
+    /// Offset from the start of the data section.
+    public let offset: Int
+    public var elementCount: Int { dims.reduce(1, *) }
+    /// The PyTorch/HF shape.
+    public var shape: [Int] { dims.reversed() }
+}
+
+/// A llama.cpp GGUF file (versions 2 and 3): metadata, tensor index, and fp32 dequantisation of
+/// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K tensors.
+public final class GGUFFile: @unchecked Sendable {
+    public let path: String
+    public let version: UInt32
+    public let metadata: [String: GGUFValue]
+    public let tensors: [GGUFTensorInfo]
+    public let alignment: Int
+    let data: Data
+    let dataStart: Int
+
+    public init(path: String) throws {
+        self.path = path
+        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError("\(path): no such file") }
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+            throw SafetensorsError("\(path): cannot read (\(error.localizedDescription))")
+        }
+        var r = GGUFCursor(data: data, path: path)
+        let magic = try r.u32()
+        guard magic == 0x4655_4747 else { throw SafetensorsError("\(path): not a GGUF file (magic \(String(magic, radix: 16)), expected 46554747 \"GGUF\")") }
+        version = try r.u32()
+        guard version == 2 || version == 3 else { throw SafetensorsError("\(path): GGUF version \(version) is not supported (2 or 3)") }
+        let tensorCount = try r.u64(), kvCount = try r.u64()
+        guard tensorCount < 1_000_000, kvCount < 1_000_000 else { throw SafetensorsError("\(path): implausible counts (\(tensorCount) tensors, \(kvCount) keys)") }
+        var metadata: [String: GGUFValue] = [:]
+        for _ in 0..<kvCount {
+            let key = try r.string()
+            let type = try r.u32()
+            metadata[key] = try r.value(type: type, key: key)
+        }
+        self.metadata = metadata
+        var tensors: [GGUFTensorInfo] = []
+        for _ in 0..<tensorCount {
+            let name = try r.string()
+            let nDims = try r.u32()
+            guard nDims >= 1, nDims <= 4 else { throw SafetensorsError("\(path): tensor \(name) has \(nDims) dimensions") }
+            var dims: [Int] = []
+            for _ in 0..<nDims {
+                let d = try r.u64()
+                guard d < 1 << 40 else { throw SafetensorsError("\(path): tensor \(name) has an implausible dimension \(d)") }
+                dims.append(Int(d))
+            }
+            let type = try r.u32()
+            let offset = try r.u64()
+            tensors.append(GGUFTensorInfo(name: name, dims: dims, typeRaw: type, offset: Int(offset)))
+        }
+        self.tensors = tensors
+        alignment = metadata["general.alignment"]?.int ?? 32
+        guard alignment > 0, alignment & (alignment - 1) == 0 else { throw SafetensorsError("\(path): alignment \(alignment) is not a power of two") }
+        dataStart = (r.position + alignment - 1) / alignment * alignment
+        for t in tensors {
+            guard let type = GGMLType(rawValue: t.typeRaw) else { continue }   // reported when read
+            let (be, bb) = type.block
+            guard t.dims[0] % be == 0 else { throw SafetensorsError("\(path): tensor \(t.name): row length \(t.dims[0]) is not a multiple of the \(type.name) block (\(be))") }
+            let bytes = t.elementCount / be * bb
+            guard dataStart + t.offset + bytes <= data.count else {
+                throw SafetensorsError("\(path): tensor \(t.name) ends past the end of the file: truncated")
+            }
+        }
+    }
+
+    /// The tensor named `name`, dequantised to fp32, with its HF shape.
+    public func tensor(_ info: GGUFTensorInfo) throws -> TensorF32 {
+        guard let type = GGMLType(rawValue: info.typeRaw) else {
+            throw SafetensorsError("\(path): tensor \(info.name) has unsupported type \(GGMLType.name(info.typeRaw)) (supported: \(GGMLType.allCases.map(\.name).joined(separator: ", ")))")
+        }
+        let n = info.elementCount
+        let values = [Float](unsafeUninitializedCapacity: n) { dst, count in
+            data.withUnsafeBytes { raw in
+                GGUFFile.dequantize(type, raw.baseAddress! + dataStart + info.offset, dst.baseAddress!, n)
+            }
+            count = n
+        }
+        return TensorF32(shape: info.shape, values: values)
+    }
+
+    /// Dequantises `n` elements of `type` at `src` into `dst` (llama.cpp's dequantize_row_*).
+    static func dequantize(_ type: GGMLType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        let (be, bb) = type.block
+        let blocks = n / be
+        @inline(__always) func f16(_ p: UnsafeRawPointer, _ o: Int) -> Float { halfToFloat(p.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
+        @inline(__always) func u8(_ p: UnsafeRawPointer, _ o: Int) -> UInt8 { p.load(fromByteOffset: o, as: UInt8.self) }
+        switch type {
+        case .f32:
+            UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: n * 4)
+            return
+        case .f16:
+            for i in 0..<n { dst[i] = f16(src, 2 * i) }
+            return
+        case .bf16:
+            for i in 0..<n { dst[i] = Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16) }
+            return
+        default: break
+        }
+        do {
+            for b in 0..<blocks {
+                let x = src + b * bb
+                let y = dst + b * be
+                switch type {
+                case .q4_0:
+                    let d = f16(x, 0)
+                    for j in 0..<16 {
+                        let q = u8(x, 2 + j)
+                        y[j] = Float(Int(q & 0xF) - 8) * d
+                        y[j + 16] = Float(Int(q >> 4) - 8) * d
+                    }
+                case .q4_1:
+                    let d = f16(x, 0), m = f16(x, 2)
+                    for j in 0..<16 {
+                        let q = u8(x, 4 + j)
+                        y[j] = Float(q & 0xF) * d + m
+                        y[j + 16] = Float(q >> 4) * d + m
+                    }
+                case .q8_0:
+                    let d = f16(x, 0)
+                    for j in 0..<32 { y[j] = Float(x.load(fromByteOffset: 2 + j, as: Int8.self)) * d }
+                case .q4_K, .q5_K:
+                    let d = f16(x, 0), dmin = f16(x, 2)
+                    let scales = x + 4
+                    let qh = x + 16                       // Q5_K only
+                    let qs = x + (type == .q4_K ? 16 : 48)
+                    var u1: UInt8 = 1, u2: UInt8 = 2
+                    for (chunk, j) in stride(from: 0, to: 256, by: 64).enumerated() {
+                        let (sc1, m1) = scaleMinK4(2 * chunk, scales), (sc2, m2) = scaleMinK4(2 * chunk + 1, scales)
+                        let d1 = d * Float(sc1), mm1 = dmin * Float(m1), d2 = d * Float(sc2), mm2 = dmin * Float(m2)
+                        let q = qs + 32 * chunk
+                        for l in 0..<32 {
+                            let v = q.load(fromByteOffset: l, as: UInt8.self)
+                            var lo = Float(v & 0xF), hi = Float(v >> 4)
+                            if type == .q5_K {
+                                let h = qh.load(fromByteOffset: l, as: UInt8.self)
+                                if h & u1 != 0 { lo += 16 }
+                                if h & u2 != 0 { hi += 16 }
+                            }
+                            y[j + l] = d1 * lo - mm1
+                            y[j + 32 + l] = d2 * hi - mm2
+                        }
+                        u1 <<= 2; u2 <<= 2
+                    }
+                case .q6_K:
+                    let ql = x, qh = x + 128, sc = x + 192
+                    let d = f16(x, 208)
+                    for half in 0..<2 {
+                        let qlh = ql + 64 * half, qhh = qh + 32 * half, sch = sc + 8 * half
+                        let yy = y + 128 * half
+                        for l in 0..<32 {
+                            let isc = l / 16
+                            let a = qlh.load(fromByteOffset: l, as: UInt8.self), b = qlh.load(fromByteOffset: l + 32, as: UInt8.self)
+                            let h = qhh.load(fromByteOffset: l, as: UInt8.self)
+                            let q1 = Int(a & 0xF | ((h >> 0) & 3) << 4) - 32
+                            let q2 = Int(b & 0xF | ((h >> 2) & 3) << 4) - 32
+                            let q3 = Int(a >> 4 | ((h >> 4) & 3) << 4) - 32
+                            let q4 = Int(b >> 4 | ((h >> 6) & 3) << 4) - 32
+                            func s(_ k: Int) -> Float { Float(sch.load(fromByteOffset: k, as: Int8.self)) }
+                            yy[l] = d * s(isc) * Float(q1)
+                            yy[l + 32] = d * s(isc + 2) * Float(q2)
+                            yy[l + 64] = d * s(isc + 4) * Float(q3)
+                            yy[l + 96] = d * s(isc + 6) * Float(q4)
+                        }
+                    }
+                default: break
+                }
+            }
+        }
+    }
+
+    /// llama.cpp's get_scale_min_k4: 6-bit scale and min j of a K-quant super-block.
+    @inline(__always)
+    static func scaleMinK4(_ j: Int, _ q: UnsafeRawPointer) -> (UInt8, UInt8) {
+        func b(_ i: Int) -> UInt8 { q.load(fromByteOffset: i, as: UInt8.self) }
+        if j < 4 { return (b(j) & 63, b(j + 4) & 63) }
+        return ((b(j + 4) & 0xF) | ((b(j - 4) >> 6) << 4), (b(j + 4) >> 4) | ((b(j) >> 6) << 4))
+    }
+}
+
+/// A bounds-checked reader over the GGUF header.
+struct GGUFCursor {
+    let data: Data
+    let path: String
+    var position = 0
+
+    mutating func bytes(_ n: Int) throws -> UnsafeRawBufferPointer {
+        guard n >= 0, position + n <= data.count else {
+            throw SafetensorsError("\(path): truncated header (needed \(n) bytes at offset \(position) of \(data.count))")
+        }
+        defer { position += n }
+        return data.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[position..<(position + n)]) }
+    }
+    mutating func u32() throws -> UInt32 { UInt32(littleEndian: try bytes(4).loadUnaligned(as: UInt32.self)) }
+    mutating func u64() throws -> UInt64 { UInt64(littleEndian: try bytes(8).loadUnaligned(as: UInt64.self)) }
+    mutating func string() throws -> String {
+        let n = try u64()
+        guard n < 1 << 24 else { throw SafetensorsError("\(path): implausible string length \(n) at offset \(position)") }
+        return String(decoding: try bytes(Int(n)), as: UTF8.self)
+    }
+
+    mutating func value(type: UInt32, key: String) throws -> GGUFValue {
+        switch type {
+        case 0: return .uint(UInt64(try bytes(1).load(as: UInt8.self)))
+        case 1: return .int(Int64(try bytes(1).load(as: Int8.self)))
+        case 2: return .uint(UInt64(try bytes(2).loadUnaligned(as: UInt16.self)))
+        case 3: return .int(Int64(try bytes(2).loadUnaligned(as: Int16.self)))
+        case 4: return .uint(UInt64(try u32()))
+        case 5: return .int(Int64(Int32(bitPattern: try u32())))
+        case 6: return .float(Double(Float(bitPattern: try u32())))
+        case 7: return .bool(try bytes(1).load(as: UInt8.self) != 0)
+        case 8: return .string(try string())
+        case 9:
+            let itemType = try u32()
+            let count = try u64()
+            guard count < 1 << 26 else { throw SafetensorsError("\(path): metadata \(key): implausible array length \(count)") }
+            var items: [GGUFValue] = []
+            items.reserveCapacity(Int(count))
+            for _ in 0..<count { items.append(try value(type: itemType, key: key)) }
+            return .array(items)
+        case 10: return .uint(try u64())
+        case 11: return .int(Int64(bitPattern: try u64()))
+        case 12: return .float(Double(bitPattern: try u64()))
+        default: throw SafetensorsError("\(path): metadata \(key) has unknown value type \(type)")
+        }
+    }
+}

@@ -1,0 +1,173 @@
+import ArgumentParser
+import Foundation
+import PTLData
+import PTLFormats
+import PTLModel
+import PTLTokenizer
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a model (a .gguf file or an HF directory) as an HF directory transformers loads.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(help: "Output directory.")
+    var out: String
+
+    @Option(help: "Weights dtype: f32 or bf16.")
+    var dtype: String = "f32"
+
+    func validate() throws {
+        if !["f32", "bf16"].contains(dtype) { throw ValidationError("--dtype must be f32 or bf16") }
+    }
+
+    func run() throws {
+        let model = try options.loadModel()
+        try HFModel.save(model, to: out, dtype: dtype == "bf16" ? .bf16 : .f32,
+                         copyFrom: ModelSource.isGGUF(options.model) ? nil : options.model)
+        try options.copyTokenizer(to: out)
+        print("wrote \(out) (\(model.config.architecture), \(ModelCost(config: model.config).parameters.formatted) parameters, \(dtype))")
+    }
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a randomly initialised model directory from a config.json and a tokenizer.json.")
+
+    @Option(help: "An HF config.json (llama or qwen2).")
+    var config: String
+
+    @Option(help: "The tokenizer.json to ship with it.")
+    var tokenizer: String
+
+    @Option(help: "Output directory.")
+    var out: String
+
+    @Option(help: "Initialisation seed.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Standard deviation of the normal initialisation of matrices and embeddings.")
+    var std: Float = 0.02
+
+    func run() throws {
+        guard let data = FileManager.default.contents(atPath: config) else { throw ModelError("\(config): cannot read") }
+        let c = try ModelConfig(data: data, source: config)
+        let tok = try Tokenizer(path: tokenizer)
+        guard tok.vocabSize <= c.vocabSize else {
+            throw ModelError("\(tokenizer): \(tok.vocabSize) tokens do not fit vocab_size \(c.vocabSize) of \(config)")
+        }
+        let model = Model(config: c)
+        model.initializeRandomly(seed: seed, std: std)
+        try HFModel.save(model, to: out)
+        try FileManager.default.copyItem(atPath: tokenizer, toPath: (out as NSString).appendingPathComponent("tokenizer.json"))
+        print("initialised \(out): \(ModelCost(config: c).parameters.formatted) parameters")
+    }
+}
+
+struct DataCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "data", abstract: "Datasets.",
+                                                    subcommands: [GenerateData.self])
+}
+
+struct GenerateData: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Write the procedural arithmetic word-problem task (GSM8K format) as train/test JSONL.")
+
+    @Option(help: "Output directory (train.jsonl, test.jsonl).")
+    var out: String
+
+    @Option(help: "Training problems.")
+    var train: Int = 20000
+
+    @Option(help: "Held-out problems.")
+    var test: Int = 500
+
+    @Option(help: "Seed; the test set uses a separate stream.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Fewest operations per problem.")
+    var minSteps: Int = 2
+
+    @Option(help: "Most operations per problem.")
+    var maxSteps: Int = 3
+
+    @Option(help: "Largest starting amount and added/removed amount.")
+    var maxOperand: Int = 20
+
+    @Option(help: "Operations, comma-separated from + - *.")
+    var ops: String = "+,-,*"
+
+    @Option(help: "Largest multiplier of *.")
+    var maxMultiplier: Int = 5
+
+    func run() throws {
+        var s = ArithmeticTaskSettings()
+        s.minSteps = minSteps
+        s.maxSteps = maxSteps
+        s.maxOperand = maxOperand
+        s.operations = ops.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        s.maxMultiplier = maxMultiplier
+        let task = try ArithmeticTask(settings: s)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try Data(task.jsonl(seed: seed, count: train).utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("train.jsonl"))
+        try Data(task.jsonl(seed: seed ^ 0x7E57_7E57_7E57_7E57, count: test).utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("test.jsonl"))
+        print("wrote \(train) training and \(test) test problems to \(out)")
+    }
+}
+
+struct BenchDecode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-decode",
+        abstract: "Measure greedy decode speed (tokens/s) at batch 1 and batch 8: 64-token prompt, 128 new tokens.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(parsing: .upToNextOption, help: "Batch sizes.")
+    var batch: [Int] = [1, 8]
+
+    @Option(help: "Prompt tokens.")
+    var promptTokens: Int = 64
+
+    @Option(help: "New tokens.")
+    var newTokens: Int = 128
+
+    @Option(help: "Repetitions (median reported).")
+    var reps: Int = 3
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let model = try options.loadModel()
+        let c = model.config
+        var rng = SplitMix64(seed: 1)
+        var results: [String: JSONValue] = [:]
+        for b in batch {
+            let decoder = Decoder(model: model, batch: b, capacity: promptTokens + newTokens, maxChunk: promptTokens)
+            let prompt = (0..<(b * promptTokens)).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
+            var next = [Int32](repeating: 0, count: b)
+            var times: [Double] = []
+            for _ in 0..<(reps + 1) {
+                decoder.reset()
+                decoder.step(tokens: prompt)
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<newTokens {
+                    for r in 0..<b { next[r] = Int32(Sampler.argmax(decoder.logits(of: r))) }
+                    decoder.step(tokens: next)
+                }
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            let median = times.dropFirst().sorted()[reps / 2]
+            let tps = Double(b * newTokens) / median
+            results["batch_\(b)_tokens_per_s"] = .number(tps)
+            if !json { print(String(format: "batch %d: %.1f tokens/s (%.2f ms per step)", b, tps, median / Double(newTokens) * 1000)) }
+        }
+        let cost = ModelCost(config: c)
+        results["parameters"] = .number(Double(cost.parameters))
+        results["flops_per_token"] = .number(Double(cost.forwardFlopsPerToken(context: promptTokens + newTokens / 2)))
+        if json { printJSON(.object(results)) } else {
+            print("parameters \(cost.parameters.formatted), forward FLOPs/token ≈ \(cost.forwardFlopsPerToken(context: promptTokens + newTokens / 2).formatted)")
+        }
+    }
+}
