@@ -255,9 +255,10 @@ public final class Tokenizer: @unchecked Sendable {
                     matches.removeAll(keepingCapacity: true)
                     var i = a
                     while i < b {
-                        if scalars[i] >= 0x30 && scalars[i] <= 0x39 {
+                        // Rust's char::is_numeric: the N* categories, not only ASCII digits.
+                        if isNumber(scalars[i]) {
                             var j = i + 1
-                            if !individual { while j < b && scalars[j] >= 0x30 && scalars[j] <= 0x39 { j += 1 } }
+                            if !individual { while j < b && isNumber(scalars[j]) { j += 1 } }
                             matches.append((i, j))
                             i = j
                         } else {

