@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Builds release and runs the single-process tools on the tiny fixture model and GSM8K.
+# The main command for now: set up, build release, and run the single-process tools on the
+# shipped demo model (arithmetic task) and on SmolLM2 (GSM8K).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! pkg-config --exists openblas libzmq 2>/dev/null; then
-    echo "installing libopenblas-dev libzmq3-dev (needs root)" >&2
-    apt-get update -qq && apt-get install -y -qq libopenblas-dev libzmq3-dev pkg-config >/dev/null
-fi
+scripts/setup.sh
 swift build -c release --product ptl
 PTL=.build/release/ptl
-M=Tests/Fixtures/tiny-llama
-DATA=../shared/data/gsm8k
 OUT=${OUT:-out/demo}
 mkdir -p "$OUT"
-$PTL inspect --model $M
-$PTL perplexity --model $M --data $DATA/test.jsonl --limit 200
-$PTL train --model $M --data $DATA/train.jsonl --steps 30 --lr 2e-3 --batch-size 8 --seq-len 256 \
-    --warmup 3 --schedule cosine --out "$OUT/tuned" --log "$OUT/train.jsonl"
-$PTL perplexity --model "$OUT/tuned" --data $DATA/test.jsonl --limit 200
-$PTL generate --model "$OUT/tuned" --prompt "Question: Natalia sold clips to 48 of her friends" --max-new-tokens 40
+echo "== the shipped demo model"
+$PTL inspect --model models/demo | head -6
+$PTL data generate --out "$OUT/task" --train 2000 --test 200 --seed 1
+$PTL eval --model models/demo --data "$OUT/task/test.jsonl" --max-new-tokens 160 --batch-size 16
+$PTL bench-decode --model models/demo
+echo "== continual pre-training of the demo model on fresh problems (a few steps)"
+$PTL train --model models/demo --data "$OUT/task/train.jsonl" --steps 20 --lr 3e-4 --batch-size 16 --seq-len 256 \
+    --warmup 2 --out "$OUT/tuned" --log "$OUT/train.jsonl" | tail -2
+$PTL perplexity --model "$OUT/tuned" --data "$OUT/task/test.jsonl"
+GGUF=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$GGUF" ]; then
+    echo "== SmolLM2-135M-Instruct"
+    $PTL generate --model $GGUF --prompt "The capital of France is" --max-new-tokens 24
+    $PTL eval --model $GGUF --data ../shared/data/gsm8k/test.jsonl --limit 20 --few-shot 4 --max-new-tokens 200
+    $PTL bench-decode --model $GGUF
+fi

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Settings of the procedural arithmetic word-problem task.
 public struct ArithmeticTaskSettings: Sendable, Equatable, Codable {
     /// Number of operations after the starting amount.
@@ -80,18 +82,10 @@ public struct ArithmeticTask: Sendable {
     }
 }
 
+/// A JSON string literal.
 func jsonQuote(_ s: String) -> String {
-    var out = "\""
-    for ch in s.unicodeScalars {
-        switch ch {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        default: out.unicodeScalars.append(ch)
-        }
-    }
-    return out + "\""
+    let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
+    return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
 }
 
 /// SplitMix64 for the task generator.

@@ -107,6 +107,21 @@ public enum GGUFModel {
         try tokenizerJSON(try wrap { try GGUFFile(path: path) })
     }
 
+    /// tokenizer_config.json for the rebuilt tokenizer: its class, special tokens and chat template.
+    public static func tokenizerConfigJSON(path: String) throws -> Data {
+        let file = try wrap { try GGUFFile(path: path) }
+        let m = file.metadata
+        let tokens = m["tokenizer.ggml.tokens"]?.array?.compactMap(\.string) ?? []
+        var config: [String: Any] = ["tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false,
+                                     "model_max_length": m["\(m["general.architecture"]?.string ?? "llama").context_length"]?.int ?? 2048]
+        for (key, field) in [("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")] {
+            if let id = m["tokenizer.ggml.\(key)_token_id"]?.int, id < tokens.count { config[field] = tokens[id] }
+        }
+        if let t = m["tokenizer.chat_template"]?.string { config["chat_template"] = t }
+        config["add_bos_token"] = m["tokenizer.ggml.add_bos_token"]?.bool ?? false
+        return try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted])
+    }
+
     /// tokenizer.json contents equivalent to the GGUF's `tokenizer.ggml.*` (a byte-level BPE).
     public static func tokenizerJSON(_ file: GGUFFile) throws -> Data {
         let m = file.metadata

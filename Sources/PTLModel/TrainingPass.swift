@@ -203,14 +203,7 @@ public final class TrainingPass: @unchecked Sendable {
             let attl = att.at(l * N * c.qDim), midl = mid.at(l * N * H), ln2l = ln2.at(l * N * H)
             let gl = gate.at(l * N * I), ul = up.at(l * N * I), al = act.at(l * N * I)
             // FFN half: resid[l+1] = mid + α·down(act); dresid flows through unchanged to mid.
-            let dbranch: UnsafeMutablePointer<Float>
-            if alpha != 1 {
-                tmp.pointer.update(from: dresid.pointer, count: N * H)
-                scaleInPlace(tmp.pointer, alpha, count: N * H)
-                dbranch = tmp.pointer
-            } else {
-                dbranch = dresid.pointer
-            }
+            let dbranch = branchGradient(alpha)
             dact.zero()
             OpProfiler.time("matmul.bwd") {
             matmulBackward(dact.pointer, G.at(o.down), o.downBias.map { G.at($0) }, dbranch, al, P.at(o.down), rows: N, inDim: I, outDim: H)
@@ -229,14 +222,7 @@ public final class TrainingPass: @unchecked Sendable {
             rmsnormBackward(dresid.pointer, G.at(o.postNorm), dln.pointer, midl, P.at(o.postNorm), rstd2.at(l * N), rows: N, dim: H)
             }
             // Attention half: mid = x + α·o_proj(att).
-            let dbranch2: UnsafeMutablePointer<Float>
-            if alpha != 1 {
-                tmp.pointer.update(from: dresid.pointer, count: N * H)
-                scaleInPlace(tmp.pointer, alpha, count: N * H)
-                dbranch2 = tmp.pointer
-            } else {
-                dbranch2 = dresid.pointer
-            }
+            let dbranch2 = branchGradient(alpha)
             datt.zero()
             OpProfiler.time("matmul.bwd") {
             matmulBackward(datt.pointer, G.at(o.o), o.oBias.map { G.at($0) }, dbranch2, attl, P.at(o.o), rows: N, inDim: c.qDim, outDim: H)
@@ -275,6 +261,15 @@ public final class TrainingPass: @unchecked Sendable {
             embeddingBackward(G.at(model.layout.embedding), dresid.pointer, tok.baseAddress!, rows: N, dim: H)
             }
         }
+    }
+
+    /// The gradient reaching a residual branch scaled by α: dresid itself, or α·dresid in `tmp`.
+    private func branchGradient(_ alpha: Float) -> UnsafeMutablePointer<Float> {
+        let n = batch * seq * model.config.hiddenSize
+        guard alpha != 1 else { return dresid.pointer }
+        tmp.pointer.update(from: dresid.pointer, count: n)
+        scaleInPlace(tmp.pointer, alpha, count: n)
+        return tmp.pointer
     }
 
     /// Per-position losses of the last `forward` (0 where ignored).

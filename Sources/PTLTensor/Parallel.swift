@@ -48,20 +48,7 @@ public enum System {
 /// accumulators across chunks.
 @inline(__always)
 public func parallelChunks(_ count: Int, minChunk: Int = 1, _ body: (Int, Int) -> Void) {
-    let threads = ComputeThreads.count
-    let chunks = min(threads, max(1, count / max(1, minChunk)))
-    if chunks <= 1 || count <= 1 {
-        if count > 0 { body(0, count) }
-        return
-    }
-    withoutActuallyEscaping(body) { body in
-        let f = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let start = c * count / chunks
-            let end = (c + 1) * count / chunks
-            if end > start { f.value(start, end) }
-        }
-    }
+    parallelChunksIndexed(count, maxChunks: max(1, count / max(1, minChunk))) { _, start, end in body(start, end) }
 }
 
 /// Like `parallelChunks`, but also passes the chunk's index (0..<chunks), and never uses more than

@@ -37,6 +37,24 @@ public func ropeForward(
     _ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
     cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, positionOf: (Int) -> Int
 ) {
+    rotate(x, rows: rows, heads: heads, headDim: headDim, cos: cos, sin: sin, sinSign: 1, positionOf: positionOf)
+}
+
+/// Backward of `ropeForward`, in place on the gradient: the transpose rotation (angle negated).
+@inline(__always)
+public func ropeBackward(
+    _ dx: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+    cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, positionOf: (Int) -> Int
+) {
+    rotate(dx, rows: rows, heads: heads, headDim: headDim, cos: cos, sin: sin, sinSign: -1, positionOf: positionOf)
+}
+
+/// (x1, x2) ← (x1·c − x2·s', x2·c + x1·s') with s' = sinSign·sin, pairs (i, i + headDim/2).
+@inline(__always)
+func rotate(
+    _ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+    cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, sinSign: Float, positionOf: (Int) -> Int
+) {
     let half = headDim / 2
     parallelChunks(rows, minChunk: 16) { r0, r1 in
         for r in r0..<r1 {
@@ -45,32 +63,9 @@ public func ropeForward(
             for h in 0..<heads {
                 let v = x + (r * heads + h) * headDim
                 for i in 0..<half {
-                    let x1 = v[i], x2 = v[i + half]
-                    v[i] = x1 * c[i] - x2 * s[i]
-                    v[i + half] = x2 * c[i] + x1 * s[i]
-                }
-            }
-        }
-    }
-}
-
-/// Backward of `ropeForward`, in place on the gradient (the transpose rotation).
-@inline(__always)
-public func ropeBackward(
-    _ dx: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
-    cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, positionOf: (Int) -> Int
-) {
-    let half = headDim / 2
-    parallelChunks(rows, minChunk: 16) { r0, r1 in
-        for r in r0..<r1 {
-            let p = positionOf(r)
-            let c = cos + p * half, s = sin + p * half
-            for h in 0..<heads {
-                let v = dx + (r * heads + h) * headDim
-                for i in 0..<half {
-                    let d1 = v[i], d2 = v[i + half]
-                    v[i] = d1 * c[i] + d2 * s[i]
-                    v[i + half] = d2 * c[i] - d1 * s[i]
+                    let x1 = v[i], x2 = v[i + half], si = sinSign * s[i]
+                    v[i] = x1 * c[i] - x2 * si
+                    v[i + half] = x2 * c[i] + x1 * si
                 }
             }
         }

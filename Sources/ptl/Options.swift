@@ -35,7 +35,9 @@ struct ModelOptions: ParsableArguments {
     /// Files to copy next to a saved model (tokenizer files of a directory; a GGUF's rebuilt tokenizer).
     func copyTokenizer(to out: String) throws {
         if ModelSource.isGGUF(model) {
-            try GGUFModel.tokenizerJSON(path: model).write(to: URL(fileURLWithPath: out).appendingPathComponent("tokenizer.json"))
+            let dir = URL(fileURLWithPath: out)
+            try GGUFModel.tokenizerJSON(path: model).write(to: dir.appendingPathComponent("tokenizer.json"))
+            try GGUFModel.tokenizerConfigJSON(path: model).write(to: dir.appendingPathComponent("tokenizer_config.json"))
         }
     }
 }
