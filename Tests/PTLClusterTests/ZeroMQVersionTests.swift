@@ -1,7 +1,77 @@
+import Foundation
 import Testing
 @testable import PTLCluster
 
-@Test func linksLibZMQ4() {
-    let v = zeroMQVersion()
-    #expect(v.major == 4)
+@Suite struct ZeroMQSocketTests {
+    @Test func linksLibZMQ4() {
+        #expect(zeroMQVersion().major == 4)
+    }
+
+    @Test func routerAndDealerExchangeMultipartMessages() throws {
+        let ctx = try ZMQContext()
+        let router = try ZMQSocket(context: ctx, type: .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context: ctx, type: .dealer)
+        try dealer.setRoutingID(Array("worker-1".utf8))
+        try dealer.connect(router.lastEndpoint)
+        let payload = (0..<100_000).map { UInt8($0 % 251) }
+        try dealer.send([Array("hello".utf8), payload, []])
+        #expect(try router.poll(milliseconds: 2000))
+        let got = try #require(try router.receive())
+        #expect(got.count == 4)
+        #expect(got[0] == Array("worker-1".utf8))
+        #expect(got[1] == Array("hello".utf8) && got[2] == payload && got[3].isEmpty)
+        try router.send([got[0], Array("reply".utf8)])
+        #expect(try dealer.poll(milliseconds: 2000))
+        #expect(try dealer.receive() == [Array("reply".utf8)])
+        #expect(try dealer.receive(dontWait: true) == nil)
+        #expect(try dealer.poll(milliseconds: 20) == false)
+    }
+
+    @Test func oversizedMessagesAreDropped() throws {
+        let ctx = try ZMQContext()
+        let router = try ZMQSocket(context: ctx, type: .router)
+        try router.setMaxMessageSize(1000)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context: ctx, type: .dealer)
+        try dealer.connect(router.lastEndpoint)
+        try dealer.send([[UInt8](repeating: 1, count: 5000)])
+        #expect(try router.poll(milliseconds: 300) == false)
+    }
+
+    @Test func curveAuthenticatesBothEnds() throws {
+        let server = try CurveKeys.generate(), client = try CurveKeys.generate(), stranger = try CurveKeys.generate()
+        let ctx = try ZMQContext()
+        let router = try ZMQSocket(context: ctx, type: .router)
+        try router.setCurveServer(secretKey: try CurveKeys.decode(server.secretKey))
+        try router.bind("tcp://127.0.0.1:*")
+        let good = try ZMQSocket(context: ctx, type: .dealer)
+        try good.setCurveClient(serverPublicKey: try CurveKeys.decode(server.publicKey),
+                                publicKey: try CurveKeys.decode(client.publicKey), secretKey: try CurveKeys.decode(client.secretKey))
+        try good.connect(router.lastEndpoint)
+        try good.send([Array("secret".utf8)])
+        #expect(try router.poll(milliseconds: 3000))
+        #expect(try router.receive()?.last == Array("secret".utf8))
+        // A client that does not know the server's key cannot complete the handshake.
+        let bad = try ZMQSocket(context: ctx, type: .dealer)
+        try bad.setCurveClient(serverPublicKey: try CurveKeys.decode(stranger.publicKey),
+                               publicKey: try CurveKeys.decode(client.publicKey), secretKey: try CurveKeys.decode(client.secretKey))
+        try bad.connect(router.lastEndpoint)
+        try bad.send([Array("intruder".utf8)], dontWait: true)
+        #expect(try router.poll(milliseconds: 500) == false)
+        #expect(throws: ZMQError.self) { try CurveKeys.decode("short") }
+    }
+
+    @Test func repeatedOpenAndCloseLeaksNoDescriptors() throws {
+        func openFiles() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0 }
+        for _ in 0..<5 { _ = try ZMQSocket(context: try ZMQContext(), type: .dealer) }
+        let before = openFiles()
+        for _ in 0..<50 {
+            let ctx = try ZMQContext()
+            let s = try ZMQSocket(context: ctx, type: .router)
+            try s.bind("tcp://127.0.0.1:*")
+        }
+        #expect(openFiles() <= before + 2)
+        #expect(throws: ZMQError.self) { try ZMQSocket(context: try ZMQContext(), type: .router).bind("nonsense://x") }
+    }
 }

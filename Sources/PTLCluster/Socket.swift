@@ -1,0 +1,157 @@
+import CZeroMQ
+import Foundation
+
+/// A libzmq failure: the operation and zmq_strerror's text.
+public struct ZMQError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let code: Int32
+    public var description: String { "\(operation): \(String(cString: zmq_strerror(code))) (errno \(code))" }
+
+    static func last(_ operation: String) -> ZMQError { ZMQError(operation: operation, code: zmq_errno()) }
+}
+
+/// A ZeroMQ context; owns its handle and terminates it when released.
+public final class ZMQContext: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+
+    public init() throws {
+        guard let h = zmq_ctx_new() else { throw ZMQError.last("zmq_ctx_new") }
+        handle = h
+    }
+
+    deinit { zmq_ctx_term(handle) }
+}
+
+/// Socket kinds the cluster uses.
+public enum ZMQSocketType: Int32, Sendable {
+    case router = 6   // ZMQ_ROUTER
+    case dealer = 5   // ZMQ_DEALER
+    case pair = 0     // ZMQ_PAIR (tests)
+}
+
+/// One ZeroMQ socket with multipart send/receive; closed (linger 0) when released.
+///
+/// Not thread-safe, like libzmq sockets: use each from one thread.
+public final class ZMQSocket: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+    let context: ZMQContext   // keeps the context alive while the socket is
+    public let type: ZMQSocketType
+
+    public init(context: ZMQContext, type: ZMQSocketType) throws {
+        guard let h = zmq_socket(context.handle, type.rawValue) else { throw ZMQError.last("zmq_socket") }
+        handle = h
+        self.context = context
+        self.type = type
+        try setInt(ZMQ_LINGER, 0)
+    }
+
+    deinit { zmq_close(handle) }
+
+    public func bind(_ endpoint: String) throws {
+        guard zmq_bind(handle, endpoint) == 0 else { throw ZMQError.last("bind \(endpoint)") }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        guard zmq_connect(handle, endpoint) == 0 else { throw ZMQError.last("connect \(endpoint)") }
+    }
+
+    /// The endpoint actually bound (e.g. the port chosen for `tcp://127.0.0.1:*`).
+    public var lastEndpoint: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        var size = buffer.count
+        _ = zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size)
+        return String(cString: buffer)
+    }
+
+    func setInt(_ option: Int32, _ value: Int32) throws {
+        var v = value
+        guard zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size) == 0 else { throw ZMQError.last("setsockopt \(option)") }
+    }
+
+    func setBytes(_ option: Int32, _ value: [UInt8]) throws {
+        guard value.withUnsafeBytes({ zmq_setsockopt(handle, option, $0.baseAddress, value.count) }) == 0 else {
+            throw ZMQError.last("setsockopt \(option)")
+        }
+    }
+
+    /// Largest message accepted (bytes); larger ones drop the connection (ZMQ_MAXMSGSIZE).
+    public func setMaxMessageSize(_ bytes: Int64) throws {
+        var v = bytes
+        guard zmq_setsockopt(handle, ZMQ_MAXMSGSIZE, &v, MemoryLayout<Int64>.size) == 0 else { throw ZMQError.last("setsockopt ZMQ_MAXMSGSIZE") }
+    }
+
+    /// The identity a ROUTER sees for this DEALER.
+    public func setRoutingID(_ id: [UInt8]) throws { try setBytes(ZMQ_ROUTING_ID, id) }
+
+    /// Makes this socket a CURVE server with its secret key (32 bytes).
+    public func setCurveServer(secretKey: [UInt8]) throws {
+        try setInt(ZMQ_CURVE_SERVER, 1)
+        try setBytes(ZMQ_CURVE_SECRETKEY, secretKey)
+    }
+
+    /// Makes this socket a CURVE client of the server's public key.
+    public func setCurveClient(serverPublicKey: [UInt8], publicKey: [UInt8], secretKey: [UInt8]) throws {
+        try setBytes(ZMQ_CURVE_SERVERKEY, serverPublicKey)
+        try setBytes(ZMQ_CURVE_PUBLICKEY, publicKey)
+        try setBytes(ZMQ_CURVE_SECRETKEY, secretKey)
+    }
+
+    /// Sends `frames` as one multipart message.
+    public func send(_ frames: [[UInt8]], dontWait: Bool = false) throws {
+        precondition(!frames.isEmpty)
+        for (i, f) in frames.enumerated() {
+            var flags: Int32 = i + 1 < frames.count ? ZMQ_SNDMORE : 0
+            if dontWait { flags |= ZMQ_DONTWAIT }
+            let rc = f.withUnsafeBytes { zmq_send(handle, $0.baseAddress, f.count, flags) }
+            guard rc >= 0 else { throw ZMQError.last("send") }
+        }
+    }
+
+    /// Receives one multipart message, or nil when `dontWait` and nothing is queued.
+    public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
+        var frames: [[UInt8]] = []
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        defer { zmq_msg_close(&msg) }
+        while true {
+            let rc = zmq_msg_recv(&msg, handle, dontWait && frames.isEmpty ? ZMQ_DONTWAIT : 0)
+            if rc < 0 {
+                let e = zmq_errno()
+                if e == EAGAIN && frames.isEmpty { return nil }
+                throw ZMQError(operation: "receive", code: e)
+            }
+            let size = zmq_msg_size(&msg)
+            if let data = zmq_msg_data(&msg), size > 0 {
+                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            } else {
+                frames.append([])
+            }
+            if zmq_msg_more(&msg) == 0 { return frames }
+        }
+    }
+
+    /// Waits up to `milliseconds` for a message to arrive; true when one can be received.
+    public func poll(milliseconds: Int) throws -> Bool {
+        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        let rc = zmq_poll(&item, 1, milliseconds)
+        guard rc >= 0 else { throw ZMQError.last("poll") }
+        return item.revents & Int16(ZMQ_POLLIN) != 0
+    }
+}
+
+/// CURVE key pairs (Z85 text, 40 characters) as `zmq_curve_keypair` makes them.
+public enum CurveKeys {
+    public static func generate() throws -> (publicKey: String, secretKey: String) {
+        var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_keypair(&pub, &sec) == 0 else { throw ZMQError.last("zmq_curve_keypair (libzmq built without CURVE?)") }
+        return (String(cString: pub), String(cString: sec))
+    }
+
+    /// The 32 raw bytes of a Z85 key.
+    public static func decode(_ z85: String) throws -> [UInt8] {
+        guard z85.utf8.count == 40 else { throw ZMQError(operation: "z85 key must be 40 characters", code: EINVAL) }
+        var out = [UInt8](repeating: 0, count: 32)
+        guard zmq_z85_decode(&out, z85) != nil else { throw ZMQError(operation: "z85 decode", code: EINVAL) }
+        return out
+    }
+}
