@@ -17,6 +17,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzmq3-dev).
@@ -40,7 +41,7 @@ let package = Package(
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
         .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"]),
         // The ZeroMQ binding (the cluster builds on it).
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ"]),
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
             "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval",

@@ -4,10 +4,11 @@
 # Re-running is cheap: a model already in place is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! pkg-config --exists openblas libzmq 2>/dev/null; then
+# protobuf-c: the test that proves a C program can decode our messages compiles Proto/ptl.proto.
+if ! pkg-config --exists openblas libzmq libprotobuf-c 2>/dev/null || ! command -v protoc-c >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq libopenblas-dev libzmq3-dev pkg-config >/dev/null
+    apt-get install -y -qq libopenblas-dev libzmq3-dev pkg-config protobuf-c-compiler libprotobuf-c-dev >/dev/null
 fi
 MODEL=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$MODEL" ]; then

@@ -1,0 +1,125 @@
+import Foundation
+import SwiftProtobuf
+
+/// A tensor travelling as one raw little-endian frame after the envelope.
+public struct WireTensor: Sendable, Equatable {
+    public var name: String
+    public var dtype: Ptl_V1_DType
+    public var shape: [Int]
+    public var bytes: [UInt8]
+
+    public init(name: String, dtype: Ptl_V1_DType, shape: [Int], bytes: [UInt8]) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
+    }
+
+    /// An fp32 tensor.
+    public init(name: String, shape: [Int], floats: [Float]) {
+        precondition(shape.reduce(1, *) == floats.count)
+        self.init(name: name, dtype: .f32, shape: shape, bytes: floats.withUnsafeBytes { Array($0) })
+    }
+
+    /// The values of an F32 frame.
+    public var floats: [Float]? {
+        guard dtype == .f32, bytes.count % 4 == 0 else { return nil }
+        return bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+    }
+}
+
+/// Why a message was rejected (logged with the sender and counted; never fatal).
+public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        case malformedEnvelope = "malformed_envelope", wrongVersion = "wrong_version", unknownType = "unknown_type"
+        case descriptorMismatch = "descriptor_mismatch", checksum = "checksum", oversized = "oversized"
+        case nonFinite = "non_finite"
+    }
+    public let kind: Kind
+    public let message: String
+    public var description: String { "\(kind.rawValue): \(message)" }
+}
+
+/// A decoded message: the envelope and its tensor frames, checked against their descriptors.
+public struct WireMessage: Sendable {
+    public var envelope: Ptl_V1_Envelope
+    public var tensors: [WireTensor]
+
+    public init(envelope: Ptl_V1_Envelope, tensors: [WireTensor] = []) {
+        self.envelope = envelope
+        self.tensors = tensors
+    }
+
+    public func tensor(_ name: String) -> WireTensor? { tensors.first { $0.name == name } }
+}
+
+/// Frames ↔ messages: frame 0 a protobuf `Envelope`, frames 1…n raw tensors, each described
+/// (name, dtype, shape, byte length, CRC-32C) in the envelope.
+public enum Wire {
+    public static let protocolVersion = UInt32(Ptl_V1_ProtocolVersion.current.rawValue)
+
+    static func elementSize(_ d: Ptl_V1_DType) -> Int? {
+        switch d {
+        case .f32, .i32: return 4
+        case .bf16, .f16: return 2
+        case .f64, .i64: return 8
+        case .u8: return 1
+        default: return nil
+        }
+    }
+
+    /// The frames of `message`: the envelope gets the protocol version and a descriptor per tensor.
+    public static func encode(_ message: WireMessage) throws -> [[UInt8]] {
+        var env = message.envelope
+        env.protocolVersion = protocolVersion
+        env.tensors = message.tensors.map { t in
+            var d = Ptl_V1_TensorDescriptor()
+            d.name = t.name
+            d.dtype = t.dtype
+            d.shape = t.shape.map { UInt64($0) }
+            d.byteLength = UInt64(t.bytes.count)
+            d.crc32C = CRC32C.checksum(t.bytes)
+            return d
+        }
+        let head: [UInt8] = try env.serializedBytes()
+        return [head] + message.tensors.map(\.bytes)
+    }
+
+    /// Decodes and checks frames; `maxTensorBytes` bounds each frame.
+    public static func decode(_ frames: [[UInt8]], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
+        guard let head = frames.first else { throw WireError(kind: .malformedEnvelope, message: "empty message") }
+        let env: Ptl_V1_Envelope
+        do { env = try Ptl_V1_Envelope(serializedBytes: head) } catch {
+            throw WireError(kind: .malformedEnvelope, message: "frame 0 (\(head.count) bytes) is not an Envelope: \(error)")
+        }
+        guard env.protocolVersion == protocolVersion else {
+            throw WireError(kind: .wrongVersion, message: "protocol version \(env.protocolVersion), expected \(protocolVersion)")
+        }
+        switch env.type {
+        case .ready, .heartbeat, .task, .result, .error, .modelRequest, .modelResponse, .disconnect: break
+        default: throw WireError(kind: .unknownType, message: "message type \(env.type.rawValue)")
+        }
+        guard env.tensors.count == frames.count - 1 else {
+            throw WireError(kind: .descriptorMismatch, message: "\(env.tensors.count) descriptors for \(frames.count - 1) tensor frames")
+        }
+        var tensors: [WireTensor] = []
+        for (d, bytes) in zip(env.tensors, frames.dropFirst()) {
+            guard bytes.count <= maxTensorBytes else {
+                throw WireError(kind: .oversized, message: "tensor \(d.name): \(bytes.count) bytes > limit \(maxTensorBytes)")
+            }
+            guard let size = elementSize(d.dtype) else {
+                throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): unknown dtype \(d.dtype.rawValue)")
+            }
+            let count = d.shape.reduce(UInt64(1)) { $0.multipliedReportingOverflow(by: $1).overflow ? .max : $0 * $1 }
+            guard d.byteLength == UInt64(bytes.count), count != .max, count * UInt64(size) == d.byteLength else {
+                throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): frame has \(bytes.count) bytes, descriptor says \(d.byteLength) for shape \(d.shape) of \(d.dtype)")
+            }
+            guard CRC32C.checksum(bytes) == d.crc32C else {
+                throw WireError(kind: .checksum, message: "tensor \(d.name): CRC-32C mismatch")
+            }
+            let t = WireTensor(name: d.name, dtype: d.dtype, shape: d.shape.map { Int($0) }, bytes: bytes)
+            if requireFinite, let fs = t.floats, let bad = fs.firstIndex(where: { !$0.isFinite }) {
+                throw WireError(kind: .nonFinite, message: "tensor \(d.name): non-finite value \(fs[bad]) at index \(bad)")
+            }
+            tensors.append(t)
+        }
+        return WireMessage(envelope: env, tensors: tensors)
+    }
+}
