@@ -1,0 +1,165 @@
+import Foundation
+
+/// Seconds on some monotonic clock; injectable so failure handling is tested without sleeps.
+public protocol Clock: Sendable {
+    func now() -> Double
+}
+
+/// The process's monotonic clock.
+public struct SystemClock: Clock {
+    public init() {}
+    public func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+}
+
+/// A clock tests move by hand.
+public final class ManualClock: Clock, @unchecked Sendable {
+    private var t: Double
+    private let lock = NSLock()
+    public init(_ start: Double = 0) { t = start }
+    public func now() -> Double { lock.lock(); defer { lock.unlock() }; return t }
+    public func advance(_ seconds: Double) { lock.lock(); t += seconds; lock.unlock() }
+}
+
+/// The identity of a task's result: its key without the attempt number.
+public struct TaskID: Hashable, Sendable, CustomStringConvertible {
+    public let run: String
+    public let round: UInt32
+    public let phase: Int
+    public let step: UInt64
+    public let shard: UInt32
+
+    public init(_ key: Ptl_V1_TaskKey) {
+        run = key.run; round = key.round; phase = key.phase.rawValue; step = key.step; shard = key.shard
+    }
+    public var description: String { "\(run)/r\(round)/p\(phase)/s\(step)/shard\(shard)" }
+}
+
+/// The coordinator's bookkeeping, apart from sockets: workers and their liveness, the tasks of
+/// the current phase, leases, requeues, and deduplicated results (Paranoid Pirate style).
+public final class TaskScheduler<Output>: @unchecked Sendable {
+    public struct WorkerState {
+        public var lastSeen: Double
+        public var threads: Int
+        public var task: TaskID?
+        public var leaseDeadline: Double
+    }
+
+    public let clock: Clock
+    /// A worker silent this long is dead: heartbeat interval × liveness.
+    public let workerTimeout: Double
+    /// A task not finished this long after it was leased goes back to the queue.
+    public let leaseSeconds: Double
+    public private(set) var workers: [String: WorkerState] = [:]
+    private var keys: [TaskID: Ptl_V1_TaskKey] = [:]
+    private var pending: [TaskID] = []            // in shard order
+    private var attempts: [TaskID: UInt32] = [:]
+    public private(set) var results: [TaskID: Output] = [:]
+    /// Counters for the metrics line.
+    public private(set) var requeued = 0, duplicates = 0, expiredWorkers = 0
+
+    public init(clock: Clock, workerTimeout: Double, leaseSeconds: Double) {
+        self.clock = clock
+        self.workerTimeout = workerTimeout
+        self.leaseSeconds = leaseSeconds
+    }
+
+    /// Starts a phase: these tasks, none finished.
+    public func startPhase(_ tasks: [Ptl_V1_TaskKey]) {
+        keys = [:]; pending = []; attempts = [:]; results = [:]
+        for k in tasks {
+            let id = TaskID(k)
+            keys[id] = k
+            pending.append(id)
+        }
+        for w in workers.keys { workers[w]?.task = nil }
+    }
+
+    public var isPhaseComplete: Bool { results.count == keys.count }
+    public var taskCount: Int { keys.count }
+
+    /// A READY (or any message) from a worker: registers it or refreshes its liveness.
+    public func seen(_ worker: String, threads: Int? = nil) {
+        let now = clock.now()
+        if workers[worker] == nil {
+            workers[worker] = WorkerState(lastSeen: now, threads: threads ?? 1, task: nil, leaseDeadline: 0)
+        } else {
+            workers[worker]!.lastSeen = now
+            if let threads { workers[worker]!.threads = threads }
+        }
+    }
+
+    public func isKnown(_ worker: String) -> Bool { workers[worker] != nil }
+
+    /// Drops a worker (it said goodbye, or errored fatally) and requeues its task.
+    public func remove(_ worker: String) {
+        if let t = workers[worker]?.task, results[t] == nil { requeue(t) }
+        workers[worker] = nil
+    }
+
+    /// Leases the next pending task to each idle worker; returns (worker, key with attempt).
+    public func assign() -> [(worker: String, key: Ptl_V1_TaskKey)] {
+        var out: [(String, Ptl_V1_TaskKey)] = []
+        for w in workers.keys.sorted() where workers[w]!.task == nil {
+            guard !pending.isEmpty else { break }
+            let id = pending.removeFirst()
+            let attempt = (attempts[id] ?? 0) + 1
+            attempts[id] = attempt
+            var key = keys[id]!
+            key.attempt = attempt
+            workers[w]!.task = id
+            workers[w]!.leaseDeadline = clock.now() + leaseSeconds
+            out.append((w, key))
+        }
+        return out
+    }
+
+    /// A result arrived. Returns false when it is a duplicate or for a task not in this phase
+    /// (late results of an expired lease, or of an earlier phase): it is dropped.
+    @discardableResult
+    public func complete(_ key: Ptl_V1_TaskKey, from worker: String, output: Output) -> Bool {
+        let id = TaskID(key)
+        if workers[worker]?.task == id { workers[worker]!.task = nil }
+        guard keys[id] != nil, results[id] == nil else { duplicates += 1; return false }
+        results[id] = output
+        pending.removeAll { $0 == id }
+        return true
+    }
+
+    /// A task failed on a worker: back to the queue.
+    public func failed(_ key: Ptl_V1_TaskKey, on worker: String) {
+        let id = TaskID(key)
+        if workers[worker]?.task == id { workers[worker]!.task = nil }
+        if keys[id] != nil, results[id] == nil { requeue(id) }
+    }
+
+    /// Drops silent workers and requeues expired leases; returns the workers dropped.
+    public func expire() -> [String] {
+        let now = clock.now()
+        var dropped: [String] = []
+        for (w, s) in workers {
+            if now - s.lastSeen > workerTimeout {
+                dropped.append(w)
+                expiredWorkers += 1
+                remove(w)
+            } else if let t = s.task, now > s.leaseDeadline {
+                workers[w]!.task = nil
+                if results[t] == nil { requeue(t) }
+            }
+        }
+        return dropped.sorted()
+    }
+
+    private func requeue(_ id: TaskID) {
+        guard !pending.contains(id) else { return }
+        requeued += 1
+        // Keep shard order so the queue is deterministic.
+        let at = pending.firstIndex { ($0.step, $0.shard) > (id.step, id.shard) } ?? pending.endIndex
+        pending.insert(id, at: at)
+    }
+
+    /// Results in shard order (for a deterministic reduce); nil until the phase is complete.
+    public func orderedResults() -> [(key: Ptl_V1_TaskKey, output: Output)]? {
+        guard isPhaseComplete else { return nil }
+        return keys.keys.sorted { ($0.step, $0.shard) < ($1.step, $1.shard) }.map { (keys[$0]!, results[$0]!) }
+    }
+}

@@ -1,0 +1,64 @@
+import Testing
+@testable import PTLCluster
+
+func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
+    (0..<n).map { s in
+        var k = Ptl_V1_TaskKey()
+        k.run = "r"; k.round = 1; k.phase = .grad; k.step = step; k.shard = UInt32(s)
+        return k
+    }
+}
+
+@Suite struct TaskSchedulerTests {
+    @Test func leasesInShardOrderAndCompletes() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
+        s.startPhase(keys(4))
+        s.seen("a", threads: 1); s.seen("b", threads: 2)
+        let first = s.assign()
+        #expect(first.map(\.worker) == ["a", "b"] && first.map(\.key.shard) == [0, 1] && first.allSatisfy { $0.key.attempt == 1 })
+        #expect(s.assign().isEmpty)                                   // both busy
+        #expect(s.complete(first[1].key, from: "b", output: 11))
+        #expect(s.assign().map(\.key.shard) == [2])
+        #expect(!s.isPhaseComplete)
+    }
+
+    @Test func aSilentWorkerIsDroppedAndItsTaskRequeued() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
+        s.startPhase(keys(2))
+        s.seen("a"); s.seen("b")
+        let leases = s.assign()
+        clock.advance(2)
+        s.seen("b")                       // b heartbeats, a is silent
+        clock.advance(2)
+        #expect(s.expire() == ["a"])
+        #expect(!s.isKnown("a"))
+        #expect(s.complete(leases[1].key, from: "b", output: 1))
+        let retry = s.assign()
+        #expect(retry.count == 1 && retry[0].worker == "b" && retry[0].key.shard == 0 && retry[0].key.attempt == 2)
+        // The dead worker's late result for shard 0 still counts once; the retry's is a duplicate.
+        #expect(s.complete(leases[0].key, from: "a", output: 0))
+        #expect(!s.complete(retry[0].key, from: "b", output: 0))
+        #expect(s.duplicates == 1 && s.requeued == 1 && s.expiredWorkers == 1)
+        #expect(s.orderedResults()?.map(\.output) == [0, 1])
+    }
+
+    @Test func expiredLeasesAndFailuresGoBackToTheQueue() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 100, leaseSeconds: 5)
+        s.startPhase(keys(3))
+        s.seen("a")
+        let l = s.assign()
+        clock.advance(6)
+        #expect(s.expire().isEmpty)
+        #expect(s.assign().first?.key.shard == 0)                   // lease expired: same task again
+        s.failed(Ptl_V1_TaskKey(), on: "a")                        // unknown task: ignored
+        let cur = s.assign()
+        #expect(cur.isEmpty)
+        s.failed(l[0].key, on: "a")
+        #expect(s.assign().first?.key.attempt == 3)
+        // A result from an earlier phase is dropped.
+        #expect(!s.complete(keys(1, step: 9)[0], from: "a", output: 5))
+    }
+}
