@@ -41,7 +41,8 @@ let package = Package(
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
         .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"]),
         // The ZeroMQ binding (the cluster builds on it).
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune",
+                                                   .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
             "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval",
@@ -57,7 +58,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]
 )

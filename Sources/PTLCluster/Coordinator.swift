@@ -1,0 +1,132 @@
+import Foundation
+
+/// Settings of the coordinator's event loop.
+public struct CoordinatorSettings: Sendable {
+    /// Seconds between heartbeats to idle workers (and the poll timeout).
+    public var heartbeatInterval: Double = 1
+    /// Heartbeats a worker may miss before it is dropped.
+    public var liveness: Double = 3
+    /// Seconds a task may run before it is leased again.
+    public var leaseSeconds: Double = 600
+    /// Largest tensor frame accepted.
+    public var maxTensorBytes = 1 << 31
+    public init() {}
+}
+
+/// The coordinator: a ROUTER socket, the task scheduler, and the model versions it serves.
+/// `runPhase` leases tasks to workers, follows their liveness, and returns the results in
+/// shard order once every task has one.
+public final class Coordinator: @unchecked Sendable {
+    public let socket: ZMQSocket
+    public let settings: CoordinatorSettings
+    public let scheduler: TaskScheduler<WireMessage>
+    let clock: Clock
+    var specs: [TaskID: Ptl_V1_Task] = [:]
+    var inputs: [TaskID: [WireTensor]] = [:]
+    /// Model versions by hash: config JSON and the flat fp32 weights.
+    public var models: [String: (config: String, weights: [Float])] = [:]
+    public private(set) var rejected: [String: Int] = [:]
+    public var log: (String) -> Void = { _ in }
+    private var lastHeartbeat = 0.0
+
+    public init(context: ZMQContext, bind endpoint: String, settings: CoordinatorSettings = CoordinatorSettings(),
+                clock: Clock = SystemClock()) throws {
+        socket = try ZMQSocket(context: context, type: .router)
+        try socket.setMaxMessageSize(Int64(settings.maxTensorBytes) + (1 << 20))
+        try socket.bind(endpoint)
+        self.settings = settings
+        self.clock = clock
+        scheduler = TaskScheduler(clock: clock, workerTimeout: settings.heartbeatInterval * settings.liveness,
+                                  leaseSeconds: settings.leaseSeconds)
+    }
+
+    public var endpoint: String { socket.lastEndpoint }
+
+    /// Runs one phase to completion: `tasks` (key, spec, input tensors) → results in shard order.
+    public func runPhase(_ tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])],
+                         until deadline: Double = .infinity) throws -> [(key: Ptl_V1_TaskKey, result: WireMessage)] {
+        specs = [:]; inputs = [:]
+        for t in tasks { specs[TaskID(t.key)] = t.spec; inputs[TaskID(t.key)] = t.inputs }
+        scheduler.startPhase(tasks.map(\.key))
+        while !scheduler.isPhaseComplete {
+            guard clock.now() < deadline else { throw ZMQError(operation: "phase timed out", code: ETIMEDOUT) }
+            try pump(milliseconds: Int(settings.heartbeatInterval * 1000))
+        }
+        return scheduler.orderedResults()!.map { ($0.key, $0.output) }
+    }
+
+    /// One turn of the event loop: receive what arrived, expire, lease, heartbeat.
+    public func pump(milliseconds: Int) throws {
+        if try socket.poll(milliseconds: milliseconds) {
+            while let frames = try socket.receive(dontWait: true) { handle(frames) }
+        }
+        for w in scheduler.expire() { log("worker \(w) silent: dropped, its task requeued") }
+        for (worker, key) in scheduler.assign() {
+            let id = TaskID(key)
+            var e = Messages.envelope(.task, run: key.run)
+            e.task = key
+            e.taskSpec = specs[id]!
+            try send(to: worker, WireMessage(envelope: e, tensors: inputs[id] ?? []))
+        }
+        let now = clock.now()
+        if now - lastHeartbeat >= settings.heartbeatInterval {
+            lastHeartbeat = now
+            for w in scheduler.workers.keys.sorted() { try send(to: w, Messages.heartbeat()) }
+        }
+    }
+
+    func send(to worker: String, _ message: WireMessage) throws {
+        try socket.send([Array(worker.utf8)] + Wire.encode(message), dontWait: true)
+    }
+
+    func reject(_ kind: String, _ detail: String) {
+        rejected[kind, default: 0] += 1
+        log("rejected message: \(detail)")
+    }
+
+    func handle(_ frames: [[UInt8]]) {
+        guard frames.count >= 2 else { reject("malformed_envelope", "no envelope frame"); return }
+        let worker = String(decoding: frames[0], as: UTF8.self)
+        let message: WireMessage
+        do {
+            message = try Wire.decode(Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
+        } catch let e as WireError {
+            reject(e.kind.rawValue, "from \(worker): \(e)")
+            // A result that fails its checks is a failed attempt: run it again elsewhere.
+            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1]), env.hasTask { scheduler.failed(env.task, on: worker) }
+            return
+        } catch {
+            reject("malformed_envelope", "from \(worker): \(error)")
+            return
+        }
+        let env = message.envelope
+        if env.type != .ready && !scheduler.isKnown(worker) {
+            try? send(to: worker, WireMessage(envelope: Messages.envelope(.disconnect)))
+            return
+        }
+        scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
+        switch env.type {
+        case .ready:
+            log("worker \(worker) ready (\(env.ready.threads) threads)")
+        case .result:
+            if !scheduler.complete(env.task, from: worker, output: message) { log("duplicate or late result \(TaskID(env.task)) dropped") }
+        case .error:
+            log("worker \(worker) failed \(TaskID(env.task)): \(env.error.message)")
+            scheduler.failed(env.task, on: worker)
+        case .modelRequest:
+            let hash = env.modelRequest.modelHash
+            guard let m = models[hash] else {
+                try? send(to: worker, Messages.error(nil, "unknown model version \(hash)", retryable: false))
+                return
+            }
+            var e = Messages.envelope(.modelResponse)
+            var r = Ptl_V1_ModelResponse()
+            r.modelHash = hash
+            r.configJson = m.config
+            e.modelResponse = r
+            try? send(to: worker, WireMessage(envelope: e, tensors: [WireTensor(name: "weights", shape: [m.weights.count], floats: m.weights)]))
+        default:
+            break
+        }
+    }
+}

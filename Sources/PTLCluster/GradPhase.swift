@@ -1,0 +1,146 @@
+import Foundation
+import PTLData
+import PTLModel
+import PTLTensor
+import PTLTune
+
+/// The `grad` phase: data-parallel continual pre-training. Each optimizer step's batch (the same
+/// lines, in the same order, as single-process `ptl train`) is split into `shards` contiguous
+/// micro-batches; workers return Σ-loss gradients scaled by 1/(tokens in the whole batch); the
+/// coordinator adds them in shard order in Double, so the update is bit-identical for any number
+/// of workers and any failures.
+public enum GradPhase {
+    /// Token sequences of a shard as two I32 frames: lengths and the concatenated ids.
+    public static func encode(_ sequences: [[Int]]) -> [WireTensor] {
+        let lengths = sequences.map { Int32($0.count) }
+        let ids = sequences.flatMap { $0.map { Int32($0) } }
+        return [WireTensor(name: "lengths", dtype: .i32, shape: [lengths.count], bytes: lengths.withUnsafeBytes { Array($0) }),
+                WireTensor(name: "ids", dtype: .i32, shape: [ids.count], bytes: ids.withUnsafeBytes { Array($0) })]
+    }
+
+    static func decodeSequences(_ inputs: [WireTensor]) throws -> [[Int]] {
+        guard let l = inputs.first(where: { $0.name == "lengths" }), let i = inputs.first(where: { $0.name == "ids" }),
+              l.dtype == .i32, i.dtype == .i32 else { throw WireError(kind: .descriptorMismatch, message: "grad task needs I32 lengths and ids") }
+        let lengths = l.bytes.withUnsafeBytes { r in (0..<(l.bytes.count / 4)).map { Int(r.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) } }
+        let ids = i.bytes.withUnsafeBytes { r in (0..<(i.bytes.count / 4)).map { Int(r.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) } }
+        guard lengths.allSatisfy({ $0 >= 0 }), lengths.reduce(0, +) == ids.count else {
+            throw WireError(kind: .descriptorMismatch, message: "grad task: lengths do not add up to the ids")
+        }
+        var out: [[Int]] = []
+        var at = 0
+        for n in lengths { out.append(Array(ids[at..<(at + n)])); at += n }
+        return out
+    }
+
+    /// The worker side: a handler that caches the model of the last version it saw.
+    public static func handler() -> TaskHandler {
+        let cache = ModelCache()
+        return { key, spec, inputs, model in
+            let m = try cache.model(hash: spec.modelHash, config: model.config, weights: model.weights)
+            let sequences = try decodeSequences(inputs)
+            let batch = TokenBatch(sequences: sequences, multiple: 8)
+            let pass = TrainingPass(model: m, batch: batch.batch, seq: batch.seq)
+            let t0 = Date()
+            let (sum, count) = pass.forward(tokens: batch.tokens, targets: batch.targets)
+            let grads = FloatBuffer(count: m.layout.count)
+            pass.backward(into: grads, scale: Float(spec.lossScale))
+            var r = Ptl_V1_Result()
+            r.lossSum = sum
+            r.tokenCount = UInt64(count)
+            r.examples = UInt64(sequences.count)
+            r.seconds = Date().timeIntervalSince(t0)
+            return (r, [WireTensor(name: "grad", shape: [grads.count], floats: grads.array())])
+        }
+    }
+
+    final class ModelCache: @unchecked Sendable {
+        let lock = NSLock()
+        var current: (hash: String, model: Model)?
+        func model(hash: String, config: String, weights: [Float]) throws -> Model {
+            lock.lock(); defer { lock.unlock() }
+            if let c = current, c.hash == hash { return c.model }
+            let cfg = try ModelConfig(data: Data(config.utf8), source: "model \(hash)")
+            let m = Model(config: cfg, parameters: FloatBuffer(weights))
+            current = (hash, m)
+            return m
+        }
+    }
+}
+
+/// The coordinator side of data-parallel training over the cluster.
+public final class DistributedTrainer {
+    public let coordinator: Coordinator
+    public let model: Model
+    public let settings: TrainingSettings
+    public let shards: Int
+    public let run: String
+    public let optimizer: AdamW
+    let sequences: [[Int]]
+    let order: EpochOrder
+    let schedule: LearningRateSchedule
+    let grads: FloatBuffer
+    public private(set) var step = 0
+
+    public init(coordinator: Coordinator, model: Model, sequences: [[Int]], settings: TrainingSettings, shards: Int, run: String = "run") throws {
+        let usable = sequences.filter { $0.count >= 2 }
+        guard !usable.isEmpty else { throw DataError("no training line has two or more tokens") }
+        guard shards >= 1, shards <= settings.batchSize else { throw DataError("shards must be between 1 and the batch size") }
+        self.coordinator = coordinator
+        self.model = model
+        self.settings = settings
+        self.shards = shards
+        self.run = run
+        self.sequences = usable
+        optimizer = AdamW(layout: model.layout, settings: settings.adamW)
+        order = EpochOrder(count: usable.count, seed: settings.seed)
+        schedule = LearningRateSchedule(kind: settings.schedule, peak: settings.learningRate, warmup: settings.warmup,
+                                        total: settings.steps, minRatio: settings.minLearningRateRatio)
+        grads = FloatBuffer(count: model.layout.count)
+    }
+
+    /// The current model version: registered with the coordinator so workers can fetch it.
+    func publish() -> String {
+        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
+        let weights = model.parameters.array()
+        let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
+        coordinator.models = [hash: (config, weights)]
+        return hash
+    }
+
+    /// One optimizer step over the cluster; returns (mean loss, grad norm, tokens).
+    public func runStep() throws -> (loss: Double, gradNorm: Double, tokens: Int) {
+        let hash = publish()
+        let indices = order.indices(step: step, batchSize: settings.batchSize)
+        let total = indices.reduce(0) { $0 + sequences[$1].count - 1 }
+        var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
+        for s in 0..<shards {
+            let part = Array(indices[(s * indices.count / shards)..<((s + 1) * indices.count / shards)])
+            var key = Ptl_V1_TaskKey()
+            key.run = run; key.phase = .grad; key.step = UInt64(step); key.shard = UInt32(s)
+            var spec = Ptl_V1_Task()
+            spec.modelHash = hash
+            spec.exampleIndices = part.map { UInt32($0) }
+            spec.lossScale = 1 / Double(total)
+            spec.batchSize = UInt32(part.count)
+            tasks.append((key, spec, GradPhase.encode(part.map { sequences[$0] })))
+        }
+        let results = try coordinator.runPhase(tasks)
+        // Reduce in shard order with Double accumulators.
+        var acc = [Double](repeating: 0, count: grads.count)
+        var lossSum = 0.0
+        var tokens = 0
+        for (_, message) in results {
+            guard let g = message.tensor("grad")?.floats, g.count == acc.count else {
+                throw WireError(kind: .descriptorMismatch, message: "a grad result without a full gradient")
+            }
+            for i in 0..<acc.count { acc[i] += Double(g[i]) }
+            lossSum += message.envelope.result.lossSum
+            tokens += Int(message.envelope.result.tokenCount)
+        }
+        for i in 0..<acc.count { grads.pointer[i] = Float(acc[i]) }
+        let norm = GradientClipping.clip(grads, maxNorm: settings.clip)
+        optimizer.update(params: model.parameters, grads: grads, lr: schedule.rate(at: step))
+        step += 1
+        return (lossSum / Double(tokens), norm, tokens)
+    }
+}

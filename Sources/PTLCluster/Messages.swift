@@ -1,0 +1,50 @@
+import Foundation
+
+/// Builders for the envelopes both sides send.
+public enum Messages {
+    public static func envelope(_ type: Ptl_V1_MessageType, run: String = "") -> Ptl_V1_Envelope {
+        var e = Ptl_V1_Envelope()
+        e.type = type
+        e.runID = run
+        e.sentUnixMs = UInt64(Date().timeIntervalSince1970 * 1000)
+        return e
+    }
+
+    public static func ready(workerID: String, threads: Int, cachedModel: String = "") -> WireMessage {
+        var e = envelope(.ready)
+        var r = Ptl_V1_Ready()
+        r.workerID = workerID
+        r.threads = UInt32(threads)
+        r.version = "ptl 0.1"
+        r.capabilities = ["grad"]
+        r.cachedModelHash = cachedModel
+        e.ready = r
+        return WireMessage(envelope: e)
+    }
+
+    public static func heartbeat() -> WireMessage {
+        var e = envelope(.heartbeat)
+        e.heartbeat = Ptl_V1_Heartbeat()
+        return WireMessage(envelope: e)
+    }
+
+    public static func error(_ key: Ptl_V1_TaskKey?, _ message: String, retryable: Bool = true) -> WireMessage {
+        var e = envelope(.error)
+        if let key { e.task = key }
+        var err = Ptl_V1_Error()
+        err.message = message
+        err.retryable = retryable
+        e.error = err
+        return WireMessage(envelope: e)
+    }
+}
+
+/// Content hash of a model version (config + weights): FNV-1a 64 over the bytes, hex.
+public func modelHash(configJSON: String, weights: UnsafeBufferPointer<Float>) -> String {
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in configJSON.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+    UnsafeRawBufferPointer(weights).withMemoryRebound(to: UInt64.self) { words in
+        for w in words { h = (h ^ w) &* 0x100_0000_01B3 }
+    }
+    return String(h, radix: 16)
+}

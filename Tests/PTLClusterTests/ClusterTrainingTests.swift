@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+import PTLModel
+import PTLTensor
+import PTLTune
+@testable import PTLCluster
+
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stopped = false
+    func stop() { lock.lock(); stopped = true; lock.unlock() }
+    var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+}
+
+func clusterModel() throws -> Model {
+    let c = try ModelConfig(vocabSize: 40, hiddenSize: 16, intermediateSize: 32, numHiddenLayers: 2,
+                            numAttentionHeads: 2, numKeyValueHeads: 1, maxPositionEmbeddings: 64)
+    let m = Model(config: c)
+    m.initializeRandomly(seed: 11, std: 0.1)
+    return m
+}
+
+let clusterLines: [[Int]] = (0..<24).map { k in (0..<(6 + k % 7)).map { ($0 * 5 + k) % 40 } }
+
+func clusterSettings() -> TrainingSettings {
+    var s = TrainingSettings(steps: 3, batchSize: 6, learningRate: 1e-2)
+    s.warmup = 1
+    return s
+}
+
+/// Trains 3 steps over `workers` in-process workers (real sockets on loopback); `sabotage`
+/// makes worker 0 vanish after its first task.
+func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = false) throws -> (weights: [Float], losses: [Double], dropped: Int) {
+    let ctx = try ZMQContext()
+    var cs = CoordinatorSettings()
+    cs.heartbeatInterval = 0.05
+    cs.liveness = 4
+    let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+    let stop = StopFlag()
+    let group = DispatchGroup()
+    for w in 0..<workers {
+        var ws = WorkerSettings()
+        ws.heartbeatInterval = 0.05
+        ws.liveness = 4
+        ws.minBackoff = 0.05
+        let handler = GradPhase.handler()
+        let vanish = vanishingWorker && w == 0
+        let tasks = Counter()
+        let client = try WorkerClient(id: "w\(w)", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, model in
+            if vanish && tasks.increment() > 1 { Thread.sleep(forTimeInterval: 3600) }   // hangs: never answers again
+            return try handler(key, spec, inputs, model)
+        }
+        DispatchQueue.global().async(group: group) {
+            try? client.run(shouldStop: { stop.isStopped || (vanish && tasks.value > 1) })
+        }
+    }
+    let model = try clusterModel()
+    let trainer = try DistributedTrainer(coordinator: coordinator, model: model, sequences: clusterLines,
+                                         settings: clusterSettings(), shards: shards)
+    let losses = try (0..<3).map { _ in try trainer.runStep().loss }
+    stop.stop()
+    _ = group.wait(timeout: .now() + 2)
+    return (model.parameters.array(), losses, coordinator.scheduler.expiredWorkers)
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func increment() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+@Suite(.serialized) struct ClusterTrainingTests {
+    @Test func weightsAreBitIdenticalForOneTwoAndThreeWorkersAndEqualSingleProcessTraining() throws {
+        let one = try trainOverCluster(workers: 1)
+        let two = try trainOverCluster(workers: 2)
+        let three = try trainOverCluster(workers: 3)
+        #expect(one.weights == two.weights && one.losses == two.losses)
+        #expect(one.weights == three.weights && one.losses == three.losses)
+        // Single-process `ptl train` on the same batches: the same losses up to float summation
+        // order; weights within a quarter of the learning rate (Adam magnifies last-bit gradient
+        // differences of near-zero gradients, as in the PyTorch golden test).
+        let model = try clusterModel()
+        let trainer = try Trainer(model: model, sequences: clusterLines, settings: clusterSettings())
+        let losses = try (0..<3).map { _ in try trainer.runStep().loss }
+        for (a, b) in zip(losses, one.losses) { #expect(abs(a - b) / b < 1e-5, "loss \(a) vs \(b)") }
+        let single = model.parameters.array()
+        let worst = zip(single, one.weights).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+        #expect(worst <= clusterSettings().learningRate / 4, "largest difference \(worst)")
+        #expect(one.weights != (try clusterModel().parameters.array()))      // training did move the weights
+    }
+
+    @Test func aWorkerThatVanishesChangesNothing() throws {
+        let reference = try trainOverCluster(workers: 2)
+        let survived = try trainOverCluster(workers: 2, vanishingWorker: true)
+        #expect(survived.dropped >= 1, "the vanished worker was never dropped")
+        #expect(survived.weights == reference.weights && survived.losses == reference.losses)
+    }
+}
