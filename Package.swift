@@ -13,6 +13,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "ptl", targets: ["ptl"]),
+        .executable(name: "ptl-coordinator", targets: ["ptl-coordinator"]),
+        .executable(name: "ptl-worker", targets: ["ptl-worker"]),
         .library(name: "PTLModel", targets: ["PTLModel"]),
     ],
     dependencies: [
@@ -46,6 +48,14 @@ let package = Package(
 
         .executableTarget(name: "ptl", dependencies: [
             "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "ptl-coordinator", dependencies: [
+            "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "ptl-worker", dependencies: [
+            "PTLCluster", "PTLTensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],

@@ -74,12 +74,18 @@ public final class DistributedTrainer {
     public let settings: TrainingSettings
     public let shards: Int
     public let run: String
-    public let optimizer: AdamW
+    public private(set) var optimizer: AdamW
     let sequences: [[Int]]
     let order: EpochOrder
     let schedule: LearningRateSchedule
     let grads: FloatBuffer
     public private(set) var step = 0
+
+    /// Continues from a checkpoint: the optimizer's moments and the step count.
+    public func resume(optimizer: AdamW, step: Int) {
+        self.optimizer = optimizer
+        self.step = step
+    }
 
     public init(coordinator: Coordinator, model: Model, sequences: [[Int]], settings: TrainingSettings, shards: Int, run: String = "run") throws {
         let usable = sequences.filter { $0.count >= 2 }

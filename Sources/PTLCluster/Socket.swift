@@ -134,6 +134,7 @@ public final class ZMQSocket: @unchecked Sendable {
     public func poll(milliseconds: Int) throws -> Bool {
         var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
         let rc = zmq_poll(&item, 1, milliseconds)
+        if rc < 0 && zmq_errno() == EINTR { return false }   // a signal: let the caller look at its flags
         guard rc >= 0 else { throw ZMQError.last("poll") }
         return item.revents & Int16(ZMQ_POLLIN) != 0
     }
@@ -154,4 +155,19 @@ public enum CurveKeys {
         guard zmq_z85_decode(&out, z85) != nil else { throw ZMQError(operation: "z85 decode", code: EINVAL) }
         return out
     }
+}
+
+nonisolated(unsafe) private var stopHandler: (() -> Void)?
+
+/// Calls `handler` on SIGTERM or SIGINT. The signals are unblocked first: a process started
+/// by another one may inherit a mask that blocks them.
+public func installStopSignals(_ handler: @escaping () -> Void) {
+    stopHandler = handler
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGTERM)
+    sigaddset(&set, SIGINT)
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    signal(SIGTERM) { _ in stopHandler?() }
+    signal(SIGINT) { _ in stopHandler?() }
 }

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import PTLCluster
+import PTLTensor
+
+nonisolated(unsafe) var stopRequested = false
+
+@main
+struct PTLWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ptl-worker",
+        abstract: "A ptl compute worker: connects to ptl-coordinator and runs its tasks.",
+        discussion: "Registers with READY, heartbeats, fetches the model versions it lacks, reconnects with back-off (1 s doubling to 32 s) and re-registers after a coordinator restart. SIGTERM/SIGINT stop it.")
+
+    @Option(help: "The coordinator's endpoint, e.g. tcp://127.0.0.1:5555.")
+    var connect: String
+
+    @Option(help: "Compute threads.")
+    var threads: Int = 1
+
+    @Option(help: "Worker id (default: host name and process id).")
+    var id: String?
+
+    @Option(help: "Heartbeat interval in seconds.")
+    var heartbeat: Double = 1
+
+    @Option(help: "Exit when this process (the coordinator that started us) is gone.")
+    var parentPid: Int32?
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
+    }
+
+    func run() throws {
+        ComputeThreads.set(threads)
+        installStopSignals { stopRequested = true }
+        var settings = WorkerSettings()
+        settings.threads = threads
+        settings.heartbeatInterval = heartbeat
+        let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+        let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
+                                      handler: GradPhase.handler())
+        worker.log = { FileHandle.standardError.write(Data("[\(name)] \($0)\n".utf8)) }
+        FileHandle.standardError.write(Data("[\(name)] connecting to \(connect) with \(threads) thread(s)\n".utf8))
+        let parent = parentPid
+        try worker.run(shouldStop: { stopRequested || (parent != nil && getppid() != parent) })
+    }
+}
