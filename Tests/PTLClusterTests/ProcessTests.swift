@@ -64,3 +64,18 @@ func finalWeights(_ out: String) throws -> Data {
         #expect(try finalWeights(straight) == finalWeights(resumed))
     }
 }
+
+@Suite struct DockerComposeTests {
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/usr/bin/docker-compose"), "docker-compose not installed: scripts/setup.sh installs it"))
+    func theComposeFileIsValid() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/docker-compose")
+        p.arguments = ["-f", clusterPackageRoot.appendingPathComponent("docker/docker-compose.yml").path, "config", "-q"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let msg = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(msg)")
+    }
+}
