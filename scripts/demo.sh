@@ -17,6 +17,10 @@ echo "== continual pre-training of the demo model on fresh problems (a few steps
 $PTL train --model models/demo --data "$OUT/task/train.jsonl" --steps 20 --lr 3e-4 --batch-size 16 --seq-len 256 \
     --warmup 2 --out "$OUT/tuned" --log "$OUT/train.jsonl" | tail -2
 $PTL perplexity --model "$OUT/tuned" --data "$OUT/task/test.jsonl"
+echo "== the same kind of training over the cluster: coordinator + 2 local worker processes"
+swift build -c release --product ptl-coordinator
+swift build -c release --product ptl-worker
+.build/release/ptl-coordinator --local-workers 2 --steps 10 --out "$OUT/cluster" --fresh
 GGUF=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$GGUF" ]; then
     echo "== SmolLM2-135M-Instruct"
