@@ -9,7 +9,7 @@ PTL=.build/release/ptl
 OUT=${OUT:-out/demo}
 mkdir -p "$OUT"
 echo "== the shipped demo model"
-$PTL inspect --model models/demo | head -6
+$PTL inspect --model models/demo --context 1 160 | sed -n 1,8p
 $PTL data generate --out "$OUT/task" --train 2000 --test 200 --seed 1
 $PTL eval --model models/demo --data "$OUT/task/test.jsonl" --max-new-tokens 160 --batch-size 16
 $PTL bench-decode --model models/demo
