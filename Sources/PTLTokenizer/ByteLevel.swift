@@ -1,37 +1,49 @@
-/// GPT-2's reversible byte ↔ printable-character mapping used by byte-level BPE vocabularies.
+/// GPT-2's reversible map between bytes and printable characters, which byte-level BPE
+/// vocabularies are written in (`Ġ` is the space byte, `Ċ` the newline byte).
+///
+/// The tokenizer works on raw bytes throughout; this map is only used to translate the
+/// vocabulary once at load time and to decode tokens back to bytes.
 enum ByteLevel {
-    /// The character standing for each byte.
-    static let byteToScalar: [UInt32] = {
-        var table = [UInt32](repeating: 0, count: 256)
-        var n: UInt32 = 0
-        for b in 0..<256 {
-            let printable = (0x21...0x7E).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b)
-            if printable { table[b] = UInt32(b) } else { table[b] = 256 + n; n += 1 }
+    /// The character for each byte value.
+    static let byteToScalar: [Unicode.Scalar] = {
+        var map = [Unicode.Scalar](repeating: " ", count: 256)
+        var next: UInt32 = 256
+        for byte in 0..<256 {
+            let printable = (33...126).contains(byte) || (161...172).contains(byte) || (174...255).contains(byte)
+            if printable {
+                map[byte] = Unicode.Scalar(UInt32(byte))!
+            } else {
+                map[byte] = Unicode.Scalar(next)!
+                next += 1
+            }
         }
-        return table
+        return map
     }()
 
-    /// The byte for each mapped character (nil for characters outside the mapping).
-    static let scalarToByte: [UInt32: UInt8] = {
-        var m: [UInt32: UInt8] = [:]
-        for (b, s) in byteToScalar.enumerated() { m[s] = UInt8(b) }
-        return m
+    /// The byte for each character of the map (indexed by scalar value < 324), or -1.
+    static let scalarToByte: [Int16] = {
+        var inverse = [Int16](repeating: -1, count: 324)
+        for (byte, scalar) in byteToScalar.enumerated() { inverse[Int(scalar.value)] = Int16(byte) }
+        return inverse
     }()
 
-    /// The byte-level string of UTF-8 bytes.
-    static func string(of bytes: some Sequence<UInt8>) -> String {
-        var s = String.UnicodeScalarView()
-        for b in bytes { s.append(Unicode.Scalar(byteToScalar[Int(b)])!) }
-        return String(s)
+    /// The raw bytes a vocabulary token stands for, or `nil` when a character is outside the
+    /// map (such a token can never come out of byte-level BPE).
+    static func bytes(ofToken token: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(token.unicodeScalars.count)
+        for scalar in token.unicodeScalars {
+            let value = Int(scalar.value)
+            guard value < scalarToByte.count, scalarToByte[value] >= 0 else { return nil }
+            bytes.append(UInt8(scalarToByte[value]))
+        }
+        return bytes
     }
 
-    /// The bytes a byte-level token string stands for (nil if it holds a character outside the mapping).
-    static func bytes(of token: String) -> [UInt8]? {
-        var out: [UInt8] = []
-        for u in token.unicodeScalars {
-            guard let b = scalarToByte[u.value] else { return nil }
-            out.append(b)
-        }
-        return out
+    /// The vocabulary spelling of raw bytes (`" a"` → `"Ġa"`).
+    static func token(ofBytes bytes: some Sequence<UInt8>) -> String {
+        var token = String.UnicodeScalarView()
+        for byte in bytes { token.append(byteToScalar[Int(byte)]) }
+        return String(token)
     }
 }

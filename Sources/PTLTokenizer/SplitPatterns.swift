@@ -1,176 +1,183 @@
-/// The regular expressions of the byte-level BPE families, as hand-written scanners over
-/// Unicode scalars (leftmost-first alternation with backtracking, like `fancy-regex`).
-public enum SplitPattern: Sendable, Equatable {
-    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` (GPT-2)
+/// The split regexes of byte-level BPE tokenizers, as hand-written scanners over UTF-8.
+///
+/// Each pattern is an alternation that matches at every position of any string, so a
+/// scanner only has to say where the match starting at `i` ends; the matches then tile
+/// the input. The scanners follow the leftmost-first (backtracking) semantics of the
+/// regex engines behind `tokenizers`, including the `\s+(?!\S)` look-ahead.
+enum SplitPattern: Sendable, Equatable {
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
     case gpt2
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     case llama3
-    /// The Llama-3 pattern with `\p{N}` for `\p{N}{1,3}` (Qwen2).
+    /// The Llama-3 pattern with `\p{N}` (one number character) instead of `\p{N}{1,3}`.
     case qwen2
-    /// A literal string.
-    case literal([UInt32])
 
-    static let gpt2Source = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
-    static let llama3Source = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
-    static let qwen2Source = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+    static let gpt2Source =
+        #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
+    static let llama3Source =
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+    static let qwen2Source =
+        #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
-    /// The scanner for a regex from tokenizer.json, or nil when it is not one we know.
-    static func regex(_ source: String) -> SplitPattern? {
+    /// Recognises a pattern string from `tokenizer.json`; `nil` for any other regex.
+    init?(source: String) {
         switch source {
-        case gpt2Source: return .gpt2
-        case llama3Source: return .llama3
-        case qwen2Source: return .qwen2
+        case Self.gpt2Source: self = .gpt2
+        case Self.llama3Source: self = .llama3
+        case Self.qwen2Source: self = .qwen2
         default: return nil
         }
     }
 
-    /// Appends the matches in `s[start..<end]` to `out` as (start, end) pairs.
-    func matches(_ s: UnsafeBufferPointer<UInt32>, _ start: Int, _ end: Int, into out: inout [(Int, Int)]) {
-        var i = start
+    /// The end of the match that starts at `i` (`i < end`); always greater than `i`.
+    @inline(__always)
+    func matchEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ end: Int, _ table: UnicodeClassTable) -> Int {
         switch self {
-        case .literal(let lit):
-            guard !lit.isEmpty else { return }
-            while i + lit.count <= end {
-                var ok = true
-                for k in 0..<lit.count where s[i + k] != lit[k] { ok = false; break }
-                if ok { out.append((i, i + lit.count)); i += lit.count } else { i += 1 }
-            }
-        case .gpt2:
-            while i < end {
-                let j = SplitPattern.gpt2Match(s, i, end)
-                out.append((i, j))
-                i = j
-            }
-        case .llama3, .qwen2:
-            let maxDigits = self == .llama3 ? 3 : 1
-            while i < end {
-                let j = SplitPattern.llamaMatch(s, i, end, maxDigits: maxDigits)
-                out.append((i, j))
-                i = j
-            }
+        case .gpt2: return gpt2MatchEnd(p, i, end, table)
+        case .llama3: return llamaMatchEnd(p, i, end, table, maxDigits: 3)
+        case .qwen2: return llamaMatchEnd(p, i, end, table, maxDigits: 1)
         }
-    }
-
-    /// Length of an English contraction at i (`'s` …), case-insensitive or not; 0 if none.
-    @inline(__always)
-    static func contraction(_ s: UnsafeBufferPointer<UInt32>, _ i: Int, _ end: Int, ignoreCase: Bool) -> Int {
-        guard s[i] == 0x27, i + 1 < end else { return 0 }
-        func lower(_ v: UInt32) -> UInt32 { ignoreCase && v >= 0x41 && v <= 0x5A ? v + 32 : v }
-        let a = lower(s[i + 1])
-        if a == 0x73 || a == 0x74 || a == 0x6D || a == 0x64 { return 2 }          // s t m d
-        if i + 2 < end {
-            let b = lower(s[i + 2])
-            if (a == 0x72 && b == 0x65) || (a == 0x76 && b == 0x65) || (a == 0x6C && b == 0x6C) { return 3 }  // re ve ll
-        }
-        return 0
-    }
-
-    @inline(__always)
-    static func run(_ s: UnsafeBufferPointer<UInt32>, from i: Int, _ end: Int, _ pred: (UInt32) -> Bool) -> Int {
-        var j = i
-        while j < end && pred(s[j]) { j += 1 }
-        return j
-    }
-
-    /// `\s+(?!\S)|\s+` from a whitespace at i.
-    @inline(__always)
-    static func whitespace(_ s: UnsafeBufferPointer<UInt32>, _ i: Int, _ end: Int) -> Int {
-        let j = run(s, from: i, end, isSpace)
-        if j == end { return j }
-        return j - i >= 2 ? j - 1 : j
-    }
-
-    static func gpt2Match(_ s: UnsafeBufferPointer<UInt32>, _ i: Int, _ end: Int) -> Int {
-        let c = s[i]
-        let k = contraction(s, i, end, ignoreCase: false)
-        if k > 0 { return i + k }
-        if c == 0x20 && i + 1 < end {          // ' ?' before a letter, number or other run
-            let d = s[i + 1]
-            if isLetter(d) { return run(s, from: i + 1, end, isLetter) }
-            if isNumber(d) { return run(s, from: i + 1, end, isNumber) }
-            if isOther(d) { return run(s, from: i + 1, end, isOther) }
-        }
-        if isLetter(c) { return run(s, from: i, end, isLetter) }
-        if isNumber(c) { return run(s, from: i, end, isNumber) }
-        if isOther(c) { return run(s, from: i, end, isOther) }
-        return whitespace(s, i, end)
-    }
-
-    static func llamaMatch(_ s: UnsafeBufferPointer<UInt32>, _ i: Int, _ end: Int, maxDigits: Int) -> Int {
-        let c = s[i]
-        let k = contraction(s, i, end, ignoreCase: true)
-        if k > 0 { return i + k }
-        // [^\r\n\p{L}\p{N}]?\p{L}+
-        if !isNewline(c) && !isLetter(c) && !isNumber(c) && i + 1 < end && isLetter(s[i + 1]) {
-            return run(s, from: i + 1, end, isLetter)
-        }
-        if isLetter(c) { return run(s, from: i, end, isLetter) }
-        // \p{N}{1,maxDigits}
-        if isNumber(c) {
-            var j = i
-            while j < end && j - i < maxDigits && isNumber(s[j]) { j += 1 }
-            return j
-        }
-        // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
-        var p = i
-        if c == 0x20 && i + 1 < end && isOther(s[i + 1]) { p = i + 1 }
-        if isOther(s[p]) {
-            let j = run(s, from: p, end, isOther)
-            return run(s, from: j, end, isNewline)
-        }
-        // \s*[\r\n]+ : up to the last newline of the whitespace run
-        let j = run(s, from: i, end, isSpace)
-        var last = -1
-        var q = i
-        while q < j { if isNewline(s[q]) { last = q }; q += 1 }
-        if last >= 0 { return last + 1 }
-        if j > i { return whitespace(s, i, end) }
-        return i + 1
     }
 }
 
-/// How a Split pre-tokenizer turns matches into pieces.
-enum SplitBehavior: String, Sendable {
-    case removed = "Removed", isolated = "Isolated", mergedWithPrevious = "MergedWithPrevious"
-    case mergedWithNext = "MergedWithNext", contiguous = "Contiguous"
+private let letter = CharClass.letter
+private let number = CharClass.number
+private let space = CharClass.space
 
-    /// Splits `[start, end)` given the matches inside it (in order, non-overlapping).
-    func apply(matches: [(Int, Int)], start: Int, end: Int, invert: Bool, into out: inout [(Int, Int)]) {
-        // Mark each sub-range as matched or not.
-        var segments: [(Int, Int, Bool)] = []
-        var pos = start
-        for (a, b) in matches where b > a {
-            if a > pos { segments.append((pos, a, false)) }
-            segments.append((a, b, true))
-            pos = b
+/// Flags of the scalar at `i`, and its length; ASCII without a table load from the BMP table.
+@inline(__always)
+private func classify(_ p: UnsafePointer<UInt8>, _ i: Int, _ table: UnicodeClassTable)
+    -> (flags: UInt8, value: UInt32, length: Int) {
+    let (value, length) = decodeScalar(p, i)
+    return (table.flags(value), value, length)
+}
+
+/// Extends a run of scalars whose flags satisfy `accept` from `i`.
+@inline(__always)
+private func run(_ p: UnsafePointer<UInt8>, from i: Int, _ end: Int, _ table: UnicodeClassTable,
+                 _ accept: (UInt8) -> Bool) -> Int {
+    var j = i
+    while j < end {
+        let (flags, _, length) = classify(p, j, table)
+        if !accept(flags) { break }
+        j += length
+    }
+    return j
+}
+
+/// `'s|'t|'re|'ve|'m|'ll|'d` (case-sensitive, or with `(?i:…)` when `ignoringCase`):
+/// the match length, or 0.
+@inline(__always)
+private func contractionLength(_ p: UnsafePointer<UInt8>, _ i: Int, _ end: Int, ignoringCase: Bool) -> Int {
+    guard p[i] == UInt8(ascii: "'"), i + 1 < end else { return 0 }
+    var c1 = p[i + 1]
+    if ignoringCase {
+        // U+017F LATIN SMALL LETTER LONG S folds to "s".
+        if c1 == 0xC5 && i + 2 < end && p[i + 2] == 0xBF { return 3 }
+        if c1 >= 0x41 && c1 <= 0x5A { c1 |= 0x20 }
+    }
+    switch c1 {
+    case UInt8(ascii: "s"), UInt8(ascii: "t"), UInt8(ascii: "m"), UInt8(ascii: "d"): return 2
+    default: break
+    }
+    guard i + 2 < end else { return 0 }
+    var c2 = p[i + 2]
+    if ignoringCase && c2 >= 0x41 && c2 <= 0x5A { c2 |= 0x20 }
+    switch (c1, c2) {
+    case (UInt8(ascii: "r"), UInt8(ascii: "e")), (UInt8(ascii: "v"), UInt8(ascii: "e")),
+         (UInt8(ascii: "l"), UInt8(ascii: "l")):
+        return 3
+    default:
+        return 0
+    }
+}
+
+/// `\s+(?!\S)|\s+` from `i`, where the scalar at `i` is whitespace.
+/// When `stopAfterNewline`, also `\s*[\r\n]+` first (the Llama-3 alternative before them).
+@inline(__always)
+private func whitespaceMatchEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ end: Int, _ table: UnicodeClassTable,
+                                newlineAlternative: Bool) -> Int {
+    var j = i
+    var lastStart = i
+    var afterLastNewline = -1
+    while j < end {
+        let (flags, value, length) = classify(p, j, table)
+        if flags & space == 0 { break }
+        if value == 0x0A || value == 0x0D { afterLastNewline = j + length }
+        lastStart = j
+        j += length
+    }
+    if newlineAlternative && afterLastNewline >= 0 { return afterLastNewline }  // \s*[\r\n]+
+    if j == end { return end }                // \s+(?!\S) at the end of the input
+    if lastStart > i { return lastStart }     // \s+(?!\S): give back the last space
+    return j                                  // \s+
+}
+
+/// The GPT-2 pattern (ByteLevel's `use_regex`).
+private func gpt2MatchEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ end: Int, _ table: UnicodeClassTable) -> Int {
+    let contraction = contractionLength(p, i, end, ignoringCase: false)
+    if contraction > 0 { return i + contraction }
+    if p[i] == 0x20 && i + 1 < end {
+        let (flags, _, length) = classify(p, i + 1, table)
+        if flags & letter != 0 {
+            return run(p, from: i + 1 + length, end, table) { $0 & letter != 0 }
         }
-        if pos < end { segments.append((pos, end, false)) }
-        if invert { segments = segments.map { ($0.0, $0.1, !$0.2) } }
-        switch self {
-        case .isolated:
-            for seg in segments { out.append((seg.0, seg.1)) }
-        case .removed:
-            for seg in segments where !seg.2 { out.append((seg.0, seg.1)) }
-        case .mergedWithPrevious:
-            var cur: (Int, Int)? = nil
-            for seg in segments {
-                if seg.2, let c = cur { cur = (c.0, seg.1) } else { if let c = cur { out.append(c) }; cur = (seg.0, seg.1) }
-            }
-            if let c = cur { out.append(c) }
-        case .mergedWithNext:
-            var pending: Int? = nil
-            for seg in segments {
-                if seg.2 { if pending == nil { pending = seg.0 } }
-                else { out.append((pending ?? seg.0, seg.1)); pending = nil }
-            }
-            if let p = pending { out.append((p, end)) }
-        case .contiguous:
-            var cur: (Int, Int, Bool)? = nil
-            for seg in segments {
-                if let c = cur, c.2 && seg.2 { cur = (c.0, seg.1, true) }
-                else { if let c = cur { out.append((c.0, c.1)) }; cur = seg }
-            }
-            if let c = cur { out.append((c.0, c.1)) }
+        if flags & number != 0 {
+            return run(p, from: i + 1 + length, end, table) { $0 & number != 0 }
+        }
+        if flags & (letter | number | space) == 0 {
+            return run(p, from: i + 1 + length, end, table) { $0 & (letter | number | space) == 0 }
         }
     }
+    let (flags, _, length) = classify(p, i, table)
+    if flags & letter != 0 { return run(p, from: i + length, end, table) { $0 & letter != 0 } }
+    if flags & number != 0 { return run(p, from: i + length, end, table) { $0 & number != 0 } }
+    if flags & space == 0 {
+        return run(p, from: i + length, end, table) { $0 & (letter | number | space) == 0 }
+    }
+    return whitespaceMatchEnd(p, i, end, table, newlineAlternative: false)
+}
+
+/// The Llama-3 pattern (`maxDigits` 3) and the Qwen2 pattern (`maxDigits` 1).
+private func llamaMatchEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ end: Int, _ table: UnicodeClassTable,
+                           maxDigits: Int) -> Int {
+    let contraction = contractionLength(p, i, end, ignoringCase: true)
+    if contraction > 0 { return i + contraction }
+    let (flags, value, length) = classify(p, i, table)
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if flags & letter != 0 { return run(p, from: i + length, end, table) { $0 & letter != 0 } }
+    let isNewline = value == 0x0A || value == 0x0D
+    if !isNewline && flags & number == 0 && i + length < end {
+        let (next, _, nextLength) = classify(p, i + length, table)
+        if next & letter != 0 {
+            return run(p, from: i + length + nextLength, end, table) { $0 & letter != 0 }
+        }
+    }
+    // \p{N}{1,maxDigits}
+    if flags & number != 0 {
+        var j = i + length
+        var count = 1
+        while count < maxDigits && j < end {
+            let (next, _, nextLength) = classify(p, j, table)
+            if next & number == 0 { break }
+            j += nextLength
+            count += 1
+        }
+        return j
+    }
+    //  ?[^\s\p{L}\p{N}]+[\r\n]*
+    var punctuationStart = -1
+    if flags & space == 0 {
+        punctuationStart = i + length
+    } else if value == 0x20 && i + 1 < end {
+        let (next, _, nextLength) = classify(p, i + 1, table)
+        if next & (letter | number | space) == 0 { punctuationStart = i + 1 + nextLength }
+    }
+    if punctuationStart >= 0 {
+        var j = run(p, from: punctuationStart, end, table) { $0 & (letter | number | space) == 0 }
+        while j < end && (p[j] == 0x0A || p[j] == 0x0D) { j += 1 }
+        return j
+    }
+    // \s*[\r\n]+|\s+(?!\S)|\s+
+    return whitespaceMatchEnd(p, i, end, table, newlineAlternative: true)
 }
