@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune", "PTLData"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]
 )

@@ -32,7 +32,7 @@ public enum GradPhase {
         return out
     }
 
-    /// The worker side: a handler that caches the model of the last version it saw.
+    /// The worker side: runs `grad` and `stats` tasks; caches the model of the last version.
     public static func handler() -> TaskHandler {
         let cache = ModelCache()
         return { key, spec, inputs, model in
@@ -42,6 +42,15 @@ public enum GradPhase {
             let pass = TrainingPass(model: m, batch: batch.batch, seq: batch.seq)
             let t0 = Date()
             let (sum, count) = pass.forward(tokens: batch.tokens, targets: batch.targets)
+            if key.phase == .stats {
+                var r = Ptl_V1_Result()
+                r.lossSum = sum
+                r.tokenCount = UInt64(count)
+                r.examples = UInt64(sequences.count)
+                r.seconds = Date().timeIntervalSince(t0)
+                return (r, StatsPhase.encode(pass.statistics()))
+            }
+            guard key.phase == .grad else { throw WireError(kind: .unknownType, message: "phase \(key.phase) is not run by this worker") }
             let grads = FloatBuffer(count: m.layout.count)
             pass.backward(into: grads, scale: Float(spec.lossScale))
             var r = Ptl_V1_Result()

@@ -4,6 +4,7 @@ import PTLModel
 import PTLTensor
 import PTLTune
 @testable import PTLCluster
+import PTLData
 
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
@@ -95,5 +96,49 @@ final class Counter: @unchecked Sendable {
         let survived = try trainOverCluster(workers: 2, vanishingWorker: true)
         #expect(survived.dropped >= 1, "the vanished worker was never dropped")
         #expect(survived.weights == reference.weights && survived.losses == reference.losses)
+    }
+}
+
+/// Runs the stats phase over `workers` in-process workers.
+func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics {
+    let ctx = try ZMQContext()
+    var cs = CoordinatorSettings()
+    cs.heartbeatInterval = 0.05
+    let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+    let stop = StopFlag()
+    let group = DispatchGroup()
+    for w in 0..<workers {
+        var ws = WorkerSettings()
+        ws.heartbeatInterval = 0.05
+        let client = try WorkerClient(id: "s\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+        DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
+    }
+    defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
+    return try StatsPhase.run(coordinator: coordinator, model: try clusterModel(), sequences: clusterLines, shards: shards)
+}
+
+@Suite(.serialized) struct StatsPhaseTests {
+    @Test func statisticsAreBitIdenticalForAnyWorkerCountAndEqualLocalShards() throws {
+        let one = try statsOverCluster(workers: 1, shards: 3)
+        let three = try statsOverCluster(workers: 3, shards: 3)
+        #expect(one == three)
+        // The same shards computed in this process and added in order.
+        let model = try clusterModel()
+        var local = ActivationStatistics(layers: 2, intermediate: 32)
+        for s in 0..<3 {
+            let part = Array(clusterLines[(s * clusterLines.count / 3)..<((s + 1) * clusterLines.count / 3)])
+            let batch = TokenBatch(sequences: part, multiple: 8)
+            let pass = TrainingPass(model: model, batch: batch.batch, seq: batch.seq)
+            pass.forward(tokens: batch.tokens, targets: batch.targets)
+            local.add(pass.statistics())
+        }
+        #expect(local == one)
+        #expect(one.tokens == clusterLines.reduce(0) { $0 + $1.count - 1 })
+        let scores = one.neuronScores(model: model)
+        #expect(scores.count == 64 && scores.allSatisfy { $0.isFinite && $0 >= 0 } && Set(scores).count > 1)
+        #expect(one.blockInfluence.allSatisfy { $0 >= 0 && $0 <= 2 } && one.relativeChange.allSatisfy { $0 > 0 })
+        for i in one.absSum.indices {
+            #expect(one.squareSum[i] <= Double(one.maxAbs[i]) * one.absSum[i] * (1 + 1e-9))   // Σa² ≤ max|a|·Σ|a|
+        }
     }
 }

@@ -1,0 +1,64 @@
+import Foundation
+import PTLModel
+
+/// The `stats` phase: activation statistics and layer scores of a model over calibration
+/// shards, added up in shard order (bit-identical for any number of workers).
+public enum StatsPhase {
+    static func f64(_ name: String, _ xs: [Double]) -> WireTensor {
+        WireTensor(name: name, dtype: .f64, shape: [xs.count], bytes: xs.withUnsafeBytes { Array($0) })
+    }
+
+    static func doubles(_ t: WireTensor?) throws -> [Double] {
+        guard let t, t.dtype == .f64 else { throw WireError(kind: .descriptorMismatch, message: "stats result lacks an F64 tensor") }
+        return t.bytes.withUnsafeBytes { r in (0..<(t.bytes.count / 8)).map { r.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self) } }
+    }
+
+    /// Statistics as tensor frames.
+    public static func encode(_ s: ActivationStatistics) -> [WireTensor] {
+        [f64("abs_sum", s.absSum), f64("square_sum", s.squareSum),
+         WireTensor(name: "max_abs", shape: [s.maxAbs.count], floats: s.maxAbs),
+         f64("delta_norm_sum", s.deltaNormSum), f64("input_norm_sum", s.inputNormSum), f64("cosine_distance_sum", s.cosineDistanceSum)]
+    }
+
+    static func decode(_ m: WireMessage, layers: Int, intermediate: Int) throws -> ActivationStatistics {
+        var s = ActivationStatistics(layers: layers, intermediate: intermediate)
+        s.tokens = Int(m.envelope.result.tokenCount)
+        s.absSum = try doubles(m.tensor("abs_sum"))
+        s.squareSum = try doubles(m.tensor("square_sum"))
+        guard let mx = m.tensor("max_abs")?.floats else { throw WireError(kind: .descriptorMismatch, message: "stats result lacks max_abs") }
+        s.maxAbs = mx
+        s.deltaNormSum = try doubles(m.tensor("delta_norm_sum"))
+        s.inputNormSum = try doubles(m.tensor("input_norm_sum"))
+        s.cosineDistanceSum = try doubles(m.tensor("cosine_distance_sum"))
+        guard s.absSum.count == layers * intermediate, s.squareSum.count == s.absSum.count, s.maxAbs.count == s.absSum.count,
+              s.deltaNormSum.count == layers, s.inputNormSum.count == layers, s.cosineDistanceSum.count == layers else {
+            throw WireError(kind: .descriptorMismatch, message: "stats result has the wrong sizes")
+        }
+        return s
+    }
+
+    /// Runs the phase over `sequences` cut into `shards` contiguous shards.
+    public static func run(coordinator: Coordinator, model: Model, sequences: [[Int]], shards: Int,
+                           run: String = "run", round: UInt32 = 0) throws -> ActivationStatistics {
+        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
+        let weights = model.parameters.array()
+        let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
+        coordinator.models[hash] = (config, weights)
+        var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
+        for s in 0..<shards {
+            let part = Array(sequences[(s * sequences.count / shards)..<((s + 1) * sequences.count / shards)])
+            var key = Ptl_V1_TaskKey()
+            key.run = run; key.round = round; key.phase = .stats; key.shard = UInt32(s)
+            var spec = Ptl_V1_Task()
+            spec.modelHash = hash
+            spec.batchSize = UInt32(part.count)
+            tasks.append((key, spec, GradPhase.encode(part)))
+        }
+        let c = model.config
+        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        for (_, message) in try coordinator.runPhase(tasks) {
+            total.add(try decode(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
+        }
+        return total
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import PTLTensor
+
+/// Redundancy statistics of a model over calibration tokens (DESIGN.md §1.1): for every FFN
+/// neuron j of layer ℓ, with a = silu(x·W_gate[j])·(x·W_up[j]), the sums of |a| and a² and
+/// max |a|; for every block, Σ‖h_out − h_in‖, Σ‖h_in‖ and Σ(1 − cos(h_in, h_out)) over tokens.
+///
+/// Sums are Double and every entry is accumulated over tokens in order, so statistics of a
+/// shard are the same for any thread count, and shards add up in shard order.
+public struct ActivationStatistics: Sendable, Equatable {
+    public let layers: Int
+    public let intermediate: Int
+    public var tokens: Int = 0
+    public var absSum: [Double]        // (layers, intermediate)
+    public var squareSum: [Double]     // (layers, intermediate)
+    public var maxAbs: [Float]         // (layers, intermediate)
+    public var deltaNormSum: [Double]  // (layers)
+    public var inputNormSum: [Double]  // (layers)
+    public var cosineDistanceSum: [Double]  // (layers)
+
+    public init(layers: Int, intermediate: Int) {
+        self.layers = layers
+        self.intermediate = intermediate
+        absSum = [Double](repeating: 0, count: layers * intermediate)
+        squareSum = absSum
+        maxAbs = [Float](repeating: 0, count: layers * intermediate)
+        deltaNormSum = [Double](repeating: 0, count: layers)
+        inputNormSum = deltaNormSum
+        cosineDistanceSum = deltaNormSum
+    }
+
+    /// Adds another shard's statistics (call in shard order).
+    public mutating func add(_ o: ActivationStatistics) {
+        precondition(o.layers == layers && o.intermediate == intermediate)
+        tokens += o.tokens
+        for i in absSum.indices { absSum[i] += o.absSum[i]; squareSum[i] += o.squareSum[i]; maxAbs[i] = max(maxAbs[i], o.maxAbs[i]) }
+        for l in 0..<layers {
+            deltaNormSum[l] += o.deltaNormSum[l]; inputNormSum[l] += o.inputNormSum[l]; cosineDistanceSum[l] += o.cosineDistanceSum[l]
+        }
+    }
+
+    /// E|a|·‖W_down[:, j]‖₂ per neuron (the default score), from a model's weights.
+    public func neuronScores(model: Model) -> [Double] {
+        let c = model.config, H = c.hiddenSize, I = c.intermediateSize
+        var out = [Double](repeating: 0, count: layers * I)
+        for l in 0..<layers {
+            let down = model.parameters.at(model.layout.layers[l].down)   // (hidden, intermediate)
+            for j in 0..<I {
+                var norm = 0.0
+                for h in 0..<H { let w = Double(down[h * I + j]); norm += w * w }
+                out[l * I + j] = absSum[l * I + j] / Double(max(1, tokens)) * norm.squareRoot()
+            }
+        }
+        return out
+    }
+
+    /// E‖h_out − h_in‖ / E‖h_in‖ per block (the paper's Eq. 5, normalised).
+    public var relativeChange: [Double] { (0..<layers).map { deltaNormSum[$0] / max(1e-30, inputNormSum[$0]) } }
+    /// ShortGPT's Block Influence, E[1 − cos(h_in, h_out)] per block.
+    public var blockInfluence: [Double] { cosineDistanceSum.map { $0 / Double(max(1, tokens)) } }
+}
+
+extension TrainingPass {
+    /// Statistics of the last `forward` over the positions whose target is not ignored.
+    public func statistics() -> ActivationStatistics {
+        let c = model.config
+        let L = c.numHiddenLayers, I = c.intermediateSize, H = c.hiddenSize, N = batch * seq
+        var s = ActivationStatistics(layers: L, intermediate: I)
+        let rows = (0..<N).filter { targets[$0] >= 0 }
+        s.tokens = rows.count
+        s.absSum.withUnsafeMutableBufferPointer { absSum in
+            s.squareSum.withUnsafeMutableBufferPointer { sqSum in
+                s.maxAbs.withUnsafeMutableBufferPointer { maxAbs in
+                    let a0 = UncheckedSendable((absSum.baseAddress!, sqSum.baseAddress!, maxAbs.baseAddress!))
+                    // Split over neurons; each neuron sums its tokens in order.
+                    parallelChunks(L * I, minChunk: 64) { j0, j1 in
+                        let (absP, sqP, maxP) = a0.value
+                        for lj in j0..<j1 {
+                            let l = lj / I, j = lj % I
+                            let a = act.at(l * N * I)
+                            var sa = 0.0, sq = 0.0
+                            var m: Float = 0
+                            for r in rows {
+                                let v = a[r * I + j]
+                                sa += Double(abs(v)); sq += Double(v) * Double(v)
+                                if abs(v) > m { m = abs(v) }
+                            }
+                            absP[lj] = sa; sqP[lj] = sq; maxP[lj] = m
+                        }
+                    }
+                }
+            }
+        }
+        for l in 0..<L {
+            let hin = resid.at(l * N * H), hout = resid.at((l + 1) * N * H)
+            var dsum = 0.0, insum = 0.0, cossum = 0.0
+            for r in rows {
+                var dd = 0.0, ii = 0.0, oo = 0.0, io = 0.0
+                for h in 0..<H {
+                    let x = Double(hin[r * H + h]), y = Double(hout[r * H + h])
+                    dd += (y - x) * (y - x); ii += x * x; oo += y * y; io += x * y
+                }
+                dsum += dd.squareRoot(); insum += ii.squareRoot()
+                cossum += 1 - io / max(1e-30, (ii * oo).squareRoot())
+            }
+            s.deltaNormSum[l] = dsum; s.inputNormSum[l] = insum; s.cosineDistanceSum[l] = cossum
+        }
+        return s
+    }
+}
