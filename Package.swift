@@ -41,9 +41,9 @@ let package = Package(
         // Continual pre-training (trainer loop) and loss evaluation over token sequences.
         .target(name: "PTLTune", dependencies: ["PTLModel", "PTLData"]),
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
-        .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"]),
+        .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"], swiftSettings: optimizedAlways),
         // The ZeroMQ binding (the cluster builds on it).
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune",
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer",
                                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune", "PTLData"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]
 )

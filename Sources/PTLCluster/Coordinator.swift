@@ -25,6 +25,8 @@ public final class Coordinator: @unchecked Sendable {
     var inputs: [TaskID: [WireTensor]] = [:]
     /// Model versions by hash: config JSON and the flat fp32 weights.
     public var models: [String: (config: String, weights: [Float])] = [:]
+    /// tokenizer.json sent with every model version (the eval phase needs it).
+    public var tokenizerJSON = ""
     public private(set) var rejected: [String: Int] = [:]
     public var log: (String) -> Void = { _ in }
     private var lastHeartbeat = 0.0
@@ -123,6 +125,7 @@ public final class Coordinator: @unchecked Sendable {
             var r = Ptl_V1_ModelResponse()
             r.modelHash = hash
             r.configJson = m.config
+            r.tokenizerJson = tokenizerJSON
             e.modelResponse = r
             try? send(to: worker, WireMessage(envelope: e, tensors: [WireTensor(name: "weights", shape: [m.weights.count], floats: m.weights)]))
         default:

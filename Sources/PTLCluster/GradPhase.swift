@@ -3,6 +3,7 @@ import PTLData
 import PTLModel
 import PTLTensor
 import PTLTune
+import PTLTokenizer
 
 /// The `grad` phase: data-parallel continual pre-training. Each optimizer step's batch (the same
 /// lines, in the same order, as single-process `ptl train`) is split into `shards` contiguous
@@ -37,6 +38,7 @@ public enum GradPhase {
         let cache = ModelCache()
         return { key, spec, inputs, model in
             let m = try cache.model(hash: spec.modelHash, config: model.config, weights: model.weights)
+            if key.phase == .eval { return try EvalPhase.compute(model: m, version: model, spec: spec, tokenizers: cache) }
             let sequences = try decodeSequences(inputs)
             let batch = TokenBatch(sequences: sequences, multiple: 8)
             let pass = TrainingPass(model: m, batch: batch.batch, seq: batch.seq)
@@ -65,6 +67,16 @@ public enum GradPhase {
     final class ModelCache: @unchecked Sendable {
         let lock = NSLock()
         var current: (hash: String, model: Model)?
+        var tokenizer: (source: String, tokenizer: Tokenizer)?
+
+        func tokenizer(json: String) throws -> Tokenizer {
+            lock.lock(); defer { lock.unlock() }
+            if let t = tokenizer, t.source == json { return t.tokenizer }
+            guard !json.isEmpty else { throw WireError(kind: .descriptorMismatch, message: "the model version came without a tokenizer") }
+            let t = try Tokenizer(data: Data(json.utf8), source: "tokenizer.json from the coordinator")
+            tokenizer = (json, t)
+            return t
+        }
         func model(hash: String, config: String, weights: [Float]) throws -> Model {
             lock.lock(); defer { lock.unlock() }
             if let c = current, c.hash == hash { return c.model }

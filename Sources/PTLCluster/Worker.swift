@@ -2,7 +2,16 @@ import Foundation
 
 /// What a worker computes for one task: the model version it needs, given as (config, weights).
 public typealias TaskHandler = @Sendable (_ key: Ptl_V1_TaskKey, _ spec: Ptl_V1_Task, _ inputs: [WireTensor],
-                                          _ model: (config: String, weights: [Float])) throws -> (Ptl_V1_Result, [WireTensor])
+                                          _ model: ModelVersion) throws -> (Ptl_V1_Result, [WireTensor])
+
+/// A model version as workers receive it.
+public struct ModelVersion: Sendable {
+    public let hash: String
+    public let config: String
+    public let weights: [Float]
+    /// tokenizer.json (empty when the coordinator has none).
+    public let tokenizer: String
+}
 
 /// Settings of a worker's loop.
 public struct WorkerSettings: Sendable {
@@ -26,7 +35,7 @@ public final class WorkerClient: @unchecked Sendable {
     let clock: Clock
     let handler: TaskHandler
     var socket: ZMQSocket
-    var models: [String: (config: String, weights: [Float])] = [:]
+    var models: [String: ModelVersion] = [:]
     var waiting: (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])?
     let done = DoneBox()
     var busy = false
@@ -124,7 +133,8 @@ public final class WorkerClient: @unchecked Sendable {
             }
         case .modelResponse:
             guard let w = message.tensor("weights")?.floats else { log("model response without weights"); return }
-            models = [env.modelResponse.modelHash: (env.modelResponse.configJson, w)]   // keep one version
+            let r = env.modelResponse
+            models = [r.modelHash: ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)]   // keep one version
             if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash {
                 waiting = nil
                 start(t.key, t.spec, t.inputs)

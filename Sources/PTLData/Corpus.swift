@@ -39,6 +39,11 @@ public struct Corpus: Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DataError("\(path): cannot read the file")
         }
+        return try parse(data, source: path, fields: fields, limit: limit)
+    }
+
+    /// Parses JSONL bytes; `source` names them in errors.
+    public static func parse(_ data: Data, source path: String, fields: CorpusFields = CorpusFields(), limit: Int? = nil) throws -> Corpus {
         var records: [CorpusRecord] = []
         var lineNumber = 0
         for raw in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {

@@ -5,6 +5,8 @@ import PTLTensor
 import PTLTune
 @testable import PTLCluster
 import PTLData
+import PTLEval
+import PTLTokenizer
 
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
@@ -140,5 +142,46 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         for i in one.absSum.indices {
             #expect(one.squareSum[i] <= Double(one.maxAbs[i]) * one.absSum[i] * (1 + 1e-9))   // Σa² ≤ max|a|·Σ|a|
         }
+    }
+}
+
+@Suite(.serialized) struct EvalPhaseTests {
+    @Test func evalCountsAreTheSameForOneAndThreeWorkersAndLocally() throws {
+        let demo = clusterPackageRoot.appendingPathComponent("models/demo").path
+        let model = try HFModel.load(directory: demo)
+        let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
+        let lines = try ArithmeticTask().jsonl(seed: 77, count: 24).split(separator: "\n").map(String.init)
+        func overCluster(_ workers: Int) throws -> (correct: Int, total: Int, generatedTokens: Int, perExample: [Bool]) {
+            let ctx = try ZMQContext()
+            var cs = CoordinatorSettings()
+            cs.heartbeatInterval = 0.05
+            let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+            let stop = StopFlag()
+            let group = DispatchGroup()
+            for w in 0..<workers {
+                var ws = WorkerSettings()
+                ws.heartbeatInterval = 0.05
+                let client = try WorkerClient(id: "e\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+                DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
+            }
+            defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
+            return try EvalPhase.run(coordinator: coordinator, model: model, tokenizerJSON: tokenizerJSON, jsonlLines: lines,
+                                     shards: 3, maxNewTokens: 160)
+        }
+        let one = try overCluster(1), three = try overCluster(3)
+        #expect(one.total == 24 && one.correct == three.correct && one.generatedTokens == three.generatedTokens)
+        #expect(one.perExample == three.perExample)
+        #expect(Double(one.correct) / 24 >= 0.8, "demo model accuracy \(one.correct)/24")
+        // The same shards evaluated in this process.
+        let tokenizer = try Tokenizer(path: demo + "/tokenizer.json")
+        var local: [Bool] = []
+        var settings = EvalSettings()
+        settings.maxNewTokens = 160
+        for s in 0..<3 {
+            let part = lines[(s * 24 / 3)..<((s + 1) * 24 / 3)].joined(separator: "\n")
+            let records = try Corpus.parse(Data(part.utf8), source: "shard").records
+            local += Evaluator.run(model: model, tokenizer: tokenizer, records: records, settings: settings).1.map(\.correct)
+        }
+        #expect(local == one.perExample)
     }
 }

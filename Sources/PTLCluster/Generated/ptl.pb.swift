@@ -363,6 +363,9 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   /// corpus the indices refer to
   public var dataPath: String = String()
 
+  /// EVAL: the shard's {"question","answer"} lines
+  public var recordsJsonl: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -428,6 +431,9 @@ public nonisolated struct Ptl_V1_ModelResponse: Sendable {
 
   /// set when the frames are an update on top of this version
   public var baseModelHash: String = String()
+
+  /// the tokenizer.json of the model (EVAL decodes and stops on text)
+  public var tokenizerJson: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -748,7 +754,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{1}seed\0\u{3}example_indices\0\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{3}data_path\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{1}seed\0\u{3}example_indices\0\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{3}data_path\0\u{3}records_jsonl\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -764,6 +770,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.lossScale) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.dataPath) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
       default: break
       }
     }
@@ -794,6 +801,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if !self.dataPath.isEmpty {
       try visitor.visitSingularStringField(value: self.dataPath, fieldNumber: 8)
     }
+    if !self.recordsJsonl.isEmpty {
+      try visitor.visitSingularStringField(value: self.recordsJsonl, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -806,6 +816,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.lossScale != rhs.lossScale {return false}
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
     if lhs.dataPath != rhs.dataPath {return false}
+    if lhs.recordsJsonl != rhs.recordsJsonl {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -928,7 +939,7 @@ nonisolated extension Ptl_V1_ModelRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Ptl_V1_ModelResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ModelResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{3}config_json\0\u{3}base_model_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{3}config_json\0\u{3}base_model_hash\0\u{3}tokenizer_json\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -939,6 +950,7 @@ nonisolated extension Ptl_V1_ModelResponse: SwiftProtobuf.Message, SwiftProtobuf
       case 1: try { try decoder.decodeSingularStringField(value: &self.modelHash) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.configJson) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.baseModelHash) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.tokenizerJson) }()
       default: break
       }
     }
@@ -954,6 +966,9 @@ nonisolated extension Ptl_V1_ModelResponse: SwiftProtobuf.Message, SwiftProtobuf
     if !self.baseModelHash.isEmpty {
       try visitor.visitSingularStringField(value: self.baseModelHash, fieldNumber: 3)
     }
+    if !self.tokenizerJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.tokenizerJson, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -961,6 +976,7 @@ nonisolated extension Ptl_V1_ModelResponse: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.modelHash != rhs.modelHash {return false}
     if lhs.configJson != rhs.configJson {return false}
     if lhs.baseModelHash != rhs.baseModelHash {return false}
+    if lhs.tokenizerJson != rhs.tokenizerJson {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
