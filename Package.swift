@@ -47,7 +47,7 @@ let package = Package(
                                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
-            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval",
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptl-coordinator", dependencies: [

@@ -10,6 +10,8 @@ public struct CoordinatorSettings: Sendable {
     public var leaseSeconds: Double = 600
     /// Largest tensor frame accepted.
     public var maxTensorBytes = 1 << 31
+    /// CURVE: the server's secret key (Z85); nil means plain TCP.
+    public var curveSecretKey: String?
     public init() {}
 }
 
@@ -35,6 +37,7 @@ public final class Coordinator: @unchecked Sendable {
                 clock: Clock = SystemClock()) throws {
         socket = try ZMQSocket(context: context, type: .router)
         try socket.setMaxMessageSize(Int64(settings.maxTensorBytes) + (1 << 20))
+        if let secret = settings.curveSecretKey { try socket.setCurveServer(secretKey: try CurveKeys.decode(secret)) }
         try socket.bind(endpoint)
         self.settings = settings
         self.clock = clock

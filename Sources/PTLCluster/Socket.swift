@@ -27,6 +27,7 @@ public enum ZMQSocketType: Int32, Sendable {
     case router = 6   // ZMQ_ROUTER
     case dealer = 5   // ZMQ_DEALER
     case pair = 0     // ZMQ_PAIR (tests)
+    case rep = 4      // ZMQ_REP (the ZAP handler)
 }
 
 /// One ZeroMQ socket with multipart send/receive; closed (linger 0) when released.
@@ -146,6 +147,13 @@ public enum CurveKeys {
         var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&pub, &sec) == 0 else { throw ZMQError.last("zmq_curve_keypair (libzmq built without CURVE?)") }
         return (String(cString: pub), String(cString: sec))
+    }
+
+    /// The public key (Z85) belonging to a secret key (Z85).
+    public static func publicKey(fromSecret secret: String) throws -> String {
+        var pub = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&pub, secret) == 0 else { throw ZMQError.last("zmq_curve_public") }
+        return String(cString: pub)
     }
 
     /// The 32 raw bytes of a Z85 key.

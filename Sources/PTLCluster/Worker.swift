@@ -21,6 +21,8 @@ public struct WorkerSettings: Sendable {
     public var minBackoff: Double = 1
     public var maxBackoff: Double = 32
     public var threads = 1
+    /// CURVE: the coordinator's public key and this worker's secret key (Z85); nil means plain TCP.
+    public var curve: (serverPublicKey: String, secretKey: String)?
     public init() {}
 }
 
@@ -58,12 +60,18 @@ public final class WorkerClient: @unchecked Sendable {
         self.settings = settings
         self.clock = clock
         self.handler = handler
-        socket = try WorkerClient.connect(id: id, endpoint: endpoint, context: context)
+        socket = try WorkerClient.connect(id: id, endpoint: endpoint, context: context, curve: settings.curve)
     }
 
-    static func connect(id: String, endpoint: String, context: ZMQContext) throws -> ZMQSocket {
+    static func connect(id: String, endpoint: String, context: ZMQContext,
+                        curve: (serverPublicKey: String, secretKey: String)?) throws -> ZMQSocket {
         let s = try ZMQSocket(context: context, type: .dealer)
         try s.setRoutingID(Array(id.utf8))
+        if let curve {
+            try s.setCurveClient(serverPublicKey: try CurveKeys.decode(curve.serverPublicKey),
+                                 publicKey: try CurveKeys.decode(try CurveKeys.publicKey(fromSecret: curve.secretKey)),
+                                 secretKey: try CurveKeys.decode(curve.secretKey))
+        }
         try s.connect(endpoint)
         return s
     }
@@ -100,7 +108,7 @@ public final class WorkerClient: @unchecked Sendable {
                 let until = clock.now() + backoff
                 while clock.now() < until && !shouldStop() { usleep(20_000) }
                 backoff = min(settings.maxBackoff, backoff * 2)
-                socket = try WorkerClient.connect(id: id, endpoint: endpoint, context: context)
+                socket = try WorkerClient.connect(id: id, endpoint: endpoint, context: context, curve: settings.curve)
                 reconnects += 1
                 try send(Messages.ready(workerID: id, threads: settings.threads))
                 lastHeard = clock.now()

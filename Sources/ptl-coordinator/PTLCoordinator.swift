@@ -66,11 +66,18 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Flag(help: "Ignore an existing checkpoint and start over.")
     var fresh = false
 
+    @Option(help: "CURVE: a file holding the coordinator's secret key (Z85, from `ptl keys generate`). Enables encryption.")
+    var curveSecretKey: String?
+
+    @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
+    var allowKeys: String?
+
     func validate() throws {
         if steps < 1 { throw ValidationError("--steps must be at least 1") }
         if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
         if localWorkers < 0 { throw ValidationError("--local-workers must not be negative") }
         if checkpointEvery < 1 { throw ValidationError("--checkpoint-every must be at least 1") }
+        if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
     }
 
     func say(_ s: String) { FileHandle.standardError.write(Data("[coordinator] \(s)\n".utf8)) }
@@ -100,6 +107,22 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
         cs.heartbeatInterval = heartbeat
+        var authenticator: CurveAuthenticator? = nil
+        var localKey: (pub: String, secret: String)? = nil
+        if let curveSecretKey, let allowKeys {
+            let secret = try readKey(curveSecretKey)
+            var allowed = try String(contentsOfFile: allowKeys, encoding: .utf8).split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            if localWorkers > 0 {
+                let k = try CurveKeys.generate()
+                localKey = (k.publicKey, k.secretKey)
+                allowed.append(k.publicKey)
+            }
+            authenticator = try CurveAuthenticator(context: context, allowedPublicKeys: allowed)
+            authenticator?.log = { s in FileHandle.standardError.write(Data("[coordinator] \(s)\n".utf8)) }
+            cs.curveSecretKey = secret
+        }
+        defer { authenticator?.stop() }
         let coordinator = try Coordinator(context: context, bind: bind, settings: cs)
         coordinator.log = { say($0) }
         say("bound \(coordinator.endpoint); \(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
@@ -109,11 +132,21 @@ struct PTLCoordinatorCommand: ParsableCommand {
             for c in children { c.waitUntilExit() }
         }
         let workerExe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("ptl-worker")
+        let keyDir = URL(fileURLWithPath: out).appendingPathComponent("keys")
+        if let localKey, let curveSecretKey {
+            try FileManager.default.createDirectory(at: keyDir, withIntermediateDirectories: true)
+            try writeKey(localKey.secret, to: keyDir.appendingPathComponent("local-worker.key").path)
+            try writeKey(try CurveKeys.publicKey(fromSecret: try readKey(curveSecretKey)), to: keyDir.appendingPathComponent("coordinator.pub").path)
+        }
         for i in 0..<localWorkers {
             let p = Process()
             p.executableURL = workerExe
             p.arguments = ["--connect", coordinator.endpoint, "--threads", "\(threadsPerWorker)", "--id", "local-\(i)", "--heartbeat", "\(heartbeat)",
                            "--parent-pid", "\(getpid())"]
+            if localKey != nil {
+                p.arguments! += ["--curve-server-key", keyDir.appendingPathComponent("coordinator.pub").path,
+                                 "--curve-secret-key", keyDir.appendingPathComponent("local-worker.key").path]
+            }
             try p.run()
             children.append(p)
         }
@@ -143,4 +176,19 @@ struct PTLCoordinatorCommand: ParsableCommand {
         try HFModel.save(m, to: final, copyFrom: source)
         say("wrote \(final)")
     }
+}
+
+/// The first line of a key file (Z85).
+func readKey(_ path: String) throws -> String {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+          let line = text.split(whereSeparator: \.isNewline).first.map({ $0.trimmingCharacters(in: .whitespaces) }),
+          line.utf8.count == 40 else {
+        throw ValidationError("\(path): expected a 40-character Z85 CURVE key")
+    }
+    return line
+}
+
+/// Writes a key file readable by its owner only.
+func writeKey(_ key: String, to path: String) throws {
+    FileManager.default.createFile(atPath: path, contents: Data((key + "\n").utf8), attributes: [.posixPermissions: 0o600])
 }

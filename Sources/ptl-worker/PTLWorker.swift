@@ -27,9 +27,16 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Exit when this process (the coordinator that started us) is gone.")
     var parentPid: Int32?
 
+    @Option(help: "CURVE: a file holding the coordinator's public key (Z85).")
+    var curveServerKey: String?
+
+    @Option(help: "CURVE: a file holding this worker's secret key (Z85, from `ptl keys generate`).")
+    var curveSecretKey: String?
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
+        if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
     }
 
     func run() throws {
@@ -38,6 +45,14 @@ struct PTLWorkerCommand: ParsableCommand {
         var settings = WorkerSettings()
         settings.threads = threads
         settings.heartbeatInterval = heartbeat
+        if let curveServerKey, let curveSecretKey {
+            func key(_ path: String) throws -> String {
+                guard let line = try? String(contentsOfFile: path, encoding: .utf8).split(whereSeparator: \.isNewline).first,
+                      line.utf8.count == 40 else { throw ValidationError("\(path): expected a 40-character Z85 CURVE key") }
+                return String(line)
+            }
+            settings.curve = (try key(curveServerKey), try key(curveSecretKey))
+        }
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
         let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
                                       handler: GradPhase.handler())

@@ -11,6 +11,6 @@ struct PTL: ParsableCommand {
         tokenize, eval, bench-decode, export; plus init (a random model) and data generate.
         """,
         subcommands: [Inspect.self, Perplexity.self, Train.self, Generate.self, Tokenize.self, Eval.self, BenchDecode.self,
-                      Export.self, Init.self, DataCommand.self]
+                      Export.self, Init.self, DataCommand.self, Keys.self]
     )
 }

@@ -4,6 +4,7 @@ import PTLData
 import PTLFormats
 import PTLModel
 import PTLTokenizer
+import PTLCluster
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -169,5 +170,31 @@ struct BenchDecode: ParsableCommand {
         if json { printJSON(.object(results)) } else {
             print("parameters \(cost.parameters.formatted), forward FLOPs/token ≈ \(cost.forwardFlopsPerToken(context: promptTokens + newTokens / 2).formatted)")
         }
+    }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "CURVE keys for the cluster.", subcommands: [GenerateKeys.self])
+}
+
+struct GenerateKeys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Write a CURVE key pair: DIR/NAME.key (secret, mode 600) and DIR/NAME.pub (public, for allow-lists).")
+
+    @Option(help: "Output directory.")
+    var out: String
+
+    @Option(help: "Base name of the two files.")
+    var name: String
+
+    func run() throws {
+        let k = try CurveKeys.generate()
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let dir = URL(fileURLWithPath: out)
+        FileManager.default.createFile(atPath: dir.appendingPathComponent("\(name).key").path, contents: Data((k.secretKey + "\n").utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        try Data((k.publicKey + "\n").utf8).write(to: dir.appendingPathComponent("\(name).pub"))
+        print("wrote \(out)/\(name).key and \(out)/\(name).pub")
     }
 }

@@ -75,3 +75,31 @@ import Testing
         #expect(throws: ZMQError.self) { try ZMQSocket(context: try ZMQContext(), type: .router).bind("nonsense://x") }
     }
 }
+
+@Suite struct CurveAllowListTests {
+    @Test func onlyWorkersOnTheAllowListRegister() throws {
+        let server = try CurveKeys.generate(), good = try CurveKeys.generate(), bad = try CurveKeys.generate()
+        let ctx = try ZMQContext()
+        let auth = try CurveAuthenticator(context: ctx, allowedPublicKeys: [good.publicKey])
+        var cs = CoordinatorSettings()
+        cs.heartbeatInterval = 0.05
+        cs.curveSecretKey = server.secretKey
+        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+        let stop = StopFlag()
+        let group = DispatchGroup()
+        for (name, key) in [("good", good.secretKey), ("bad", bad.secretKey)] {
+            var ws = WorkerSettings()
+            ws.heartbeatInterval = 0.05
+            ws.curve = (server.publicKey, key)
+            let w = try WorkerClient(id: name, connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+            DispatchQueue.global().async(group: group) { try? w.run(shouldStop: { stop.isStopped }) }
+        }
+        let deadline = Date().addingTimeInterval(1.5)
+        while Date() < deadline { try coordinator.pump(milliseconds: 50) }
+        stop.stop()
+        _ = group.wait(timeout: .now() + 2)
+        #expect(coordinator.scheduler.workers.keys.sorted() == ["good"])
+        #expect(auth.accepted >= 1 && auth.denied >= 1)
+        auth.stop()
+    }
+}
