@@ -42,16 +42,18 @@ let package = Package(
         .target(name: "PTLTune", dependencies: ["PTLModel", "PTLData"]),
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
         .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"], swiftSettings: optimizedAlways),
-        // The ZeroMQ binding (the cluster builds on it).
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer",
+        // Pruning: scores, plans, surgery on the flat layout (weights and optimizer moments), budgets, plots.
+        .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor"], swiftSettings: optimizedAlways),
+        // The ZeroMQ binding, the coordinator and worker, the phases and the Prune–Tune Loop.
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
                                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
-            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster",
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster", "PTLPrune",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptl-coordinator", dependencies: [
-            "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer",
+            "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer", "PTLPrune",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptl-worker", dependencies: [
@@ -69,6 +71,7 @@ let package = Package(
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
         .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
+        .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]
 )

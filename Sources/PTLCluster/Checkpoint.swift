@@ -17,7 +17,8 @@ public enum Checkpoint {
     }
 
     /// Writes `dir` atomically.
-    public static func save(model: Model, optimizer: AdamW, state: State, to dir: String, copyTokenizerFrom source: String?) throws {
+    public static func save(model: Model, optimizer: AdamW, state: State, to dir: String, copyTokenizerFrom source: String?,
+                            extraFiles: [String: Data] = [:]) throws {
         let fm = FileManager.default
         let target = URL(fileURLWithPath: dir)
         let temp = target.deletingLastPathComponent().appendingPathComponent(".\(target.lastPathComponent).writing")
@@ -27,6 +28,7 @@ public enum Checkpoint {
                                ("v", TensorF32(shape: [optimizer.v.count], values: optimizer.v.array()))],
                               to: temp.appendingPathComponent("optimizer.safetensors").path)
         try JSONEncoder().encode(state).write(to: temp.appendingPathComponent("state.json"))
+        for (name, data) in extraFiles { try data.write(to: temp.appendingPathComponent(name)) }
         for f in try fm.contentsOfDirectory(atPath: temp.path) { fsync(path: temp.appendingPathComponent(f).path) }
         fsync(path: temp.path)
         let old = target.deletingLastPathComponent().appendingPathComponent(".\(target.lastPathComponent).old")

@@ -27,10 +27,7 @@ public enum EvalPhase {
     public static func run(coordinator: Coordinator, model: Model, tokenizerJSON: String, jsonlLines: [String], shards: Int,
                            maxNewTokens: Int, batchSize: Int = 8, run: String = "run", round: UInt32 = 0)
         throws -> (correct: Int, total: Int, generatedTokens: Int, perExample: [Bool]) {
-        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
-        let weights = model.parameters.array()
-        let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
-        coordinator.models[hash] = (config, weights)
+        let hash = GradPhase.publish(model, on: coordinator)
         coordinator.tokenizerJSON = tokenizerJSON
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
         for s in 0..<shards {

@@ -42,6 +42,12 @@ public enum GradPhase {
             let sequences = try decodeSequences(inputs)
             let batch = TokenBatch(sequences: sequences, multiple: 8)
             let pass = TrainingPass(model: m, batch: batch.batch, seq: batch.seq)
+            if let scale = inputs.first(where: { $0.name == "branch_scale" })?.floats {
+                guard scale.count == m.config.numHiddenLayers, scale.allSatisfy({ $0.isFinite }) else {
+                    throw WireError(kind: .descriptorMismatch, message: "branch_scale needs one finite value per block")
+                }
+                pass.branchScale = scale
+            }
             let t0 = Date()
             let (sum, count) = pass.forward(tokens: batch.tokens, targets: batch.targets)
             if key.phase == .stats {
@@ -125,8 +131,22 @@ public final class DistributedTrainer {
         grads = FloatBuffer(count: model.layout.count)
     }
 
-    /// The current model version: registered with the coordinator so workers can fetch it.
-    func publish() -> String {
+    /// One optimizer step over the cluster; returns (mean loss, grad norm, tokens).
+    public func runStep() throws -> (loss: Double, gradNorm: Double, tokens: Int) {
+        let indices = order.indices(step: step, batchSize: settings.batchSize)
+        var key = Ptl_V1_TaskKey()
+        key.run = run; key.step = UInt64(step)
+        let r = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
+                                   batch: indices.map { sequences[$0] }, shards: shards, key: key,
+                                   lr: schedule.rate(at: step), clip: settings.clip)
+        step += 1
+        return r
+    }
+}
+
+extension GradPhase {
+    /// Publishes `model` as the only version the coordinator serves and returns its hash.
+    public static func publish(_ model: Model, on coordinator: Coordinator) -> String {
         let config = String(decoding: model.config.jsonData(), as: UTF8.self)
         let weights = model.parameters.array()
         let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
@@ -134,22 +154,25 @@ public final class DistributedTrainer {
         return hash
     }
 
-    /// One optimizer step over the cluster; returns (mean loss, grad norm, tokens).
-    public func runStep() throws -> (loss: Double, gradNorm: Double, tokens: Int) {
-        let hash = publish()
-        let indices = order.indices(step: step, batchSize: settings.batchSize)
-        let total = indices.reduce(0) { $0 + sequences[$1].count - 1 }
+    /// One data-parallel optimizer step: `batch` split into `shards` contiguous micro-batches
+    /// (tasks keyed by `key` with phase grad and the shard index), gradients reduced in shard
+    /// order in Double, clipped, and applied by `optimizer`. `branchScale` travels with the tasks.
+    public static func step(coordinator: Coordinator, model: Model, optimizer: AdamW, grads: FloatBuffer, batch: [[Int]],
+                            shards: Int, key base: Ptl_V1_TaskKey, lr: Float, clip: Float,
+                            branchScale: [Float]? = nil) throws -> (loss: Double, gradNorm: Double, tokens: Int) {
+        let hash = publish(model, on: coordinator)
+        let total = batch.reduce(0) { $0 + $1.count - 1 }
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
+        let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
         for s in 0..<shards {
-            let part = Array(indices[(s * indices.count / shards)..<((s + 1) * indices.count / shards)])
-            var key = Ptl_V1_TaskKey()
-            key.run = run; key.phase = .grad; key.step = UInt64(step); key.shard = UInt32(s)
+            let part = Array(batch[(s * batch.count / shards)..<((s + 1) * batch.count / shards)])
+            var key = base
+            key.phase = .grad; key.shard = UInt32(s)
             var spec = Ptl_V1_Task()
             spec.modelHash = hash
-            spec.exampleIndices = part.map { UInt32($0) }
             spec.lossScale = 1 / Double(total)
             spec.batchSize = UInt32(part.count)
-            tasks.append((key, spec, GradPhase.encode(part.map { sequences[$0] })))
+            tasks.append((key, spec, GradPhase.encode(part) + extra))
         }
         let results = try coordinator.runPhase(tasks)
         // Reduce in shard order with Double accumulators.
@@ -165,9 +188,11 @@ public final class DistributedTrainer {
             tokens += Int(message.envelope.result.tokenCount)
         }
         for i in 0..<acc.count { grads.pointer[i] = Float(acc[i]) }
-        let norm = GradientClipping.clip(grads, maxNorm: settings.clip)
-        optimizer.update(params: model.parameters, grads: grads, lr: schedule.rate(at: step))
-        step += 1
+        guard acc.allSatisfy({ $0.isFinite }) else {
+            throw WireError(kind: .descriptorMismatch, message: "the reduced gradient has a NaN or infinite entry (step \(base.step)); the weights were not updated")
+        }
+        let norm = GradientClipping.clip(grads, maxNorm: clip)
+        optimizer.update(params: model.parameters, grads: grads, lr: lr)
         return (lossSum / Double(tokens), norm, tokens)
     }
 }

@@ -40,25 +40,34 @@ public enum StatsPhase {
     /// Runs the phase over `sequences` cut into `shards` contiguous shards.
     public static func run(coordinator: Coordinator, model: Model, sequences: [[Int]], shards: Int,
                            run: String = "run", round: UInt32 = 0) throws -> ActivationStatistics {
-        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
-        let weights = model.parameters.array()
-        let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
-        coordinator.models[hash] = (config, weights)
+        try measure(coordinator: coordinator, model: model, sequences: sequences, shards: shards, run: run, round: round).statistics
+    }
+
+    /// The statistics and the mean next-token loss (nats/token) of `sequences`; `branchScale`
+    /// (one value per block) scales the blocks' branches as in tuning. `step` tells apart several
+    /// measurements within one round.
+    public static func measure(coordinator: Coordinator, model: Model, sequences: [[Int]], shards: Int, run: String = "run",
+                               round: UInt32 = 0, step: UInt64 = 0, branchScale: [Float]? = nil)
+        throws -> (statistics: ActivationStatistics, loss: Double) {
+        let hash = GradPhase.publish(model, on: coordinator)
+        let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
         for s in 0..<shards {
             let part = Array(sequences[(s * sequences.count / shards)..<((s + 1) * sequences.count / shards)])
             var key = Ptl_V1_TaskKey()
-            key.run = run; key.round = round; key.phase = .stats; key.shard = UInt32(s)
+            key.run = run; key.round = round; key.step = step; key.phase = .stats; key.shard = UInt32(s)
             var spec = Ptl_V1_Task()
             spec.modelHash = hash
             spec.batchSize = UInt32(part.count)
-            tasks.append((key, spec, GradPhase.encode(part)))
+            tasks.append((key, spec, GradPhase.encode(part) + extra))
         }
         let c = model.config
         var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        var lossSum = 0.0
         for (_, message) in try coordinator.runPhase(tasks) {
             total.add(try decode(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
+            lossSum += message.envelope.result.lossSum
         }
-        return total
+        return (total, lossSum / Double(max(1, total.tokens)))
     }
 }

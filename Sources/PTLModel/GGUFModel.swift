@@ -211,4 +211,22 @@ public enum ModelSource {
         }
         return try Tokenizer(path: file)
     }
+
+    /// The model's tokenizer.json text (rebuilt from `tokenizer.ggml.*` for a GGUF file).
+    public static func tokenizerJSON(_ path: String) throws -> String {
+        if isGGUF(path) { return String(decoding: try GGUFModel.tokenizerJSON(path: path), as: UTF8.self) }
+        let file = (path as NSString).appendingPathComponent("tokenizer.json")
+        guard let d = FileManager.default.contents(atPath: file) else { throw ModelError("\(file): missing (the model directory needs a tokenizer.json)") }
+        return String(decoding: d, as: UTF8.self)
+    }
+
+    /// Writes tokenizer.json and tokenizer_config.json for a GGUF model into `directory`, so saved
+    /// HF directories are complete; an HF model directory is left alone.
+    public static func writeTokenizerFiles(_ path: String, to directory: String) throws {
+        guard isGGUF(path) else { return }
+        let dir = URL(fileURLWithPath: directory)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try GGUFModel.tokenizerJSON(path: path).write(to: dir.appendingPathComponent("tokenizer.json"))
+        try GGUFModel.tokenizerConfigJSON(path: path).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+    }
 }

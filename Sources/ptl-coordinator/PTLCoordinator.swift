@@ -3,6 +3,7 @@ import Foundation
 import PTLCluster
 import PTLData
 import PTLModel
+import PTLPrune
 import PTLTokenizer
 import PTLTune
 
@@ -12,14 +13,82 @@ nonisolated(unsafe) var terminateRequested = false
 struct PTLCoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ptl-coordinator",
-        abstract: "Runs a job over ptl-worker processes: data-parallel continual pre-training (grad phases).",
+        abstract: "Runs a job over ptl-worker processes: the Prune–Tune Loop (default), its baselines, or plain training.",
         discussion: """
-        Splits each step's batch into --shards micro-batches (independent of the worker count), leases
-        them to workers, reduces the gradients in shard order (bit-identical for any number of
-        workers and any failures), updates the weights, and checkpoints OUT/checkpoint atomically
-        every --checkpoint-every steps. A restarted coordinator resumes from the checkpoint; workers
-        re-register by themselves. --local-workers N starts N ptl-worker processes on loopback.
+        --method ptl (default): round 0 evaluates the original model; every round then runs stats
+        (activation statistics on calibration lines) → prune (the lowest-scoring FFN neurons of every
+        block, or whole blocks) → tune (data-parallel continual pre-training on fresh lines) → eval
+        (accuracy, held-out loss, decode speed) → checkpoint, until --target-params. --method
+        prune-once / shortgpt are the baselines with the same data, total tune steps and target.
+        Writes OUT/metrics.jsonl, OUT/report.md, OUT/accuracy_vs_size.png, OUT/summary.json,
+        OUT/rounds/round-NN/ and OUT/final/ (plain HF directories).
+        --method train: continual pre-training only (--steps).
+
+        Work is split into --shards tasks per phase (independent of the worker count), reduced in
+        shard order (bit-identical for any number of workers and any failures). OUT/checkpoint is
+        written atomically; a restarted coordinator resumes from it; workers re-register by
+        themselves. --local-workers N starts N ptl-worker processes on loopback.
         """)
+
+    @Option(help: "ptl | prune-once | shortgpt | train.")
+    var method: String = "ptl"
+
+    @Option(help: "Fraction of the original parameters to end at or below.")
+    var targetParams: Double = 0.5
+
+    @Option(help: "Blocks PTL and Prune-Once delete (the FFN width shrinks until the target is met).")
+    var removeLayers: Int = 1
+
+    @Option(help: "Fraction of the original FFN width removed per neuron round.")
+    var step: Double = 0.05
+
+    @Option(help: "The FFN width stays a multiple of this.")
+    var widthMultiple: Int = 32
+
+    @Option(help: "Blocks removed per layer round.")
+    var layersPerRound: Int = 1
+
+    @Option(help: "neurons-first | layers-first | alternate.")
+    var order: String = "neurons-first"
+
+    @Option(help: "Neuron score: act-norm (E|a|·‖W_down[:,j]‖) | mean-abs | max-abs | mean-square.")
+    var score: String = "act-norm"
+
+    @Option(help: "Layer score: relative-change (E‖Δh‖/E‖h‖) | block-influence (ShortGPT).")
+    var layerScore: String = "relative-change"
+
+    @Option(help: "damage (each round's tune steps follow its held-out loss increase) | equal.")
+    var budget: String = "damage"
+
+    @Option(help: "anneal (a doomed block's branches fall to 0 while tuning, then it is deleted) | cut.")
+    var layerRemoval: String = "anneal"
+
+    @Option(help: "Rounds over which a doomed block is annealed.")
+    var annealRounds: Int = 3
+
+    @Option(help: "carry (one AdamW state across rounds, sliced with the weights) | reset.")
+    var optimizer: String = "reset"
+
+    @Option(help: "Tune steps per PTL round; every method gets this × the PTL round count in total.")
+    var tuneSteps: Int = 20
+
+    @Option(help: "Calibration lines for the stats phase.")
+    var calibrationLines: Int = 128
+
+    @Option(help: "Calibrate on: full (question + chain of thought) | answer.")
+    var calibrateOn: String = "full"
+
+    @Option(help: "Held-out lines for the loss (damage) measurement.")
+    var heldoutLines: Int = 128
+
+    @Option(help: "Eval problems (from --eval-data, else the task's test split / the end of --data).")
+    var evalCount: Int = 500
+
+    @Option(help: "JSONL eval set.")
+    var evalData: String?
+
+    @Option(help: "Largest answer length in tokens at eval.")
+    var maxNewTokens: Int = 160
 
     @Option(help: "Endpoint to bind.")
     var bind: String = "tcp://127.0.0.1:5555"
@@ -33,10 +102,10 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "Output directory (checkpoint/, final/, metrics.jsonl).")
     var out: String = "out/cluster"
 
-    @Option(help: "Optimizer steps.")
+    @Option(help: "Optimizer steps (--method train).")
     var steps: Int = 20
 
-    @Option(help: "Peak learning rate.")
+    @Option(help: "Peak learning rate (per round with a warm-up and cosine decay in the loop).")
     var lr: Float = 3e-4
 
     @Option(help: "Lines per step.")
@@ -48,11 +117,11 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "Tokens kept of each line.")
     var seqLen: Int = 256
 
-    @Option(help: "Seed of the line order.")
+    @Option(help: "Seed of the line order (and of which tuning lines each step sees).")
     var seed: UInt64 = 0
 
     @Option(help: "Write a checkpoint every K steps.")
-    var checkpointEvery: Int = 5
+    var checkpointEvery: Int = 10
 
     @Option(help: "Start this many ptl-worker processes on loopback.")
     var localWorkers: Int = 0
@@ -77,6 +146,19 @@ struct PTLCoordinatorCommand: ParsableCommand {
         if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
         if localWorkers < 0 { throw ValidationError("--local-workers must not be negative") }
         if checkpointEvery < 1 { throw ValidationError("--checkpoint-every must be at least 1") }
+        if method != "train" && PruneMethod(rawValue: method) == nil { throw ValidationError("--method must be ptl, prune-once, shortgpt or train") }
+        if PruneOrder(rawValue: order) == nil { throw ValidationError("--order must be neurons-first, layers-first or alternate") }
+        if NeuronScore(rawValue: score) == nil { throw ValidationError("--score must be act-norm, mean-abs, max-abs or mean-square") }
+        if LayerScore(rawValue: layerScore) == nil { throw ValidationError("--layer-score must be relative-change or block-influence") }
+        if BudgetKind(rawValue: budget) == nil { throw ValidationError("--budget must be damage or equal") }
+        if LayerRemoval(rawValue: layerRemoval) == nil { throw ValidationError("--layer-removal must be anneal or cut") }
+        if OptimizerCarry(rawValue: optimizer) == nil { throw ValidationError("--optimizer must be carry or reset") }
+        if !["full", "answer"].contains(calibrateOn) { throw ValidationError("--calibrate-on must be full or answer") }
+        if !(targetParams > 0 && targetParams < 1) { throw ValidationError("--target-params must be between 0 and 1") }
+        if !(step > 0 && step < 1) { throw ValidationError("--step must be between 0 and 1") }
+        if tuneSteps < 1 || calibrationLines < 1 || heldoutLines < 1 || evalCount < 1 {
+            throw ValidationError("--tune-steps, --calibration-lines, --heldout-lines and --eval-count must be at least 1")
+        }
         if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
     }
 
@@ -85,25 +167,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     func run() throws {
         installStopSignals { terminateRequested = true }
         let tokenizer = try ModelSource.loadTokenizer(model)
-        let records: [CorpusRecord]
-        if let data {
-            records = try Corpus.load(path: data).records
-        } else {
-            let task = try ArithmeticTask()
-            records = (0..<20000).map { i in let p = task.problem(seed: 0, index: i); return .qa(question: p.question, answer: p.answer) }
-        }
-        let sequences = records.map { Array(tokenizer.encode(PromptTemplate.standard.render($0)).prefix(seqLen)) }
-        var settings = TrainingSettings(steps: steps, batchSize: batchSize, learningRate: lr)
-        settings.seed = seed
-        settings.warmup = min(steps / 10, 100)
-        let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        var start: (Model, AdamW, Checkpoint.State)? = nil
-        if !fresh && FileManager.default.fileExists(atPath: (checkpointDir as NSString).appendingPathComponent("state.json")) {
-            start = try Checkpoint.load(from: checkpointDir, settings: settings.adamW)
-            say("resuming from \(checkpointDir) at step \(start!.2.step)")
-        }
-        let m = try start?.0 ?? ModelSource.loadModel(model)
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
         cs.heartbeatInterval = heartbeat
@@ -125,7 +189,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         defer { authenticator?.stop() }
         let coordinator = try Coordinator(context: context, bind: bind, settings: cs)
         coordinator.log = { say($0) }
-        say("bound \(coordinator.endpoint); \(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
+        say("bound \(coordinator.endpoint)")
         var children: [Process] = []
         defer {
             for c in children where c.isRunning { c.terminate() }
@@ -150,6 +214,34 @@ struct PTLCoordinatorCommand: ParsableCommand {
             try p.run()
             children.append(p)
         }
+        if method == "train" {
+            try train(coordinator: coordinator, tokenizer: tokenizer)
+        } else {
+            try loop(coordinator: coordinator, tokenizer: tokenizer)
+        }
+    }
+
+    /// --method train: continual pre-training over the cluster.
+    func train(coordinator: Coordinator, tokenizer: Tokenizer) throws {
+        let records: [CorpusRecord]
+        if let data {
+            records = try Corpus.load(path: data).records
+        } else {
+            let task = try ArithmeticTask()
+            records = (0..<20000).map { i in let p = task.problem(seed: 0, index: i); return .qa(question: p.question, answer: p.answer) }
+        }
+        let sequences = records.map { Array(tokenizer.encode(PromptTemplate.standard.render($0)).prefix(seqLen)) }
+        var settings = TrainingSettings(steps: steps, batchSize: batchSize, learningRate: lr)
+        settings.seed = seed
+        settings.warmup = min(steps / 10, 100)
+        let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
+        var start: (Model, AdamW, Checkpoint.State)? = nil
+        if !fresh && FileManager.default.fileExists(atPath: (checkpointDir as NSString).appendingPathComponent("state.json")) {
+            start = try Checkpoint.load(from: checkpointDir, settings: settings.adamW)
+            say("resuming from \(checkpointDir) at step \(start!.2.step)")
+        }
+        let m = try start?.0 ?? ModelSource.loadModel(model)
+        say("\(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
         let trainer = try DistributedTrainer(coordinator: coordinator, model: m, sequences: sequences, settings: settings, shards: shards)
         if let (_, opt, state) = start { trainer.resume(optimizer: opt, step: state.step) }
         let metricsURL = URL(fileURLWithPath: out).appendingPathComponent("metrics.jsonl")
@@ -176,6 +268,104 @@ struct PTLCoordinatorCommand: ParsableCommand {
         try HFModel.save(m, to: final, copyFrom: source)
         say("wrote \(final)")
     }
+
+    /// The Prune–Tune Loop (or a baseline) over the cluster.
+    func loop(coordinator: Coordinator, tokenizer: Tokenizer) throws {
+        var ls = LoopSettings()
+        ls.method = PruneMethod(rawValue: method)!
+        ls.target = targetParams
+        ls.removeLayers = removeLayers
+        ls.step = step
+        ls.widthMultiple = widthMultiple
+        ls.layersPerRound = layersPerRound
+        ls.order = PruneOrder(rawValue: order)!
+        ls.neuronScore = NeuronScore(rawValue: score)!
+        ls.layerScore = LayerScore(rawValue: layerScore)!
+        ls.budget = BudgetKind(rawValue: budget)!
+        ls.layerRemoval = LayerRemoval(rawValue: layerRemoval)!
+        ls.annealRounds = annealRounds
+        ls.optimizer = OptimizerCarry(rawValue: optimizer)!
+        ls.tuneSteps = tuneSteps
+        ls.learningRate = lr
+        ls.batchSize = batchSize
+        ls.shards = shards
+        ls.seed = seed
+        ls.checkpointEvery = checkpointEvery
+        ls.evalMaxNewTokens = maxNewTokens
+        let start = try ModelSource.loadModel(model)
+        // The PTL plan fixes the total tune budget of every method; enough fresh lines for it.
+        let ptlRounds = try PrunePlan.make(config: start.config, method: .ptl, target: targetParams, removeLayers: removeLayers, step: step,
+                                           widthMultiple: widthMultiple, layersPerRound: layersPerRound, order: ls.order).rounds.count
+        let needed = tuneSteps * ptlRounds * batchSize
+        let template = PromptTemplate.standard
+        func encode(_ r: CorpusRecord) -> [Int] { Array(tokenizer.encode(template.render(r)).prefix(seqLen)) }
+        func calib(_ r: CorpusRecord) -> [Int] {
+            if calibrateOn == "answer", case .qa(_, let a) = r { return Array(tokenizer.encode(a).prefix(seqLen)) }
+            return encode(r)
+        }
+        var tune: [CorpusRecord], calibration: [CorpusRecord], heldOut: [CorpusRecord], eval: [CorpusRecord]
+        if let data {
+            var records = try Corpus.load(path: data).records
+            if let evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(evalCount)) } else {
+                eval = Array(records.suffix(evalCount)); records.removeLast(eval.count)
+            }
+            calibration = Array(records.suffix(calibrationLines)); records.removeLast(calibration.count)
+            heldOut = Array(records.suffix(heldoutLines)); records.removeLast(heldOut.count)
+            tune = records
+        } else {
+            // The shipped task: fresh problems of other seeds than the demo model was trained on
+            // (seed 0); the eval set is the recipe's held-out test split.
+            let task = try ArithmeticTask()
+            func problems(_ seed: UInt64, _ n: Int) -> [CorpusRecord] {
+                (0..<n).map { let p = task.problem(seed: seed, index: $0); return .qa(question: p.question, answer: p.answer) }
+            }
+            tune = problems(1, needed)
+            calibration = problems(2, calibrationLines)
+            heldOut = problems(3, heldoutLines)
+            eval = Array(problems(0 ^ 0x7E57_7E57_7E57_7E57, evalCount))
+            if let evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(evalCount)) }
+        }
+        let evalLines = try eval.map { r -> String in
+            guard case .qa(let q, let a) = r else { throw ValidationError("eval records need a question and an answer") }
+            return String(decoding: try JSONSerialization.data(withJSONObject: ["question": q, "answer": a], options: [.sortedKeys]), as: UTF8.self)
+        }
+        let loopData = LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
+                                evalLines: evalLines, tokenizerJSON: try ModelSource.tokenizerJSON(model))
+        var source = model
+        if ModelSource.isGGUF(model) {
+            source = (out as NSString).appendingPathComponent("tokenizer")
+            try ModelSource.writeTokenizerFiles(model, to: source)
+        }
+        let loop = try PruneTuneLoop(coordinator: coordinator, model: start, data: loopData, settings: ls, out: out,
+                                     tokenizerSource: source, fresh: fresh)
+        loop.log = { say($0) }
+        let view = ProgressView()
+        loop.progress = { view.show(round: $0, of: $1, phase: $2, fraction: $3, workers: coordinator.scheduler.workers.count) }
+        say("\(ls.method.rawValue): \(loop.rounds) round(s), \(tune.count) tuning lines, \(calibration.count) calibration, \(heldOut.count) held-out, \(eval.count) eval")
+        let finished = try loop.runLoop { terminateRequested }
+        view.finish()
+        if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
+        say("done: \(out)/report.md, \(out)/final")
+    }
+}
+
+/// A one-line progress view on a terminal (plain lines otherwise).
+final class ProgressView {
+    let tty = isatty(2) != 0
+    var last = ""
+    func show(round: Int, of rounds: Int, phase: String, fraction: Double, workers: Int) {
+        let width = 24
+        let filled = Int((fraction * Double(width)).rounded())
+        let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+        let line = "round \(round)/\(rounds) \(bar) \(phase) (\(workers) workers)"
+        if tty {
+            FileHandle.standardError.write(Data("\r\u{1B}[2K\(line)".utf8))
+        } else {
+            let key = "\(round) \(phase.split(separator: " ").first ?? "")"
+            if key != last { FileHandle.standardError.write(Data("[progress] \(line)\n".utf8)); last = key }
+        }
+    }
+    func finish() { if tty { FileHandle.standardError.write(Data("\n".utf8)) } }
 }
 
 /// The first line of a key file (Z85).

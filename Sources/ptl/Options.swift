@@ -34,11 +34,7 @@ struct ModelOptions: ParsableArguments {
 
     /// Files to copy next to a saved model (tokenizer files of a directory; a GGUF's rebuilt tokenizer).
     func copyTokenizer(to out: String) throws {
-        if ModelSource.isGGUF(model) {
-            let dir = URL(fileURLWithPath: out)
-            try GGUFModel.tokenizerJSON(path: model).write(to: dir.appendingPathComponent("tokenizer.json"))
-            try GGUFModel.tokenizerConfigJSON(path: model).write(to: dir.appendingPathComponent("tokenizer_config.json"))
-        }
+        try ModelSource.writeTokenizerFiles(model, to: out)
     }
 }
 

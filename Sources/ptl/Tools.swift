@@ -5,6 +5,7 @@ import PTLFormats
 import PTLModel
 import PTLTokenizer
 import PTLCluster
+import PTLEval
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -142,27 +143,11 @@ struct BenchDecode: ParsableCommand {
     func run() throws {
         let model = try options.loadModel()
         let c = model.config
-        var rng = SplitMix64(seed: 1)
         var results: [String: JSONValue] = [:]
         for b in batch {
-            let decoder = Decoder(model: model, batch: b, capacity: promptTokens + newTokens, maxChunk: promptTokens)
-            let prompt = (0..<(b * promptTokens)).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
-            var next = [Int32](repeating: 0, count: b)
-            var times: [Double] = []
-            for _ in 0..<(reps + 1) {
-                decoder.reset()
-                decoder.step(tokens: prompt)
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<newTokens {
-                    for r in 0..<b { next[r] = Int32(Sampler.argmax(decoder.logits(of: r))) }
-                    decoder.step(tokens: next)
-                }
-                times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-            }
-            let median = times.dropFirst().sorted()[reps / 2]
-            let tps = Double(b * newTokens) / median
+            let tps = DecodeSpeed.tokensPerSecond(model: model, batch: b, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
             results["batch_\(b)_tokens_per_s"] = .number(tps)
-            if !json { print(String(format: "batch %d: %.1f tokens/s (%.2f ms per step)", b, tps, median / Double(newTokens) * 1000)) }
+            if !json { print(String(format: "batch %d: %.1f tokens/s (%.2f ms per step)", b, tps, Double(b) / tps * 1000)) }
         }
         let cost = ModelCost(config: c)
         results["parameters"] = .number(Double(cost.parameters))

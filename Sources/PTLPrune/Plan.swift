@@ -1,0 +1,175 @@
+import Foundation
+import PTLModel
+
+/// Which pruning method a run follows (DESIGN.md §1.1–1.2).
+public enum PruneMethod: String, Codable, Sendable, CaseIterable {
+    /// The Prune–Tune Loop: small rounds of pruning, each followed by tuning.
+    case ptl
+    /// The same scores, all pruning in round 1, then the whole tune budget.
+    case pruneOnce = "prune-once"
+    /// The lowest Block-Influence layers removed at once, then the whole tune budget.
+    case shortgpt
+}
+
+public enum PruneOrder: String, Codable, Sendable, CaseIterable {
+    case neuronsFirst = "neurons-first", layersFirst = "layers-first", alternate
+}
+
+/// The neuron score (DESIGN.md §1.1): E|a|·‖W_down[:,j]‖ (default), E|a|, max|a|, E[a²].
+public enum NeuronScore: String, Codable, Sendable, CaseIterable {
+    case magnitude = "act-norm", meanAbs = "mean-abs", maxAbs = "max-abs", meanSquare = "mean-square"
+}
+
+/// The layer score: normalised residual change (the paper's Eq. 5) or ShortGPT's Block Influence.
+public enum LayerScore: String, Codable, Sendable, CaseIterable {
+    case relativeChange = "relative-change", blockInfluence = "block-influence"
+}
+
+/// What one round removes.
+public struct RoundPlan: Codable, Sendable, Equatable {
+    /// Neurons removed from every block this round.
+    public var neurons: Int
+    /// Blocks removed this round.
+    public var layers: Int
+    public init(neurons: Int, layers: Int) { self.neurons = neurons; self.layers = layers }
+}
+
+/// The rounds of a run, fixed at its start from the original shape and the target.
+public struct PrunePlan: Codable, Sendable, Equatable {
+    public var rounds: [RoundPlan]
+    public var finalLayers: Int
+    public var finalIntermediate: Int
+    public var finalParameters: Int
+    public var originalParameters: Int
+
+    /// Parameters of `config` with `layers` blocks of FFN width `width`.
+    public static func parameters(_ config: ModelConfig, layers: Int, width: Int) -> Int {
+        var c = config
+        c.numHiddenLayers = layers
+        c.intermediateSize = width
+        return ParameterLayout(config: c).count
+    }
+
+    /// - target: fraction of the original parameters to end at or below.
+    /// - removeLayers: blocks the PTL and Prune-Once plans delete (the FFN width then shrinks until
+    ///   the target is met); ShortGPT deletes as many blocks as the target needs and no neurons.
+    /// - step: fraction of the original FFN width removed per neuron round (rounded to `widthMultiple`).
+    public static func make(config: ModelConfig, method: PruneMethod, target: Double, removeLayers: Int, step: Double,
+                            widthMultiple: Int, layersPerRound: Int, order: PruneOrder) throws -> PrunePlan {
+        let L = config.numHiddenLayers, I = config.intermediateSize
+        let original = ParameterLayout(config: config).count
+        let budget = Int((target * Double(original)).rounded(.down))
+        guard target > 0, target < 1 else { throw ModelError("--target-params must be between 0 and 1 (got \(target))") }
+        guard widthMultiple >= 1 else { throw ModelError("--width-multiple must be at least 1") }
+        if method == .shortgpt {
+            guard let k = (1..<L).first(where: { parameters(config, layers: L - $0, width: I) <= budget }) else {
+                throw ModelError("ShortGPT cannot reach \(target) of the parameters by deleting blocks of this \(L)-block model")
+            }
+            return PrunePlan(rounds: [RoundPlan(neurons: 0, layers: k)], finalLayers: L - k, finalIntermediate: I,
+                             finalParameters: parameters(config, layers: L - k, width: I), originalParameters: original)
+        }
+        guard removeLayers >= 0, removeLayers < L else { throw ModelError("--remove-layers must be between 0 and \(L - 1)") }
+        let finalL = L - removeLayers
+        var width = (I / widthMultiple) * widthMultiple
+        while width > 0 && parameters(config, layers: finalL, width: width) > budget { width -= widthMultiple }
+        guard width > 0 else {
+            throw ModelError("\(target) of the parameters is out of reach with \(finalL) blocks and an FFN width that is a multiple of \(widthMultiple); remove more layers")
+        }
+        let final = PrunePlan(rounds: [], finalLayers: finalL, finalIntermediate: width,
+                              finalParameters: parameters(config, layers: finalL, width: width), originalParameters: original)
+        if method == .pruneOnce {
+            var p = final
+            p.rounds = [RoundPlan(neurons: I - width, layers: removeLayers)]
+            return p
+        }
+        // Neuron rounds: step·I rounded to the width multiple (at least one multiple) each.
+        let chunk = max(widthMultiple, Int((step * Double(I) / Double(widthMultiple)).rounded()) * widthMultiple)
+        var neuronRounds: [Int] = []
+        var w = I
+        while w > width {
+            let next = max(width, ((w - chunk) / widthMultiple) * widthMultiple)
+            neuronRounds.append(w - next)
+            w = next
+        }
+        let per = max(1, layersPerRound)
+        var layerRounds: [Int] = []
+        var left = removeLayers
+        while left > 0 { layerRounds.append(min(per, left)); left -= min(per, left) }
+        var rounds: [RoundPlan] = []
+        switch order {
+        case .neuronsFirst:
+            rounds = neuronRounds.map { RoundPlan(neurons: $0, layers: 0) } + layerRounds.map { RoundPlan(neurons: 0, layers: $0) }
+        case .layersFirst:
+            rounds = layerRounds.map { RoundPlan(neurons: 0, layers: $0) } + neuronRounds.map { RoundPlan(neurons: $0, layers: 0) }
+        case .alternate:
+            // Spread the layer rounds evenly among the neuron rounds.
+            let n = neuronRounds.count, m = layerRounds.count
+            var li = 0
+            for (i, k) in neuronRounds.enumerated() {
+                rounds.append(RoundPlan(neurons: k, layers: 0))
+                while li < m && (li + 1) * n <= (i + 1) * m { rounds.append(RoundPlan(neurons: 0, layers: layerRounds[li])); li += 1 }
+            }
+            while li < m { rounds.append(RoundPlan(neurons: 0, layers: layerRounds[li])); li += 1 }
+        }
+        var p = final
+        p.rounds = rounds
+        return p
+    }
+}
+
+/// Choosing what to remove from scores.
+public enum Selection {
+    /// Per-neuron scores (layers × intermediate) of the chosen kind.
+    public static func neuronScores(_ s: ActivationStatistics, model: Model, kind: NeuronScore) -> [Double] {
+        let n = Double(max(1, s.tokens))
+        switch kind {
+        case .magnitude: return s.neuronScores(model: model)
+        case .meanAbs: return s.absSum.map { $0 / n }
+        case .maxAbs: return s.maxAbs.map(Double.init)
+        case .meanSquare: return s.squareSum.map { $0 / n }
+        }
+    }
+
+    /// The `k` lowest-scoring neurons of every block (ties by index), each list sorted.
+    public static func lowestNeurons(scores: [Double], layers: Int, intermediate: Int, count k: Int) -> [[Int]] {
+        (0..<layers).map { l in
+            let row = Array(scores[(l * intermediate)..<((l + 1) * intermediate)])
+            return row.indices.sorted { (row[$0], $0) < (row[$1], $1) }.prefix(k).sorted()
+        }
+    }
+
+    public static func layerScores(_ s: ActivationStatistics, kind: LayerScore) -> [Double] {
+        kind == .relativeChange ? s.relativeChange : s.blockInfluence
+    }
+
+    /// The `k` lowest-scoring blocks (ties by index), sorted.
+    public static func lowestLayers(scores: [Double], count k: Int) -> [Int] {
+        scores.indices.sorted { (scores[$0], $0) < (scores[$1], $1) }.prefix(k).sorted()
+    }
+}
+
+/// How a run's total tune steps are split over its rounds.
+public enum BudgetKind: String, Codable, Sendable, CaseIterable {
+    /// Each round's share follows the held-out loss increase its pruning caused.
+    case damage
+    /// The same steps every round (the paper's schedule).
+    case equal
+}
+
+public enum Budget {
+    /// Steps for the current round out of `remaining`, given this round's damage and the damage
+    /// expected of the rounds still to come; `floor` steps at least while any remain for later rounds.
+    public static func damageShare(remaining: Int, roundsLeft: Int, damage: Double, expectedLater: [Double], floor: Int) -> Int {
+        if roundsLeft <= 1 { return remaining }
+        let d = max(damage, 1e-6)
+        let later = expectedLater.reduce(0) { $0 + max($1, 1e-6) }
+        let reserve = floor * (roundsLeft - 1)
+        let share = Int((Double(remaining) * d / (d + later)).rounded())
+        return min(max(share, floor), max(floor, remaining - reserve))
+    }
+
+    public static func equalShare(total: Int, rounds: Int, round: Int) -> Int {
+        // Round r gets ⌊total·(r+1)/R⌋ − ⌊total·r/R⌋: equal up to one step, summing to total.
+        total * (round + 1) / rounds - total * round / rounds
+    }
+}
