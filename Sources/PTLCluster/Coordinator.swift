@@ -1,5 +1,17 @@
 import Foundation
 
+/// A phase that cannot finish: a task fails on every attempt.
+public struct PhaseError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
+/// A phase abandoned because the process was asked to stop.
+public struct Interrupted: Error, CustomStringConvertible, Sendable {
+    public init() {}
+    public var description: String { "interrupted" }
+}
+
 /// Settings of the coordinator's event loop.
 public struct CoordinatorSettings: Sendable {
     /// Seconds between heartbeats to idle workers (and the poll timeout).
@@ -31,6 +43,8 @@ public final class Coordinator: @unchecked Sendable {
     public var tokenizerJSON = ""
     public private(set) var rejected: [String: Int] = [:]
     public var log: (String) -> Void = { _ in }
+    /// Polled while a phase runs: true (e.g. after SIGTERM) abandons the phase with `Interrupted`.
+    public var shouldStop: () -> Bool = { false }
     private var lastHeartbeat = 0.0
 
     public init(context: ZMQContext, bind endpoint: String, settings: CoordinatorSettings = CoordinatorSettings(),
@@ -55,6 +69,10 @@ public final class Coordinator: @unchecked Sendable {
         scheduler.startPhase(tasks.map(\.key))
         while !scheduler.isPhaseComplete {
             guard clock.now() < deadline else { throw ZMQError(operation: "phase timed out", code: ETIMEDOUT) }
+            if shouldStop() { throw Interrupted() }
+            if let h = scheduler.hopeless.first {
+                throw PhaseError(message: "task \(TaskID(h.key)) failed \(scheduler.maxFailures) times (last: \(h.reason)); the phase cannot finish")
+            }
             try pump(milliseconds: Int(settings.heartbeatInterval * 1000))
         }
         return scheduler.orderedResults()!.map { ($0.key, $0.output) }
@@ -62,21 +80,28 @@ public final class Coordinator: @unchecked Sendable {
 
     /// One turn of the event loop: receive what arrived, expire, lease, heartbeat.
     public func pump(milliseconds: Int) throws {
+        // Idle workers get work before we wait: a new phase must not sit out a poll timeout.
+        try dispatch()
         if try socket.poll(milliseconds: milliseconds) {
             while let frames = try socket.receive(dontWait: true) { handle(frames) }
         }
         for w in scheduler.expire() { log("worker \(w) silent: dropped, its task requeued") }
+        try dispatch()
+        let now = clock.now()
+        if now - lastHeartbeat >= settings.heartbeatInterval {
+            lastHeartbeat = now
+            for w in scheduler.workers.keys.sorted() { try send(to: w, Messages.heartbeat()) }
+        }
+    }
+
+    /// Leases pending tasks to idle workers.
+    func dispatch() throws {
         for (worker, key) in scheduler.assign() {
             let id = TaskID(key)
             var e = Messages.envelope(.task, run: key.run)
             e.task = key
             e.taskSpec = specs[id]!
             try send(to: worker, WireMessage(envelope: e, tensors: inputs[id] ?? []))
-        }
-        let now = clock.now()
-        if now - lastHeartbeat >= settings.heartbeatInterval {
-            lastHeartbeat = now
-            for w in scheduler.workers.keys.sorted() { try send(to: w, Messages.heartbeat()) }
         }
     }
 
@@ -98,7 +123,7 @@ public final class Coordinator: @unchecked Sendable {
         } catch let e as WireError {
             reject(e.kind.rawValue, "from \(worker): \(e)")
             // A result that fails its checks is a failed attempt: run it again elsewhere.
-            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1]), env.hasTask { scheduler.failed(env.task, on: worker) }
+            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1]), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
             return
         } catch {
             reject("malformed_envelope", "from \(worker): \(error)")
@@ -115,9 +140,11 @@ public final class Coordinator: @unchecked Sendable {
             log("worker \(worker) ready (\(env.ready.threads) threads)")
         case .result:
             if !scheduler.complete(env.task, from: worker, output: message) { log("duplicate or late result \(TaskID(env.task)) dropped") }
+        case .error where env.error.message == WorkerClient.busyMessage:
+            scheduler.busy(env.task, on: worker)
         case .error:
             log("worker \(worker) failed \(TaskID(env.task)): \(env.error.message)")
-            scheduler.failed(env.task, on: worker)
+            scheduler.failed(env.task, on: worker, reason: env.error.message)
         case .modelRequest:
             let hash = env.modelRequest.modelHash
             guard let m = models[hash] else {

@@ -140,7 +140,7 @@ public final class DistributedTrainer {
                                    batch: indices.map { sequences[$0] }, shards: shards, key: key,
                                    lr: schedule.rate(at: step), clip: settings.clip)
         step += 1
-        return r
+        return (r.loss, r.gradNorm, r.tokens)
     }
 }
 
@@ -159,7 +159,7 @@ extension GradPhase {
     /// order in Double, clipped, and applied by `optimizer`. `branchScale` travels with the tasks.
     public static func step(coordinator: Coordinator, model: Model, optimizer: AdamW, grads: FloatBuffer, batch: [[Int]],
                             shards: Int, key base: Ptl_V1_TaskKey, lr: Float, clip: Float,
-                            branchScale: [Float]? = nil) throws -> (loss: Double, gradNorm: Double, tokens: Int) {
+                            branchScale: [Float]? = nil) throws -> (loss: Double, gradNorm: Double, tokens: Int, workerSeconds: Double) {
         let hash = publish(model, on: coordinator)
         let total = batch.reduce(0) { $0 + $1.count - 1 }
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
@@ -177,9 +177,10 @@ extension GradPhase {
         let results = try coordinator.runPhase(tasks)
         // Reduce in shard order with Double accumulators.
         var acc = [Double](repeating: 0, count: grads.count)
-        var lossSum = 0.0
+        var lossSum = 0.0, workerSeconds = 0.0
         var tokens = 0
         for (_, message) in results {
+            workerSeconds += message.envelope.result.seconds
             guard let g = message.tensor("grad")?.floats, g.count == acc.count else {
                 throw WireError(kind: .descriptorMismatch, message: "a grad result without a full gradient")
             }
@@ -193,6 +194,6 @@ extension GradPhase {
         }
         let norm = GradientClipping.clip(grads, maxNorm: clip)
         optimizer.update(params: model.parameters, grads: grads, lr: lr)
-        return (lossSum / Double(tokens), norm, tokens)
+        return (lossSum / Double(tokens), norm, tokens, workerSeconds)
     }
 }

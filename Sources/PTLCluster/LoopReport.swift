@@ -31,13 +31,13 @@ public enum LoopReport {
     static func atomicWrite(_ data: Data, to path: String) throws {
         let tmp = path + ".writing"
         try data.write(to: URL(fileURLWithPath: tmp))
-        _ = try FileManager.default.replaceItemAt(URL(fileURLWithPath: path), withItemAt: URL(fileURLWithPath: tmp))
+        guard rename(tmp, path) == 0 else { throw ModelError("\(path): cannot write (errno \(errno))") }
     }
 
     static func pct(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
 
     public static func write(rows: [PhaseRow], removals: [RemovalRecord], settings: LoopSettings, plan: PrunePlan,
-                             original: ModelCost, tuneSeconds: Double, done: Bool, to out: String) throws {
+                             original: ModelCost, context: Int, tuneSeconds: Double, done: Bool, to out: String) throws {
         let enc = JSONEncoder()
         enc.keyEncodingStrategy = .convertToSnakeCase
         enc.outputFormatting = [.sortedKeys]
@@ -49,10 +49,10 @@ public enum LoopReport {
         let first = evals.first, last = evals.last
         let summary = Summary(method: settings.method.rawValue, settings: settings, done: done, rounds: plan.rounds.count,
                               originalAccuracy: first?.accuracy, originalParams: original.parameters,
-                              originalFlopsPerToken: original.flopsPerTokenBase, originalDecodeTokensPerSecond: first?.decodeTokensPerSecond,
+                              originalFlopsPerToken: original.forwardFlopsPerToken(context: context), originalDecodeTokensPerSecond: first?.decodeTokensPerSecond,
                               accuracy: last?.accuracy, accuracyAfterFirstPrune: nil,
                               lossAfterFirstPrune: rows.first { $0.phase == "prune" }?.loss,
-                              params: last?.params ?? original.parameters, flopsPerToken: last?.flopsPerToken ?? original.flopsPerTokenBase,
+                              params: last?.params ?? original.parameters, flopsPerToken: last?.flopsPerToken ?? original.forwardFlopsPerToken(context: context),
                               decodeTokensPerSecond: last?.decodeTokensPerSecond, layers: last?.layers ?? 0,
                               intermediate: last?.intermediate ?? 0,
                               tuneSteps: rows.compactMap { $0.phase == "tune" ? $0.tuneSteps : nil }.reduce(0, +),
@@ -80,6 +80,7 @@ public enum LoopReport {
         md += "Settings: order `\(s.order.rawValue)`, step \(s.step), budget `\(s.budget.rawValue)`, layer removal `\(s.layerRemoval.rawValue)`, "
         md += "optimizer `\(s.optimizer.rawValue)`, neuron score `\(s.neuronScore.rawValue)`, layer score `\(s.layerScore.rawValue)`, "
         md += "\(summary.tuneSteps) tune steps of \(s.batchSize) lines at lr \(s.learningRate), seed \(s.seed).\n\n"
+        md += "FLOPs/token: forward, at the decode measurement's mean context. Decode: greedy, batch 1, one thread, the best of 5 runs.\n\n"
         md += "## Rounds\n\n| round | shape | params | FLOPs/token | held-out loss after pruning | tune steps | held-out loss | accuracy | decode tok/s | wall s |\n"
         md += "|---|---|---|---|---|---|---|---|---|---|\n"
         let byRound = Dictionary(grouping: rows, by: \.round)

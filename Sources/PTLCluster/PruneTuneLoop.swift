@@ -22,7 +22,9 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var neuronScore: NeuronScore = .magnitude
     public var layerScore: LayerScore = .relativeChange
     public var budget: BudgetKind = .damage
-    public var layerRemoval: LayerRemoval = .anneal
+    /// With the damage budget: the fewest tune steps a round gets.
+    public var minRoundSteps = 1
+    public var layerRemoval: LayerRemoval = .cut
     /// Rounds over which a doomed layer's branches fall to zero before it is deleted.
     public var annealRounds = 3
     public var optimizer: OptimizerCarry = .reset
@@ -41,6 +43,8 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var evalBatchSize = 16
     public var decodePromptTokens = 32
     public var decodeNewTokens = 96
+    /// Eval problems of the rounds in between (the original and the final model get all of them).
+    public var roundEvalCount = 200
     public init() {}
 }
 
@@ -117,6 +121,7 @@ struct LoopState: Codable, Sendable {
     var layerDamagePerLayer: Double?
     var tuneLossSum = 0.0
     var tuneSeconds = 0.0
+    var workerSeconds = 0.0
     var rows: [PhaseRow] = []
     var removals: [RemovalRecord] = []
 }
@@ -135,6 +140,7 @@ public final class PruneTuneLoop {
     var state: LoopState
     var grads: FloatBuffer
     let original: ModelCost
+    let originalModel: Model
     let order: EpochOrder
     public var log: (String) -> Void = { _ in }
     /// Progress: (round, rounds, phase, fraction of the phase done).
@@ -153,6 +159,7 @@ public final class PruneTuneLoop {
         self.out = out
         self.data = data
         self.tokenizerSource = tokenizerSource
+        originalModel = start
         guard !data.tune.isEmpty, !data.calibration.isEmpty, !data.heldOut.isEmpty, !data.evalLines.isEmpty else {
             throw ModelError("the loop needs tuning, calibration, held-out and eval lines (one of them is empty)")
         }
@@ -186,6 +193,7 @@ public final class PruneTuneLoop {
                               alpha: [Float](repeating: 1, count: start.config.numHiddenLayers))
             original = ModelCost(config: start.config)
         }
+        coordinator.tokenizerJSON = data.tokenizerJSON
         grads = FloatBuffer(count: model.layout.count)
         order = EpochOrder(count: data.tune.count, seed: settings.seed)
         if state.totalSteps * settings.batchSize > data.tune.count {
@@ -210,6 +218,9 @@ public final class PruneTuneLoop {
         return true
     }
 
+    /// The mean context of the decode measurement: FLOPs/token are reported at it.
+    var decodeContext: Int { settings.decodePromptTokens + settings.decodeNewTokens / 2 }
+
     var scale: [Float]? { state.alpha.allSatisfy { $0 == 1 } ? nil : state.alpha }
 
     func key(_ step: Int) -> Ptl_V1_TaskKey {
@@ -218,9 +229,19 @@ public final class PruneTuneLoop {
         return k
     }
 
-    func heldOutLoss(_ m: Model, step: Int, scale: [Float]?) throws -> Double {
+    /// Task keys of measurements: unique within the process (a late result of an earlier
+    /// measurement can never answer a later one).
+    var serial: UInt64 = 0
+    func nextSerial() -> UInt64 { serial += 1; return serial }
+
+    func heldOutLoss(_ m: Model, scale: [Float]?) throws -> Double {
         try StatsPhase.measure(coordinator: coordinator, model: m, sequences: data.heldOut, shards: settings.shards,
-                               run: run, round: UInt32(state.round), step: UInt64(step), branchScale: scale).loss
+                               run: run, round: UInt32(state.round), step: nextSerial(), branchScale: scale).loss
+    }
+
+    func calibrationStatistics() throws -> ActivationStatistics {
+        try StatsPhase.measure(coordinator: coordinator, model: model, sequences: data.calibration, shards: settings.shards,
+                               run: run, round: UInt32(state.round), step: nextSerial(), branchScale: scale).statistics
     }
 
     func row(_ phase: String, seconds: Double, accuracy: Double? = nil, loss: Double? = nil, tps: Double? = nil,
@@ -228,14 +249,14 @@ public final class PruneTuneLoop {
         let c = model.config, cost = ModelCost(config: c)
         return PhaseRow(round: state.round, phase: phase, layers: c.numHiddenLayers, intermediate: c.intermediateSize,
                         params: cost.parameters, paramsFraction: Double(cost.parameters) / Double(original.parameters),
-                        flopsPerToken: cost.flopsPerTokenBase, accuracy: accuracy, loss: loss, decodeTokensPerSecond: tps,
+                        flopsPerToken: cost.forwardFlopsPerToken(context: decodeContext), accuracy: accuracy, loss: loss, decodeTokensPerSecond: tps,
                         tuneSteps: steps, seconds: seconds, detail: detail)
     }
 
     func measureOriginal() throws {
         progress(0, rounds, "eval", 0)
         let t0 = Date()
-        state.lossBefore = try heldOutLoss(model, step: 0, scale: nil)
+        state.lossBefore = try heldOutLoss(model, scale: nil)
         let (acc, tps) = try accuracyAndSpeed(model)
         state.rows.append(row("eval", seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps,
                               detail: "original"))
@@ -245,17 +266,33 @@ public final class PruneTuneLoop {
         try checkpoint()
     }
 
+    /// Accuracy on the eval set (all of it for the original and the final model, the first
+    /// `roundEvalCount` problems in between) and decode speed. The final model's speed is measured
+    /// interleaved with the original's, and the original's round-0 figure is replaced by that
+    /// measurement, so the speed-up compares like with like on a noisy machine.
     func accuracyAndSpeed(_ m: Model) throws -> (Double, Double) {
         let folded = m.foldingBranchScales(scale)
-        let r = try EvalPhase.run(coordinator: coordinator, model: folded, tokenizerJSON: data.tokenizerJSON, jsonlLines: data.evalLines,
+        let full = state.round == 0 || state.round == rounds
+        let lines = full ? data.evalLines : Array(data.evalLines.prefix(settings.roundEvalCount))
+        let r = try EvalPhase.run(coordinator: coordinator, model: folded, tokenizerJSON: data.tokenizerJSON, jsonlLines: lines,
                                   shards: max(settings.shards, 2), maxNewTokens: settings.evalMaxNewTokens,
                                   batchSize: settings.evalBatchSize, run: run, round: UInt32(state.round))
         // Speed is measured here while the workers wait: one thread, batch 1.
         let threads = ComputeThreads.count
         ComputeThreads.set(1)
         defer { ComputeThreads.set(threads) }
-        let tps = DecodeSpeed.tokensPerSecond(model: folded, batch: 1, promptTokens: settings.decodePromptTokens,
-                                              newTokens: settings.decodeNewTokens, reps: 5)
+        func speed(_ x: Model) -> Double {
+            DecodeSpeed.tokensPerSecond(model: x, batch: 1, promptTokens: settings.decodePromptTokens,
+                                        newTokens: settings.decodeNewTokens, reps: 5, best: true)
+        }
+        var tps = speed(folded)
+        if state.round == rounds, let i = state.rows.firstIndex(where: { $0.round == 0 && $0.phase == "eval" }) {
+            var a = [state.rows[i].decodeTokensPerSecond ?? 0], b = [tps]
+            for _ in 0..<2 { a.append(speed(originalModel)); b.append(speed(folded)) }
+            state.rows[i].decodeTokensPerSecond = a.max()
+            state.rows[i].detail = "original; decode speed re-measured beside the final model"
+            tps = b.max()!
+        }
         return (Double(r.correct) / Double(max(1, r.total)), tps)
     }
 
@@ -265,8 +302,7 @@ public final class PruneTuneLoop {
         let s = settings
         progress(r, rounds, "stats", 0)
         let t0 = Date()
-        let stats = try StatsPhase.measure(coordinator: coordinator, model: model, sequences: data.calibration, shards: s.shards,
-                                           run: run, round: UInt32(r), step: 1, branchScale: scale).statistics
+        let stats = try calibrationStatistics()
         let tStats = Date().timeIntervalSince(t0)
         state.rows.append(row("stats", seconds: tStats, detail: "\(stats.tokens) calibration tokens"))
         progress(r, rounds, "prune", 0)
@@ -316,14 +352,14 @@ public final class PruneTuneLoop {
                 let reserved = Set(state.doomed.flatMap(\.layers))
                 let keptScores = surgery.keptLayers.map { layerScores[$0] }
                 let chosen = lowest(keptScores, count: p.layers, excluding: reserved)
-                let trial = try trialCutDamage(chosen, step: 2)
+                let trial = try trialCutDamage(chosen)
                 state.doomed.append(DoomedLayers(removeAtRound: removeAt, windowStart: r, layers: chosen,
                                                  scores: chosen.map { keptScores[$0] }, trialDamage: trial))
                 log("round \(r): layer(s) \(chosen) will be annealed to zero over rounds \(r)–\(removeAt - 1) (cutting them now would add \(String(format: "%.3f", trial)) to the loss)")
             }
         }
         // Damage and budget.
-        let after = try heldOutLoss(model, step: 3, scale: scale)
+        let after = try heldOutLoss(model, scale: scale)
         let damage = after - state.lossBefore
         state.damage.append(damage)
         if plan.neurons > 0 { state.neuronDamagePerNeuron = max(0, damage) / Double(plan.neurons) }
@@ -345,11 +381,11 @@ public final class PruneTuneLoop {
     }
 
     /// Held-out loss increase if `layers` were cut from the current model now.
-    func trialCutDamage(_ layers: [Int], step: Int) throws -> Double {
+    func trialCutDamage(_ layers: [Int]) throws -> Double {
         let c = model.config
         let trial = try Surgery(config: c, removeNeurons: [[Int]](repeating: [], count: c.numHiddenLayers), removeLayers: Set(layers))
-        let before = try heldOutLoss(model, step: step, scale: scale)
-        let after = try heldOutLoss(trial.apply(model: model), step: step + 100, scale: scale.map { trial.apply(perLayer: $0) })
+        let before = try heldOutLoss(model, scale: scale)
+        let after = try heldOutLoss(trial.apply(model: model), scale: scale.map { trial.apply(perLayer: $0) })
         return max(0, after - before)
     }
 
@@ -366,47 +402,46 @@ public final class PruneTuneLoop {
         for d in state.doomed where d.windowStart <= r && r < d.removeAtRound {
             own += d.trialDamage / Double(d.removeAtRound - d.windowStart)
         }
-        // Damage expected of later rounds, from what this kind of cut did so far (or a trial now).
+        // Damage expected of later rounds, from what this kind of cut did so far (or a trial now);
+        // an annealed block's removal is spread over the rounds of its window.
         var later: [Double] = []
         for j in r..<R {
-            let p = state.plan.rounds[j]
+            let p = state.plan.rounds[j], rr = j + 1
             var e = 0.0
             if p.neurons > 0 {
                 if state.neuronDamagePerNeuron == nil { state.neuronDamagePerNeuron = try trialNeuronDamage(p.neurons) / Double(p.neurons) }
                 e += state.neuronDamagePerNeuron! * Double(p.neurons)
             }
-            if p.layers > 0 {
-                let d = state.doomed.first { $0.removeAtRound == j + 1 }
-                if let d { e += d.windowStart > r ? d.trialDamage : 0 } else {
-                    if state.layerDamagePerLayer == nil { state.layerDamagePerLayer = try trialLayerDamage() }
-                    e += state.layerDamagePerLayer! * Double(p.layers)
-                }
+            for d in state.doomed where d.windowStart <= rr && rr < d.removeAtRound {
+                e += d.trialDamage / Double(d.removeAtRound - d.windowStart)
+            }
+            if p.layers > 0 && !state.doomed.contains(where: { $0.removeAtRound == rr }) {
+                if state.layerDamagePerLayer == nil { state.layerDamagePerLayer = try trialLayerDamage() }
+                e += state.layerDamagePerLayer! * Double(p.layers)
             }
             later.append(e)
         }
-        let floor = max(1, state.totalSteps / (4 * R))
+        let floor = min(s.minRoundSteps, state.totalSteps / R)
         return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor)
     }
 
     /// Loss increase of cutting the current model's least useful block (by the layer score).
     func trialLayerDamage() throws -> Double {
-        let stats = try StatsPhase.measure(coordinator: coordinator, model: model, sequences: data.calibration, shards: settings.shards,
-                                           run: run, round: UInt32(state.round), step: 4, branchScale: scale).statistics
+        let stats = try calibrationStatistics()
         let scores = Selection.layerScores(stats, kind: settings.layerScore)
         let reserved = Set(state.doomed.flatMap(\.layers))
-        return try trialCutDamage(lowest(scores, count: 1, excluding: reserved), step: 5)
+        return try trialCutDamage(lowest(scores, count: 1, excluding: reserved))
     }
 
     /// Loss increase of removing `k` more neurons per block from the current model.
     func trialNeuronDamage(_ k: Int) throws -> Double {
         let c = model.config
-        let stats = try StatsPhase.measure(coordinator: coordinator, model: model, sequences: data.calibration, shards: settings.shards,
-                                           run: run, round: UInt32(state.round), step: 6, branchScale: scale).statistics
+        let stats = try calibrationStatistics()
         let scores = Selection.neuronScores(stats, model: model, kind: settings.neuronScore)
         let pick = Selection.lowestNeurons(scores: scores, layers: c.numHiddenLayers, intermediate: c.intermediateSize, count: min(k, c.intermediateSize - 1))
         let trial = try Surgery(config: c, removeNeurons: pick, removeLayers: [])
-        let before = try heldOutLoss(model, step: 7, scale: scale)
-        return max(0, try heldOutLoss(trial.apply(model: model), step: 8, scale: scale) - before)
+        let before = try heldOutLoss(model, scale: scale)
+        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale) - before)
     }
 
     /// Branch scales during step `i` (1-based) of this round's tuning.
@@ -433,12 +468,13 @@ public final class PruneTuneLoop {
             let t0 = Date()
             let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
             let res = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads, batch: batch,
-                                         shards: s.shards, key: key(1000 + state.stepsUsed), lr: schedule.rate(at: i), clip: s.clip,
+                                         shards: s.shards, key: key(1_000_000 + state.stepsUsed), lr: schedule.rate(at: i), clip: s.clip,
                                          branchScale: a.allSatisfy { $0 == 1 } ? nil : a)
             state.alpha = a
             state.stepInRound += 1
             state.stepsUsed += 1
             state.tuneLossSum += res.loss
+            state.workerSeconds += res.workerSeconds
             state.tuneSeconds += Date().timeIntervalSince(t0)
             progress(r, rounds, String(format: "tune loss %.3f", res.loss), Double(state.stepInRound) / Double(n))
             if state.stepInRound % s.checkpointEvery == 0 && state.stepInRound < n { try checkpoint() }
@@ -447,8 +483,11 @@ public final class PruneTuneLoop {
         // The round's end: annealed layers reach exactly their scheduled value even with 0 steps.
         state.alpha = alpha(atStep: max(1, n))
         let mean = n > 0 ? state.tuneLossSum / Double(n) : nil
-        state.rows.append(row("tune", seconds: state.tuneSeconds - state.rows.filter { $0.phase == "tune" }.reduce(0) { $0 + $1.seconds },
-                              loss: mean, steps: n, detail: scale.map { "branch scales \($0.map { String(format: "%.2f", $0) })" }))
+        let seconds = state.tuneSeconds - state.rows.filter { $0.phase == "tune" }.reduce(0) { $0 + $1.seconds }
+        var detail = String(format: "worker compute %.1f s (summed over workers)", state.workerSeconds)
+        if let a = scale { detail += "; branch scales \(a.map { String(format: "%.2f", $0) })" }
+        state.workerSeconds = 0
+        state.rows.append(row("tune", seconds: seconds, loss: mean, steps: n, detail: detail))
         state.stage = .eval
         try checkpoint()
         return true
@@ -458,7 +497,7 @@ public final class PruneTuneLoop {
         let r = state.round
         progress(r, rounds, "eval", 0)
         let t0 = Date()
-        state.lossBefore = try heldOutLoss(model, step: 9, scale: scale)
+        state.lossBefore = try heldOutLoss(model, scale: scale)
         let (acc, tps) = try accuracyAndSpeed(model)
         state.rows.append(row("eval", seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps))
         log(String(format: "round %d/%d: accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s, %.1f%% of the parameters",
@@ -484,6 +523,6 @@ public final class PruneTuneLoop {
                             state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
                             to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: ["loop.json": loop])
         try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
-                             original: original, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out)
+                             original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out)
     }
 }

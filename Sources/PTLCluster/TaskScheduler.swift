@@ -42,6 +42,9 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         public var threads: Int
         public var task: TaskID?
         public var leaseDeadline: Double
+        /// Still computing a task we no longer lease to it (it was dropped and came back): no
+        /// new task until it reports a result.
+        public var occupied = false
     }
 
     public let clock: Clock
@@ -65,7 +68,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
 
     /// Starts a phase: these tasks, none finished.
     public func startPhase(_ tasks: [Ptl_V1_TaskKey]) {
-        keys = [:]; pending = []; attempts = [:]; results = [:]
+        keys = [:]; pending = []; attempts = [:]; results = [:]; failures = [:]; hopeless = []
         for k in tasks {
             let id = TaskID(k)
             keys[id] = k
@@ -99,7 +102,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     /// Leases the next pending task to each idle worker; returns (worker, key with attempt).
     public func assign() -> [(worker: String, key: Ptl_V1_TaskKey)] {
         var out: [(String, Ptl_V1_TaskKey)] = []
-        for w in workers.keys.sorted() where workers[w]!.task == nil {
+        for w in workers.keys.sorted() where workers[w]!.task == nil && !workers[w]!.occupied {
             guard !pending.isEmpty else { break }
             let id = pending.removeFirst()
             let attempt = (attempts[id] ?? 0) + 1
@@ -119,17 +122,40 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     public func complete(_ key: Ptl_V1_TaskKey, from worker: String, output: Output) -> Bool {
         let id = TaskID(key)
         if workers[worker]?.task == id { workers[worker]!.task = nil }
+        workers[worker]?.occupied = false
         guard keys[id] != nil, results[id] == nil else { duplicates += 1; return false }
         results[id] = output
         pending.removeAll { $0 == id }
         return true
     }
 
-    /// A task failed on a worker: back to the queue.
-    public func failed(_ key: Ptl_V1_TaskKey, on worker: String) {
+    /// The worker refused a task because it is still computing an earlier one: the task goes
+    /// back to the queue (not a failure) and the worker gets nothing until it reports.
+    public func busy(_ key: Ptl_V1_TaskKey, on worker: String) {
         let id = TaskID(key)
         if workers[worker]?.task == id { workers[worker]!.task = nil }
+        workers[worker]?.occupied = true
         if keys[id] != nil, results[id] == nil { requeue(id) }
+    }
+
+    /// Tasks that failed on workers `maxFailures` times (a deterministic error, not a lost
+    /// worker), with the last reason: the phase cannot finish.
+    public private(set) var hopeless: [(key: Ptl_V1_TaskKey, reason: String)] = []
+    public var maxFailures = 4
+    private var failures: [TaskID: Int] = [:]
+
+    /// A task failed on a worker: back to the queue, until it has failed `maxFailures` times.
+    public func failed(_ key: Ptl_V1_TaskKey, on worker: String, reason: String = "") {
+        let id = TaskID(key)
+        if workers[worker]?.task == id { workers[worker]!.task = nil }
+        guard keys[id] != nil, results[id] == nil else { return }
+        failures[id, default: 0] += 1
+        if failures[id]! >= maxFailures {
+            pending.removeAll { $0 == id }
+            if !hopeless.contains(where: { TaskID($0.key) == id }) { hopeless.append((keys[id]!, reason)) }
+        } else {
+            requeue(id)
+        }
     }
 
     /// Drops silent workers and requeues expired leases; returns the workers dropped.

@@ -78,13 +78,17 @@ public final class WorkerClient: @unchecked Sendable {
 
     func send(_ m: WireMessage) throws { try socket.send(try Wire.encode(m), dontWait: true) }
 
+    /// The error a worker answers a task with while it still computes another.
+    public static let busyMessage = "busy"
+
     /// Runs until `shouldStop` returns true.
     public func run(shouldStop: () -> Bool) throws {
         try send(Messages.ready(workerID: id, threads: settings.threads))
         var lastHeard = clock.now(), lastSent = clock.now()
         var backoff = settings.minBackoff
         while !shouldStop() {
-            if try socket.poll(milliseconds: Int(settings.heartbeatInterval * 1000 / 4)) {
+            // While a task computes, wake often so its result leaves as soon as it is ready.
+            if try socket.poll(milliseconds: busy ? 2 : Int(settings.heartbeatInterval * 1000 / 4)) {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = clock.now()
                     backoff = settings.minBackoff
@@ -128,7 +132,7 @@ public final class WorkerClient: @unchecked Sendable {
         case .disconnect:
             try send(Messages.ready(workerID: id, threads: settings.threads))
         case .task:
-            guard !busy else { try send(Messages.error(env.task, "busy")); return }
+            guard !busy else { try send(Messages.error(env.task, WorkerClient.busyMessage)); return }
             if models[env.taskSpec.modelHash] == nil {
                 waiting = (env.task, env.taskSpec, message.tensors)
                 var e = Messages.envelope(.modelRequest)

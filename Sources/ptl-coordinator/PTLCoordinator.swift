@@ -60,8 +60,11 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "damage (each round's tune steps follow its held-out loss increase) | equal.")
     var budget: String = "damage"
 
-    @Option(help: "anneal (a doomed block's branches fall to 0 while tuning, then it is deleted) | cut.")
-    var layerRemoval: String = "anneal"
+    @Option(help: "With --budget damage: the fewest tune steps a round gets.")
+    var minRoundSteps: Int = 1
+
+    @Option(help: "cut (a block is deleted at once) | anneal (a doomed block's branches fall to 0 while tuning, then it is deleted).")
+    var layerRemoval: String = "cut"
 
     @Option(help: "Rounds over which a doomed block is annealed.")
     var annealRounds: Int = 3
@@ -83,6 +86,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
 
     @Option(help: "Eval problems (from --eval-data, else the task's test split / the end of --data).")
     var evalCount: Int = 500
+
+    @Option(help: "Eval problems of the rounds in between (the original and the final model get --eval-count).")
+    var roundEvalCount: Int = 200
 
     @Option(help: "JSONL eval set.")
     var evalData: String?
@@ -189,6 +195,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         defer { authenticator?.stop() }
         let coordinator = try Coordinator(context: context, bind: bind, settings: cs)
         coordinator.log = { say($0) }
+        coordinator.shouldStop = { terminateRequested }
         say("bound \(coordinator.endpoint)")
         var children: [Process] = []
         defer {
@@ -251,7 +258,13 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let source = ModelSource.isGGUF(model) ? nil : model
         while trainer.step < steps && !terminateRequested {
             let t0 = Date()
-            let r = try trainer.runStep()
+            let r: (loss: Double, gradNorm: Double, tokens: Int)
+            do { r = try trainer.runStep() } catch is Interrupted {
+                try Checkpoint.save(model: m, optimizer: trainer.optimizer,
+                                    state: Checkpoint.State(step: trainer.step, optimizerStep: trainer.optimizer.step, run: "run"),
+                                    to: checkpointDir, copyTokenizerFrom: source)
+                break
+            }
             let line = String(format: "{\"step\":%d,\"loss\":%.6f,\"grad_norm\":%.6f,\"tokens\":%d,\"workers\":%d,\"seconds\":%.3f,\"requeued\":%d,\"dropped_workers\":%d,\"rejected\":%d}\n",
                               trainer.step, r.loss, r.gradNorm, r.tokens, coordinator.scheduler.workers.count, Date().timeIntervalSince(t0),
                               coordinator.scheduler.requeued, coordinator.scheduler.expiredWorkers, coordinator.rejected.values.reduce(0, +))
@@ -283,6 +296,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         ls.layerScore = LayerScore(rawValue: layerScore)!
         ls.budget = BudgetKind(rawValue: budget)!
         ls.layerRemoval = LayerRemoval(rawValue: layerRemoval)!
+        ls.minRoundSteps = minRoundSteps
         ls.annealRounds = annealRounds
         ls.optimizer = OptimizerCarry(rawValue: optimizer)!
         ls.tuneSteps = tuneSteps
@@ -292,6 +306,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         ls.seed = seed
         ls.checkpointEvery = checkpointEvery
         ls.evalMaxNewTokens = maxNewTokens
+        ls.roundEvalCount = roundEvalCount
         let start = try ModelSource.loadModel(model)
         // The PTL plan fixes the total tune budget of every method; enough fresh lines for it.
         let ptlRounds = try PrunePlan.make(config: start.config, method: .ptl, target: targetParams, removeLayers: removeLayers, step: step,
@@ -342,7 +357,8 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let view = ProgressView()
         loop.progress = { view.show(round: $0, of: $1, phase: $2, fraction: $3, workers: coordinator.scheduler.workers.count) }
         say("\(ls.method.rawValue): \(loop.rounds) round(s), \(tune.count) tuning lines, \(calibration.count) calibration, \(heldOut.count) held-out, \(eval.count) eval")
-        let finished = try loop.runLoop { terminateRequested }
+        let finished: Bool
+        do { finished = try loop.runLoop { terminateRequested } } catch is Interrupted { finished = false }
         view.finish()
         if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
         say("done: \(out)/report.md, \(out)/final")

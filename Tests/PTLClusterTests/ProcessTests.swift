@@ -10,7 +10,7 @@ func executable(_ name: String) -> URL {
 
 func coordinatorArgs(out: String, steps: Int = 6) -> [String] {
     let fixtures = clusterPackageRoot.appendingPathComponent("Tests/Fixtures")
-    return ["--model", fixtures.appendingPathComponent("tiny-llama").path,
+    return ["--method", "train", "--model", fixtures.appendingPathComponent("tiny-llama").path,
             "--data", fixtures.appendingPathComponent("golden/perplexity.jsonl").path,
             "--steps", "\(steps)", "--batch-size", "4", "--shards", "3", "--lr", "1e-3",
             "--bind", "tcp://127.0.0.1:0", "--heartbeat", "0.1", "--checkpoint-every", "1", "--out", out]

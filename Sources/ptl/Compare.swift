@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import PTLCluster
+
+/// `ptl compare`: PTL, its baselines and the schedule variants, each a `ptl-coordinator` run with
+/// the same model, data, target and total tune budget, at one or more seeds; one table.
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run PTL, Prune-Once, ShortGPT and PTL's schedule variants to the same target; write one table.",
+        discussion: """
+        Every variant is a ptl-coordinator run (OUT/<variant>-seed<k>/, resumable: a finished run is
+        not repeated). Arguments after `--` go to every run (e.g. -- --target-params 0.5 --tune-steps 20).
+        Writes OUT/compare.md and OUT/compare.json.
+        """)
+
+    static let allVariants: [(name: String, args: [String], what: String)] = [
+        ("ptl", [], "PTL, defaults: damage budget, cut, reset"),
+        ("prune-once", ["--method", "prune-once"], "all pruning in round 1, then all tuning"),
+        ("shortgpt", ["--method", "shortgpt"], "lowest Block-Influence blocks at once, then tuning"),
+        ("ptl-paper", ["--budget", "equal", "--layer-removal", "cut", "--optimizer", "reset"], "PTL, the paper's schedule (equal budget, cut, reset)"),
+        ("ptl-anneal", ["--budget", "equal", "--layer-removal", "anneal", "--optimizer", "reset"], "paper schedule + annealed layer removal"),
+        ("ptl-carry", ["--budget", "equal", "--layer-removal", "cut", "--optimizer", "carry"], "paper schedule + AdamW carried across rounds"),
+        ("ptl-all", ["--budget", "damage", "--layer-removal", "anneal", "--optimizer", "carry"], "all three remedies"),
+    ]
+
+    @Option(help: "The model (HF directory or .gguf).")
+    var model: String = "models/demo"
+
+    @Option(help: "Output directory.")
+    var out: String = "out/compare"
+
+    @Option(help: "Seeds, comma-separated.")
+    var seeds: String = "0,1"
+
+    @Option(help: "Variants, comma-separated, from: ptl (= paper schedule + damage budget), prune-once, shortgpt, ptl-paper, ptl-anneal, ptl-carry, ptl-all.")
+    var variants: String = "ptl,prune-once,shortgpt,ptl-paper,ptl-anneal,ptl-carry"
+
+    @Option(help: "Local worker processes per run.")
+    var localWorkers: Int = 2
+
+    @Argument(parsing: .postTerminator, help: "Options passed to every ptl-coordinator run.")
+    var passthrough: [String] = []
+
+    func run() throws {
+        let seedList = seeds.split(separator: ",").compactMap { UInt64($0.trimmingCharacters(in: .whitespaces)) }
+        let names = variants.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !seedList.isEmpty else { throw ValidationError("--seeds needs at least one number") }
+        let chosen = try names.map { n in
+            guard let v = Compare.allVariants.first(where: { $0.name == n }) else { throw ValidationError("unknown variant \(n)") }
+            return v
+        }
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("ptl-coordinator")
+        guard FileManager.default.isExecutableFile(atPath: exe.path) else { throw ValidationError("\(exe.path) not found: build ptl-coordinator too") }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)] = []
+        for v in chosen {
+            for seed in seedList {
+                let dir = (out as NSString).appendingPathComponent("\(v.name)-seed\(seed)")
+                let summaryPath = (dir as NSString).appendingPathComponent("summary.json")
+                if let s = try? JSONDecoder().decode(LoopReport.Summary.self, from: Data(contentsOf: URL(fileURLWithPath: summaryPath))), s.done {
+                    FileHandle.standardError.write(Data("[compare] \(v.name) seed \(seed): done earlier\n".utf8))
+                    results.append((v.name, v.what, seed, s))
+                    continue
+                }
+                FileHandle.standardError.write(Data("[compare] \(v.name) seed \(seed): \(v.what)\n".utf8))
+                let p = Process()
+                p.executableURL = exe
+                p.arguments = ["--model", model, "--local-workers", "\(localWorkers)", "--bind", "tcp://127.0.0.1:0", "--seed", "\(seed)",
+                               "--out", dir] + v.args + passthrough
+                try p.run()
+                p.waitUntilExit()
+                guard p.terminationStatus == 0 else { throw ValidationError("\(v.name) seed \(seed) failed (exit \(p.terminationStatus)); see above") }
+                results.append((v.name, v.what, seed, try JSONDecoder().decode(LoopReport.Summary.self, from: Data(contentsOf: URL(fileURLWithPath: summaryPath)))))
+            }
+        }
+        let md = table(results)
+        try Data(md.utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare.md"))
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try enc.encode(results.map { ["variant": $0.variant, "seed": "\($0.seed)"] }).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare-runs.json"))
+        print(md)
+    }
+
+    func table(_ results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)]) -> String {
+        func pct(_ x: Double?) -> String { x.map { String(format: "%.1f", $0 * 100) } ?? "–" }
+        guard let first = results.first?.summary else { return "no runs\n" }
+        var md = "# ptl compare\n\n"
+        md += "Model \(model): \(first.originalParams) parameters, accuracy \(pct(first.originalAccuracy)) %"
+        md += first.originalDecodeTokensPerSecond.map { String(format: ", decode %.0f tokens/s (batch 1, 1 thread)", $0) } ?? ""
+        md += ". Target \(String(format: "%.0f", first.settings.target * 100)) % of the parameters; every run tunes \(first.tuneSteps) steps × \(first.settings.batchSize) lines in total.\n\n"
+        md += "| variant | what | accuracy % (per seed) | mean | kept of original | params | FLOPs/token | decode speed-up | FLOPs ratio | loss right after the first cut | tune time s |\n"
+        md += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        var order: [String] = []
+        for r in results where !order.contains(r.variant) { order.append(r.variant) }
+        for v in order {
+            let rs = results.filter { $0.variant == v }
+            let accs = rs.compactMap { $0.summary.accuracy }
+            let mean = accs.isEmpty ? nil : accs.reduce(0, +) / Double(accs.count)
+            let s = rs[0].summary
+            let kept = mean.flatMap { m in s.originalAccuracy.map { $0 > 0 ? m / $0 : 0 } }
+            let speedups = rs.compactMap { r in r.summary.decodeTokensPerSecond.flatMap { t in r.summary.originalDecodeTokensPerSecond.map { t / $0 } } }
+            let speed = speedups.isEmpty ? "–" : String(format: "%.2f×", speedups.reduce(0, +) / Double(speedups.count))
+            let losses = rs.compactMap { $0.summary.lossAfterFirstPrune }
+            md += "| \(v) | \(rs[0].what) | \(rs.map { pct($0.summary.accuracy) }.joined(separator: " / ")) | \(pct(mean)) | \(pct(kept)) % | "
+            md += "\(s.params) (\(pct(Double(s.params) / Double(s.originalParams))) %) | \(pct(Double(s.flopsPerToken) / Double(s.originalFlopsPerToken))) % | "
+            md += "\(speed) | \(String(format: "%.2f×", Double(s.originalFlopsPerToken) / Double(s.flopsPerToken))) | "
+            md += "\(losses.isEmpty ? "–" : losses.map { String(format: "%.3f", $0) }.joined(separator: " / ")) | "
+            md += "\(String(format: "%.0f", rs.map(\.summary.tuneSeconds).reduce(0, +) / Double(rs.count))) |\n"
+        }
+        if let ptl = results.filter({ $0.variant == "ptl" }).map(\.summary.accuracy).compactMap({ $0 }).first {
+            let ptlMean = results.filter { $0.variant == "ptl" }.compactMap(\.summary.accuracy).reduce(0, +) / Double(max(1, results.filter { $0.variant == "ptl" }.count))
+            _ = ptl
+            for b in ["prune-once", "shortgpt"] {
+                let accs = results.filter { $0.variant == b }.compactMap(\.summary.accuracy)
+                guard !accs.isEmpty else { continue }
+                let m = accs.reduce(0, +) / Double(accs.count)
+                md += "\nPTL (mean \(pct(ptlMean)) %) is \(ptlMean > m ? "ahead of" : ptlMean == m ? "level with" : "BEHIND") \(b) (mean \(pct(m)) %)."
+            }
+            md += "\n"
+        }
+        return md
+    }
+}
