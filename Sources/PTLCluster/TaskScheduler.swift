@@ -85,6 +85,10 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         let now = clock.now()
         if workers[worker] == nil {
             workers[worker] = WorkerState(lastSeen: now, threads: threads ?? 1, task: nil, leaseDeadline: 0)
+        } else if threads != nil {
+            // READY again: the worker reconnected and forgot what it had; its task goes back.
+            if let t = workers[worker]!.task, results[t] == nil { requeue(t) }
+            workers[worker] = WorkerState(lastSeen: now, threads: threads!, task: nil, leaseDeadline: 0)
         } else {
             workers[worker]!.lastSeen = now
             if let threads { workers[worker]!.threads = threads }

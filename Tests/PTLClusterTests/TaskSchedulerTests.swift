@@ -23,6 +23,26 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(!s.isPhaseComplete)
     }
 
+    /// A worker that reconnects says READY again: it forgot its task, which goes back at once
+    /// (not after the lease); one that says "busy" gets no task until it reports; a task that
+    /// fails on every attempt makes the phase hopeless instead of retrying forever.
+    @Test func reconnectsBusyWorkersAndHopelessTasks() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 600)
+        s.startPhase(keys(2))
+        s.seen("a", threads: 1)
+        let lease = s.assign()
+        #expect(lease.map(\.key.shard) == [0])
+        s.seen("a", threads: 1)                                         // READY again
+        #expect(s.assign().map(\.key.shard) == [0])
+        s.busy(keys(2)[0], on: "a")
+        #expect(s.assign().isEmpty)                                     // occupied
+        #expect(!s.complete(keys(1, step: 9)[0], from: "a", output: 0))  // its old task's result: dropped, but it is free again
+        #expect(s.assign().map(\.key.shard) == [0])
+        for _ in 0..<4 { s.failed(keys(2)[1], on: "a", reason: "bad shard"); _ = s.assign() }
+        #expect(s.hopeless.count == 1 && s.hopeless[0].reason == "bad shard")
+    }
+
     @Test func aSilentWorkerIsDroppedAndItsTaskRequeued() {
         let clock = ManualClock()
         let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
