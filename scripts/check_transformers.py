@@ -56,9 +56,12 @@ ok &= rel < 1e-4 and ppl["tokens"] == count
 for prompt in ["The capital of France is", "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:", "Once upon a time"]:
     ids = tok(prompt)["input_ids"]
     x = torch.tensor([ids])
+    # Plain greedy argmax for 20 tokens (generate() with min_new_tokens would mask EOS, while
+    # `ptl generate --ignore-eos` only keeps going past it).
+    ref_ids = []
     with torch.no_grad():
-        ref_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=20, min_new_tokens=20,
-                                 pad_token_id=tok.eos_token_id if tok.eos_token_id is not None else 0)[0, len(ids):].tolist()
+        for _ in range(20):
+            ref_ids.append(int(model(torch.tensor([ids + ref_ids])).logits[0, -1].argmax()))
     out = json.loads(subprocess.check_output([PTL, "generate", "--model", a.model, "--prompt", prompt, "--max-new-tokens", "20",
                                               "--ignore-eos", "--json"]))
     same = out["generated_ids"] == ref_ids
