@@ -63,7 +63,7 @@ public enum LoopReport {
 
         // The plot: accuracy against the fraction of parameters kept, one point per round.
         let points = evals.compactMap { r in r.accuracy.map { PlotPoint(x: r.paramsFraction * 100, y: $0 * 100) } }
-        let png = LinePlot.png(title: "ptl \(settings.method.rawValue): accuracy vs size", xLabel: "parameters kept (% of the original)",
+        let png = LinePlot.png(title: "ptl, method \(settings.method.rawValue): accuracy vs size", xLabel: "parameters kept (% of the original)",
                                yLabel: "accuracy (%)", series: [PlotSeries(label: settings.method.rawValue, points: points, color: PlotColor.palette[0])],
                                xRange: nil, yRange: 0...100, invertX: true)
         try atomicWrite(Data(png), to: (out as NSString).appendingPathComponent("accuracy_vs_size.png"))

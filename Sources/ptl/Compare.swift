@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PTLCluster
+import PTLPrune
 
 /// `ptl compare`: PTL, its baselines and the schedule variants, each a `ptl-coordinator` run with
 /// the same model, data, target and total tune budget, at one or more seeds; one table.
@@ -76,10 +77,27 @@ struct Compare: ParsableCommand {
         }
         let md = table(results)
         try Data(md.utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare.md"))
+        try Data(plot(chosen.map(\.name), seed: seedList[0])).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare.png"))
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try enc.encode(results.map { ["variant": $0.variant, "seed": "\($0.seed)"] }).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare-runs.json"))
         print(md)
+    }
+
+    /// Accuracy against size, round by round, one line per variant (the first seed).
+    func plot(_ names: [String], seed: UInt64) -> [UInt8] {
+        struct Row: Decodable { var phase: String; var paramsFraction: Double; var accuracy: Double? }
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        let series = names.enumerated().map { i, name -> PlotSeries in
+            let path = (out as NSString).appendingPathComponent("\(name)-seed\(seed)/metrics.jsonl")
+            let rows = ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n")
+                .compactMap { try? d.decode(Row.self, from: Data($0.utf8)) }
+            let points = rows.filter { $0.phase == "eval" }.compactMap { r in r.accuracy.map { PlotPoint(x: r.paramsFraction * 100, y: $0 * 100) } }
+            return PlotSeries(label: name, points: points, color: PlotColor.palette[i % PlotColor.palette.count])
+        }
+        return LinePlot.png(title: "ptl compare (seed \(seed)): accuracy vs size", xLabel: "parameters kept (% of the original)",
+                            yLabel: "accuracy (%)", series: series, yRange: 0...100, invertX: true)
     }
 
     func table(_ results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)]) -> String {
