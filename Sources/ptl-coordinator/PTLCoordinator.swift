@@ -174,6 +174,11 @@ struct PTLCoordinatorCommand: ParsableCommand {
         installStopSignals { terminateRequested = true }
         let tokenizer = try ModelSource.loadTokenizer(model)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        // Data and models are prepared before any worker starts: a large corpus or model takes
+        // long enough to load that waiting workers would think the coordinator gone.
+        let job: (Coordinator) throws -> Void = method == "train"
+            ? { try train(coordinator: $0, tokenizer: tokenizer) }
+            : try prepareLoop(tokenizer: tokenizer)
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
         cs.heartbeatInterval = heartbeat
@@ -221,11 +226,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
             try p.run()
             children.append(p)
         }
-        if method == "train" {
-            try train(coordinator: coordinator, tokenizer: tokenizer)
-        } else {
-            try loop(coordinator: coordinator, tokenizer: tokenizer)
-        }
+        try job(coordinator)
     }
 
     /// --method train: continual pre-training over the cluster.
@@ -283,7 +284,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     }
 
     /// The Prune–Tune Loop (or a baseline) over the cluster.
-    func loop(coordinator: Coordinator, tokenizer: Tokenizer) throws {
+    func prepareLoop(tokenizer: Tokenizer) throws -> (Coordinator) throws -> Void {
         var ls = LoopSettings()
         ls.method = PruneMethod(rawValue: method)!
         ls.target = targetParams
@@ -351,17 +352,20 @@ struct PTLCoordinatorCommand: ParsableCommand {
             source = (out as NSString).appendingPathComponent("tokenizer")
             try ModelSource.writeTokenizerFiles(model, to: source)
         }
-        let loop = try PruneTuneLoop(coordinator: coordinator, model: start, data: loopData, settings: ls, out: out,
-                                     tokenizerSource: source, fresh: fresh)
-        loop.log = { say($0) }
-        let view = ProgressView()
-        loop.progress = { view.show(round: $0, of: $1, phase: $2, fraction: $3, workers: coordinator.scheduler.workers.count) }
-        say("\(ls.method.rawValue): \(loop.rounds) round(s), \(tune.count) tuning lines, \(calibration.count) calibration, \(heldOut.count) held-out, \(eval.count) eval")
-        let finished: Bool
-        do { finished = try loop.runLoop { terminateRequested } } catch is Interrupted { finished = false }
-        view.finish()
-        if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
-        say("done: \(out)/report.md, \(out)/final")
+        let savedSource = source
+        return { coordinator in
+            let loop = try PruneTuneLoop(coordinator: coordinator, model: start, data: loopData, settings: ls, out: out,
+                                         tokenizerSource: savedSource, fresh: fresh)
+            loop.log = { say($0) }
+            let view = ProgressView()
+            loop.progress = { view.show(round: $0, of: $1, phase: $2, fraction: $3, workers: coordinator.scheduler.workers.count) }
+            say("\(ls.method.rawValue): \(loop.rounds) round(s), \(tune.count) tuning lines, \(calibration.count) calibration, \(heldOut.count) held-out, \(eval.count) eval")
+            let finished: Bool
+            do { finished = try loop.runLoop { terminateRequested } } catch is Interrupted { finished = false }
+            view.finish()
+            if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
+            say("done: \(out)/report.md, \(out)/final")
+        }
     }
 }
 
