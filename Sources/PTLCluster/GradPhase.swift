@@ -106,6 +106,7 @@ public final class DistributedTrainer {
     let order: EpochOrder
     let schedule: LearningRateSchedule
     let grads: FloatBuffer
+    var accumulator: [Double] = []
     public private(set) var step = 0
 
     /// Continues from a checkpoint: the optimizer's moments and the step count.
@@ -137,7 +138,7 @@ public final class DistributedTrainer {
         var key = Ptl_V1_TaskKey()
         key.run = run; key.step = UInt64(step)
         let r = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
-                                   batch: indices.map { sequences[$0] }, shards: shards, key: key,
+                                   accumulator: &accumulator, batch: indices.map { sequences[$0] }, shards: shards, key: key,
                                    lr: schedule.rate(at: step), clip: settings.clip)
         step += 1
         return (r.loss, r.gradNorm, r.tokens)
@@ -156,8 +157,10 @@ extension GradPhase {
 
     /// One data-parallel optimizer step: `batch` split into `shards` contiguous micro-batches
     /// (tasks keyed by `key` with phase grad and the shard index), gradients reduced in shard
-    /// order in Double, clipped, and applied by `optimizer`. `branchScale` travels with the tasks.
-    public static func step(coordinator: Coordinator, model: Model, optimizer: AdamW, grads: FloatBuffer, batch: [[Int]],
+    /// order in Double (into `accumulator`, resized to the model and reused across steps),
+    /// clipped, and applied by `optimizer`. `branchScale` travels with the tasks.
+    public static func step(coordinator: Coordinator, model: Model, optimizer: AdamW, grads: FloatBuffer,
+                            accumulator acc: inout [Double], batch: [[Int]],
                             shards: Int, key base: Ptl_V1_TaskKey, lr: Float, clip: Float,
                             branchScale: [Float]? = nil) throws -> (loss: Double, gradNorm: Double, tokens: Int, workerSeconds: Double) {
         let hash = publish(model, on: coordinator)
@@ -175,21 +178,29 @@ extension GradPhase {
             tasks.append((key, spec, GradPhase.encode(part) + extra))
         }
         let results = try coordinator.runPhase(tasks)
-        // Reduce in shard order with Double accumulators.
-        var acc = [Double](repeating: 0, count: grads.count)
+        // Reduce in shard order with Double accumulators, reading each frame in place.
+        let n = grads.count
+        if acc.count != n { acc = [Double](repeating: 0, count: n) } else { acc.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
         var lossSum = 0.0, workerSeconds = 0.0
         var tokens = 0
         for (_, message) in results {
             workerSeconds += message.envelope.result.seconds
-            guard let g = message.tensor("grad")?.floats, g.count == acc.count else {
+            guard let g = message.tensor("grad"), g.dtype == .f32, g.bytes.count == 4 * n else {
                 throw WireError(kind: .descriptorMismatch, message: "a grad result without a full gradient")
             }
-            for i in 0..<acc.count { acc[i] += Double(g[i]) }
+            acc.withUnsafeMutableBufferPointer { a in
+                g.bytes.withUnsafeBytes { raw in
+                    for i in 0..<n { a[i] += Double(raw.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)) }
+                }
+            }
             lossSum += message.envelope.result.lossSum
             tokens += Int(message.envelope.result.tokenCount)
         }
-        for i in 0..<acc.count { grads.pointer[i] = Float(acc[i]) }
-        guard acc.allSatisfy({ $0.isFinite }) else {
+        var finite = true
+        acc.withUnsafeBufferPointer { a in
+            for i in 0..<n { let v = Float(a[i]); grads.pointer[i] = v; finite = finite && v.isFinite }
+        }
+        guard finite else {
             throw WireError(kind: .descriptorMismatch, message: "the reduced gradient has a NaN or infinite entry (step \(base.step)); the weights were not updated")
         }
         let norm = GradientClipping.clip(grads, maxNorm: clip)

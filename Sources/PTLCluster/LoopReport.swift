@@ -16,7 +16,6 @@ public enum LoopReport {
         public var originalFlopsPerToken: Int
         public var originalDecodeTokensPerSecond: Double?
         public var accuracy: Double?
-        public var accuracyAfterFirstPrune: Double?
         public var lossAfterFirstPrune: Double?
         public var params: Int
         public var flopsPerToken: Int
@@ -50,7 +49,7 @@ public enum LoopReport {
         let summary = Summary(method: settings.method.rawValue, settings: settings, done: done, rounds: plan.rounds.count,
                               originalAccuracy: first?.accuracy, originalParams: original.parameters,
                               originalFlopsPerToken: original.forwardFlopsPerToken(context: context), originalDecodeTokensPerSecond: first?.decodeTokensPerSecond,
-                              accuracy: last?.accuracy, accuracyAfterFirstPrune: nil,
+                              accuracy: last?.accuracy,
                               lossAfterFirstPrune: rows.first { $0.phase == "prune" }?.loss,
                               params: last?.params ?? original.parameters, flopsPerToken: last?.flopsPerToken ?? original.forwardFlopsPerToken(context: context),
                               decodeTokensPerSecond: last?.decodeTokensPerSecond, layers: last?.layers ?? 0,

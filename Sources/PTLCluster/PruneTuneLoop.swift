@@ -116,7 +116,6 @@ struct LoopState: Codable, Sendable {
     var alpha: [Float]
     var doomed: [DoomedLayers] = []
     var lossBefore = 0.0
-    var damage: [Double] = []
     var neuronDamagePerNeuron: Double?
     var layerDamagePerLayer: Double?
     var tuneLossSum = 0.0
@@ -139,6 +138,7 @@ public final class PruneTuneLoop {
     var optimizer: AdamW
     var state: LoopState
     var grads: FloatBuffer
+    var accumulator: [Double] = []
     let original: ModelCost
     let originalModel: Model
     let order: EpochOrder
@@ -149,7 +149,6 @@ public final class PruneTuneLoop {
 
     var checkpointDir: String { (out as NSString).appendingPathComponent("checkpoint") }
     public var settings: LoopSettings { state.settings }
-    public var isDone: Bool { state.stage == .done }
     public var rounds: Int { state.plan.rounds.count }
 
     /// Starts a run, or resumes the one checkpointed in OUT/checkpoint (unless `fresh`).
@@ -164,34 +163,28 @@ public final class PruneTuneLoop {
             throw ModelError("the loop needs tuning, calibration, held-out and eval lines (one of them is empty)")
         }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        original = ModelCost(config: start.config)
+        var adam = AdamWSettings()
+        adam.weightDecay = settings.weightDecay
         let stateFile = (out as NSString).appendingPathComponent("checkpoint/loop.json")
         if !fresh, FileManager.default.fileExists(atPath: stateFile) {
             let s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
-            var adam = AdamWSettings()
-            adam.weightDecay = s.settings.weightDecay
-            let (m, opt, _) = try Checkpoint.load(from: (out as NSString).appendingPathComponent("checkpoint"), settings: adam)
             guard s.settings == settings else {
                 throw ModelError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
             }
-            model = m
-            optimizer = opt
+            (model, optimizer, _) = try Checkpoint.load(from: (out as NSString).appendingPathComponent("checkpoint"), settings: adam)
             state = s
-            original = ModelCost(config: start.config)
         } else {
-            let ptl = try PrunePlan.make(config: start.config, method: .ptl, target: settings.target, removeLayers: settings.removeLayers,
-                                         step: settings.step, widthMultiple: settings.widthMultiple,
-                                         layersPerRound: settings.layersPerRound, order: settings.order)
-            let plan = settings.method == .ptl ? ptl
-                : try PrunePlan.make(config: start.config, method: settings.method, target: settings.target,
-                                     removeLayers: settings.removeLayers, step: settings.step, widthMultiple: settings.widthMultiple,
-                                     layersPerRound: settings.layersPerRound, order: settings.order)
+            func plan(_ method: PruneMethod) throws -> PrunePlan {
+                try PrunePlan.make(config: start.config, method: method, target: settings.target, removeLayers: settings.removeLayers,
+                                   step: settings.step, widthMultiple: settings.widthMultiple,
+                                   layersPerRound: settings.layersPerRound, order: settings.order)
+            }
             model = Model(config: start.config, parameters: FloatBuffer(start.parameters.array()))
-            var adam = AdamWSettings()
-            adam.weightDecay = settings.weightDecay
             optimizer = AdamW(layout: model.layout, settings: adam)
-            state = LoopState(settings: settings, plan: plan, totalSteps: settings.tuneSteps * ptl.rounds.count,
+            // Every method gets the PTL plan's total tune budget.
+            state = LoopState(settings: settings, plan: try plan(settings.method), totalSteps: settings.tuneSteps * (try plan(.ptl)).rounds.count,
                               alpha: [Float](repeating: 1, count: start.config.numHiddenLayers))
-            original = ModelCost(config: start.config)
         }
         coordinator.tokenizerJSON = data.tokenizerJSON
         grads = FloatBuffer(count: model.layout.count)
@@ -222,12 +215,6 @@ public final class PruneTuneLoop {
     var decodeContext: Int { settings.decodePromptTokens + settings.decodeNewTokens / 2 }
 
     var scale: [Float]? { state.alpha.allSatisfy { $0 == 1 } ? nil : state.alpha }
-
-    func key(_ step: Int) -> Ptl_V1_TaskKey {
-        var k = Ptl_V1_TaskKey()
-        k.run = run; k.round = UInt32(state.round); k.step = UInt64(step)
-        return k
-    }
 
     /// Task keys of measurements: unique within the process (a late result of an earlier
     /// measurement can never answer a later one).
@@ -327,7 +314,7 @@ public final class PruneTuneLoop {
                 record.how = "annealed over rounds \(d.windowStart)–\(r - 1), then deleted"
             } else {
                 let reserved = Set(state.doomed.filter { $0.removeAtRound > r }.flatMap(\.layers))
-                removeLayers = lowest(layerScores, count: plan.layers, excluding: reserved)
+                removeLayers = Selection.lowestLayers(scores: layerScores, count: plan.layers, excluding: reserved)
                 record.layers = removeLayers.map { ScoredIndex(index: $0, score: layerScores[$0]) }
                 record.how = "cut"
             }
@@ -343,6 +330,9 @@ public final class PruneTuneLoop {
             var d = d; d.layers = d.layers.map { newIndex[$0]! }; return d
         }
         state.removals.append(record)
+        // Damage: the held-out loss of the pruned model against the round's start.
+        let after = try heldOutLoss(model, scale: scale)
+        let damage = after - state.lossBefore
         // Anneal: layers removed in a later round are chosen now when their window opens here.
         if s.layerRemoval == .anneal && s.method == .ptl {
             for (j, p) in state.plan.rounds.enumerated() where p.layers > 0 {
@@ -351,20 +341,16 @@ public final class PruneTuneLoop {
                 guard removeAt > r, windowStart <= r, !state.doomed.contains(where: { $0.removeAtRound == removeAt }) else { continue }
                 let reserved = Set(state.doomed.flatMap(\.layers))
                 let keptScores = surgery.keptLayers.map { layerScores[$0] }
-                let chosen = lowest(keptScores, count: p.layers, excluding: reserved)
-                let trial = try trialCutDamage(chosen)
+                let chosen = Selection.lowestLayers(scores: keptScores, count: p.layers, excluding: reserved)
+                let trial = try trialCutDamage(chosen, from: after)
                 state.doomed.append(DoomedLayers(removeAtRound: removeAt, windowStart: r, layers: chosen,
                                                  scores: chosen.map { keptScores[$0] }, trialDamage: trial))
                 log("round \(r): layer(s) \(chosen) will be annealed to zero over rounds \(r)–\(removeAt - 1) (cutting them now would add \(String(format: "%.3f", trial)) to the loss)")
             }
         }
-        // Damage and budget.
-        let after = try heldOutLoss(model, scale: scale)
-        let damage = after - state.lossBefore
-        state.damage.append(damage)
         if plan.neurons > 0 { state.neuronDamagePerNeuron = max(0, damage) / Double(plan.neurons) }
         if plan.layers > 0 && record.how == "cut" { state.layerDamagePerLayer = max(0, damage) / Double(plan.layers) }
-        state.roundSteps = try budget(round: r, damage: damage)
+        state.roundSteps = try budget(round: r, damage: damage, currentLoss: after)
         state.stepInRound = 0
         state.tuneLossSum = 0
         let shape = "\(model.config.numHiddenLayers) blocks × FFN \(model.config.intermediateSize)"
@@ -376,47 +362,42 @@ public final class PruneTuneLoop {
         try checkpoint()
     }
 
-    func lowest(_ scores: [Double], count k: Int, excluding: Set<Int>) -> [Int] {
-        scores.indices.filter { !excluding.contains($0) }.sorted { (scores[$0], $0) < (scores[$1], $1) }.prefix(k).sorted()
-    }
-
-    /// Held-out loss increase if `layers` were cut from the current model now.
-    func trialCutDamage(_ layers: [Int]) throws -> Double {
+    /// Held-out loss increase if `layers` were cut from the current model (whose loss is `current`) now.
+    func trialCutDamage(_ layers: [Int], from current: Double) throws -> Double {
         let c = model.config
         let trial = try Surgery(config: c, removeNeurons: [[Int]](repeating: [], count: c.numHiddenLayers), removeLayers: Set(layers))
-        let before = try heldOutLoss(model, scale: scale)
-        let after = try heldOutLoss(trial.apply(model: model), scale: scale.map { trial.apply(perLayer: $0) })
-        return max(0, after - before)
+        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale.map { trial.apply(perLayer: $0) }) - current)
+    }
+
+    /// The share of annealed blocks' removal that round `r` carries (their trial damage spread
+    /// evenly over the rounds of their window).
+    func annealShare(round r: Int) -> Double {
+        state.doomed.filter { $0.windowStart <= r && r < $0.removeAtRound }
+            .reduce(0) { $0 + $1.trialDamage / Double($1.removeAtRound - $1.windowStart) }
     }
 
     /// This round's share of the fixed total.
-    func budget(round r: Int, damage: Double) throws -> Int {
+    func budget(round r: Int, damage: Double, currentLoss: Double) throws -> Int {
         let s = settings, R = rounds
         let used = state.rows.compactMap { $0.phase == "tune" ? $0.tuneSteps : nil }.reduce(0, +)
         let remaining = state.totalSteps - used
-        if s.budget == .equal || R == 1 {
-            return R == 1 ? state.totalSteps : Budget.equalShare(total: state.totalSteps, rounds: R, round: r - 1)
-        }
+        if s.budget == .equal || R == 1 { return Budget.equalShare(total: state.totalSteps, rounds: R, round: r - 1) }
         // Damage this round carries: its cut plus its share of any annealed layer's removal.
-        var own = max(0, damage)
-        for d in state.doomed where d.windowStart <= r && r < d.removeAtRound {
-            own += d.trialDamage / Double(d.removeAtRound - d.windowStart)
-        }
+        let own = max(0, damage) + annealShare(round: r)
         // Damage expected of later rounds, from what this kind of cut did so far (or a trial now);
         // an annealed block's removal is spread over the rounds of its window.
         var later: [Double] = []
         for j in r..<R {
             let p = state.plan.rounds[j], rr = j + 1
-            var e = 0.0
+            var e = annealShare(round: rr)
             if p.neurons > 0 {
-                if state.neuronDamagePerNeuron == nil { state.neuronDamagePerNeuron = try trialNeuronDamage(p.neurons) / Double(p.neurons) }
+                if state.neuronDamagePerNeuron == nil {
+                    state.neuronDamagePerNeuron = try trialNeuronDamage(p.neurons, from: currentLoss) / Double(p.neurons)
+                }
                 e += state.neuronDamagePerNeuron! * Double(p.neurons)
             }
-            for d in state.doomed where d.windowStart <= rr && rr < d.removeAtRound {
-                e += d.trialDamage / Double(d.removeAtRound - d.windowStart)
-            }
             if p.layers > 0 && !state.doomed.contains(where: { $0.removeAtRound == rr }) {
-                if state.layerDamagePerLayer == nil { state.layerDamagePerLayer = try trialLayerDamage() }
+                if state.layerDamagePerLayer == nil { state.layerDamagePerLayer = try trialLayerDamage(from: currentLoss) }
                 e += state.layerDamagePerLayer! * Double(p.layers)
             }
             later.append(e)
@@ -426,22 +407,21 @@ public final class PruneTuneLoop {
     }
 
     /// Loss increase of cutting the current model's least useful block (by the layer score).
-    func trialLayerDamage() throws -> Double {
+    func trialLayerDamage(from current: Double) throws -> Double {
         let stats = try calibrationStatistics()
         let scores = Selection.layerScores(stats, kind: settings.layerScore)
         let reserved = Set(state.doomed.flatMap(\.layers))
-        return try trialCutDamage(lowest(scores, count: 1, excluding: reserved))
+        return try trialCutDamage(Selection.lowestLayers(scores: scores, count: 1, excluding: reserved), from: current)
     }
 
     /// Loss increase of removing `k` more neurons per block from the current model.
-    func trialNeuronDamage(_ k: Int) throws -> Double {
+    func trialNeuronDamage(_ k: Int, from current: Double) throws -> Double {
         let c = model.config
         let stats = try calibrationStatistics()
         let scores = Selection.neuronScores(stats, model: model, kind: settings.neuronScore)
         let pick = Selection.lowestNeurons(scores: scores, layers: c.numHiddenLayers, intermediate: c.intermediateSize, count: min(k, c.intermediateSize - 1))
         let trial = try Surgery(config: c, removeNeurons: pick, removeLayers: [])
-        let before = try heldOutLoss(model, scale: scale)
-        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale) - before)
+        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale) - current)
     }
 
     /// Branch scales during step `i` (1-based) of this round's tuning.
@@ -467,8 +447,11 @@ public final class PruneTuneLoop {
             let a = alpha(atStep: i + 1)
             let t0 = Date()
             let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
-            let res = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads, batch: batch,
-                                         shards: s.shards, key: key(1_000_000 + state.stepsUsed), lr: schedule.rate(at: i), clip: s.clip,
+            var tuneKey = Ptl_V1_TaskKey()
+            tuneKey.run = run; tuneKey.round = UInt32(r); tuneKey.step = UInt64(1_000_000 + state.stepsUsed)
+            let res = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
+                                         accumulator: &accumulator, batch: batch,
+                                         shards: s.shards, key: tuneKey, lr: schedule.rate(at: i), clip: s.clip,
                                          branchScale: a.allSatisfy { $0 == 1 } ? nil : a)
             state.alpha = a
             state.stepInRound += 1
@@ -477,8 +460,8 @@ public final class PruneTuneLoop {
             state.workerSeconds += res.workerSeconds
             state.tuneSeconds += Date().timeIntervalSince(t0)
             progress(r, rounds, String(format: "tune loss %.3f", res.loss), Double(state.stepInRound) / Double(n))
-            if state.stepInRound % s.checkpointEvery == 0 && state.stepInRound < n { try checkpoint() }
-            if stop() { try checkpoint(); return false }
+            if state.stepInRound % s.checkpointEvery == 0 && state.stepInRound < n { try checkpoint(report: false) }
+            if stop() { try checkpoint(report: false); return false }
         }
         // The round's end: annealed layers reach exactly their scheduled value even with 0 steps.
         state.alpha = alpha(atStep: max(1, n))
@@ -517,11 +500,13 @@ public final class PruneTuneLoop {
 
     // MARK: - Durable state
 
-    func checkpoint() throws {
+    /// Writes the resumable state; `report` also rewrites the report files (only phases add rows).
+    func checkpoint(report: Bool = true) throws {
         let loop = try JSONEncoder().encode(state)
         try Checkpoint.save(model: model, optimizer: optimizer,
                             state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
                             to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: ["loop.json": loop])
+        guard report else { return }
         try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
                              original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out)
     }

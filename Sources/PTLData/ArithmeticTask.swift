@@ -71,6 +71,9 @@ public struct ArithmeticTask: Sendable {
         return (question, lines.joined(separator: "\n") + "\n#### \(value)", value)
     }
 
+    /// The seed of the held-out test split that goes with training seed `seed` (`ptl data generate`).
+    public static func testSeed(_ seed: UInt64) -> UInt64 { seed ^ 0x7E57_7E57_7E57_7E57 }
+
     /// JSONL text of problems [start, start + count) of the stream.
     public func jsonl(seed: UInt64, start: Int = 0, count: Int) -> String {
         var out = ""

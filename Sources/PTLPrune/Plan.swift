@@ -142,9 +142,9 @@ public enum Selection {
         kind == .relativeChange ? s.relativeChange : s.blockInfluence
     }
 
-    /// The `k` lowest-scoring blocks (ties by index), sorted.
-    public static func lowestLayers(scores: [Double], count k: Int) -> [Int] {
-        scores.indices.sorted { (scores[$0], $0) < (scores[$1], $1) }.prefix(k).sorted()
+    /// The `k` lowest-scoring blocks not in `excluding` (ties by index), sorted.
+    public static func lowestLayers(scores: [Double], count k: Int, excluding: Set<Int> = []) -> [Int] {
+        scores.indices.filter { !excluding.contains($0) }.sorted { (scores[$0], $0) < (scores[$1], $1) }.prefix(k).sorted()
     }
 }
 

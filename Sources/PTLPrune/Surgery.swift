@@ -93,12 +93,13 @@ public struct Surgery: Sendable {
 }
 
 extension Model {
-    /// A copy whose block l has its attention and FFN outputs scaled by `scale[l]` folded into
+    /// The model with block l's attention and FFN outputs scaled by `scale[l]` folded into
     /// `o_proj` and `down_proj` (and their biases): h + α·W_o z = h + (αW_o) z, so a model tuned
-    /// with branch scales is saved as a plain HF model with the same function.
+    /// with branch scales is saved as a plain HF model with the same function. A copy when there
+    /// are scales; the model itself when `scale` is nil.
     public func foldingBranchScales(_ scale: [Float]?) -> Model {
+        guard let scale else { return self }
         let copy = Model(config: config, parameters: FloatBuffer(parameters.array()))
-        guard let scale else { return copy }
         for (l, o) in layout.layers.enumerated() where scale[l] != 1 {
             let a = scale[l], H = config.hiddenSize
             for (off, n) in [(o.o, H * config.qDim), (o.down, H * config.intermediateSize)] {

@@ -172,13 +172,15 @@ struct PTLCoordinatorCommand: ParsableCommand {
 
     func run() throws {
         installStopSignals { terminateRequested = true }
-        let tokenizer = try ModelSource.loadTokenizer(model)
+        // tokenizer.json is read (or, for GGUF, rebuilt) once: the loop also sends its text to workers.
+        let tokenizerJSON = try ModelSource.tokenizerJSON(model)
+        let tokenizer = try Tokenizer(data: Data(tokenizerJSON.utf8), source: "\(model) tokenizer")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         // Data and models are prepared before any worker starts: a large corpus or model takes
         // long enough to load that waiting workers would think the coordinator gone.
         let job: (Coordinator) throws -> Void = method == "train"
             ? { try train(coordinator: $0, tokenizer: tokenizer) }
-            : try prepareLoop(tokenizer: tokenizer)
+            : try prepareLoop(tokenizer: tokenizer, tokenizerJSON: tokenizerJSON)
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
         cs.heartbeatInterval = heartbeat
@@ -284,7 +286,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     }
 
     /// The Prune–Tune Loop (or a baseline) over the cluster.
-    func prepareLoop(tokenizer: Tokenizer) throws -> (Coordinator) throws -> Void {
+    func prepareLoop(tokenizer: Tokenizer, tokenizerJSON: String) throws -> (Coordinator) throws -> Void {
         var ls = LoopSettings()
         ls.method = PruneMethod(rawValue: method)!
         ls.target = targetParams
@@ -338,7 +340,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
             tune = problems(1, needed)
             calibration = problems(2, calibrationLines)
             heldOut = problems(3, heldoutLines)
-            eval = Array(problems(0 ^ 0x7E57_7E57_7E57_7E57, evalCount))
+            eval = problems(ArithmeticTask.testSeed(0), evalCount)
             if let evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(evalCount)) }
         }
         let evalLines = try eval.map { r -> String in
@@ -346,7 +348,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
             return String(decoding: try JSONSerialization.data(withJSONObject: ["question": q, "answer": a], options: [.sortedKeys]), as: UTF8.self)
         }
         let loopData = LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
-                                evalLines: evalLines, tokenizerJSON: try ModelSource.tokenizerJSON(model))
+                                evalLines: evalLines, tokenizerJSON: tokenizerJSON)
         var source = model
         if ModelSource.isGGUF(model) {
             source = (out as NSString).appendingPathComponent("tokenizer")

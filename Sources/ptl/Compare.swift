@@ -11,7 +11,7 @@ struct Compare: ParsableCommand {
         discussion: """
         Every variant is a ptl-coordinator run (OUT/<variant>-seed<k>/, resumable: a finished run is
         not repeated). Arguments after `--` go to every run (e.g. -- --target-params 0.5 --tune-steps 20).
-        Writes OUT/compare.md and OUT/compare.json.
+        Writes OUT/compare.md, OUT/compare.png and OUT/compare.json (every run's summary).
         """)
 
     static let allVariants: [(name: String, args: [String], what: String)] = [
@@ -80,7 +80,9 @@ struct Compare: ParsableCommand {
         try Data(plot(chosen.map(\.name), seed: seedList[0])).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare.png"))
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try enc.encode(results.map { ["variant": $0.variant, "seed": "\($0.seed)"] }).write(to: URL(fileURLWithPath: out).appendingPathComponent("compare-runs.json"))
+        struct Run: Encodable { var variant: String; var seed: UInt64; var summary: LoopReport.Summary }
+        try enc.encode(results.map { Run(variant: $0.variant, seed: $0.seed, summary: $0.summary) })
+            .write(to: URL(fileURLWithPath: out).appendingPathComponent("compare.json"))
         print(md)
     }
 
@@ -101,6 +103,11 @@ struct Compare: ParsableCommand {
     }
 
     func table(_ results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)]) -> String {
+        /// Mean accuracy of a variant over its seeds.
+        func meanAccuracy(_ variant: String) -> Double? {
+            let accs = results.filter { $0.variant == variant }.compactMap(\.summary.accuracy)
+            return accs.isEmpty ? nil : accs.reduce(0, +) / Double(accs.count)
+        }
         func pct(_ x: Double?) -> String { x.map { String(format: "%.1f", $0 * 100) } ?? "–" }
         guard let first = results.first?.summary else { return "no runs\n" }
         var md = "# ptl compare\n\n"
@@ -113,8 +120,7 @@ struct Compare: ParsableCommand {
         for r in results where !order.contains(r.variant) { order.append(r.variant) }
         for v in order {
             let rs = results.filter { $0.variant == v }
-            let accs = rs.compactMap { $0.summary.accuracy }
-            let mean = accs.isEmpty ? nil : accs.reduce(0, +) / Double(accs.count)
+            let mean = meanAccuracy(v)
             let s = rs[0].summary
             let kept = mean.flatMap { m in s.originalAccuracy.map { $0 > 0 ? m / $0 : 0 } }
             let speedups = rs.compactMap { r in r.summary.decodeTokensPerSecond.flatMap { t in r.summary.originalDecodeTokensPerSecond.map { t / $0 } } }
@@ -126,13 +132,9 @@ struct Compare: ParsableCommand {
             md += "\(losses.isEmpty ? "–" : losses.map { String(format: "%.3f", $0) }.joined(separator: " / ")) | "
             md += "\(String(format: "%.0f", rs.map(\.summary.tuneSeconds).reduce(0, +) / Double(rs.count))) |\n"
         }
-        if let ptl = results.filter({ $0.variant == "ptl" }).map(\.summary.accuracy).compactMap({ $0 }).first {
-            let ptlMean = results.filter { $0.variant == "ptl" }.compactMap(\.summary.accuracy).reduce(0, +) / Double(max(1, results.filter { $0.variant == "ptl" }.count))
-            _ = ptl
+        if let ptlMean = meanAccuracy("ptl") {
             for b in ["prune-once", "shortgpt"] {
-                let accs = results.filter { $0.variant == b }.compactMap(\.summary.accuracy)
-                guard !accs.isEmpty else { continue }
-                let m = accs.reduce(0, +) / Double(accs.count)
+                guard let m = meanAccuracy(b) else { continue }
                 md += "\nPTL (mean \(pct(ptlMean)) %) is \(ptlMean > m ? "ahead of" : ptlMean == m ? "level with" : "BEHIND") \(b) (mean \(pct(m)) %)."
             }
             md += "\n"

@@ -113,7 +113,7 @@ struct GenerateData: ParsableCommand {
         let task = try ArithmeticTask(settings: s)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try Data(task.jsonl(seed: seed, count: train).utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("train.jsonl"))
-        try Data(task.jsonl(seed: seed ^ 0x7E57_7E57_7E57_7E57, count: test).utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("test.jsonl"))
+        try Data(task.jsonl(seed: ArithmeticTask.testSeed(seed), count: test).utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("test.jsonl"))
         print("wrote \(train) training and \(test) test problems to \(out)")
     }
 }

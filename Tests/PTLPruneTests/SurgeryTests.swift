@@ -102,6 +102,7 @@ func maxRelDiff(_ a: [Float], _ b: [Float]) -> Float {
         let scores: [Double] = [5, 1, 3, 2, /* block 1 */ 0, 9, 0, 4]
         #expect(Selection.lowestNeurons(scores: scores, layers: 2, intermediate: 4, count: 2) == [[1, 3], [0, 2]])
         #expect(Selection.lowestLayers(scores: [0.3, 0.1, 0.2, 0.9], count: 2) == [1, 2])
+        #expect(Selection.lowestLayers(scores: [0.3, 0.1, 0.2, 0.9], count: 2, excluding: [1]) == [0, 2])
     }
 }
 
