@@ -3,9 +3,19 @@ import PTLFormats
 import PTLModel
 import PTLTensor
 
-/// The coordinator's durable state: the model as an HF directory plus the optimizer moments
-/// and the step, written to a temporary directory, fsynced, and renamed into place, so a
-/// checkpoint is either complete or absent.
+/// A checkpoint that cannot be used: missing files, or a file whose size or CRC-32C disagrees
+/// with the manifest (a torn or corrupted write).
+public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
+/// The coordinator's durable state: the model as an HF directory plus the optimizer moments,
+/// the step and any extra files (loop state, ledger), written to a temporary directory with a
+/// `manifest.json` of every file's size and CRC-32C, fsynced, and renamed into place. The
+/// previous checkpoint survives as `.NAME.old` until the new one is in place, so at every
+/// instant one complete checkpoint exists; loading verifies the manifest and falls back to the
+/// older one when the newer is damaged.
 public enum Checkpoint {
     public struct State: Codable, Sendable {
         public var step: Int
@@ -16,22 +26,47 @@ public enum Checkpoint {
         }
     }
 
+    struct Manifest: Codable {
+        struct Entry: Codable { var bytes: Int; var crc32c: UInt32 }
+        var files: [String: Entry]
+    }
+
+    /// Fault injection for the torn-checkpoint test: the process kills itself (SIGKILL) in the
+    /// middle of its Nth checkpoint write, after the weights and before the manifest and rename.
+    nonisolated(unsafe) public static var killDuringWrite: Int?
+    nonisolated(unsafe) static var writes = 0
+
+    static func siblings(_ dir: String) -> (temp: URL, old: URL, target: URL) {
+        let target = URL(fileURLWithPath: dir)
+        let parent = target.deletingLastPathComponent()
+        return (parent.appendingPathComponent(".\(target.lastPathComponent).writing"),
+                parent.appendingPathComponent(".\(target.lastPathComponent).old"), target)
+    }
+
     /// Writes `dir` atomically.
     public static func save(model: Model, optimizer: AdamW, state: State, to dir: String, copyTokenizerFrom source: String?,
                             extraFiles: [String: Data] = [:]) throws {
         let fm = FileManager.default
-        let target = URL(fileURLWithPath: dir)
-        let temp = target.deletingLastPathComponent().appendingPathComponent(".\(target.lastPathComponent).writing")
+        let (temp, old, target) = siblings(dir)
         try? fm.removeItem(at: temp)
         try HFModel.save(model, to: temp.path, copyFrom: source)
         try Safetensors.write([("m", TensorF32(shape: [optimizer.m.count], values: optimizer.m.array())),
                                ("v", TensorF32(shape: [optimizer.v.count], values: optimizer.v.array()))],
                               to: temp.appendingPathComponent("optimizer.safetensors").path)
+        writes += 1
+        if let k = killDuringWrite, k == writes { kill(getpid(), SIGKILL) }
         try JSONEncoder().encode(state).write(to: temp.appendingPathComponent("state.json"))
         for (name, data) in extraFiles { try data.write(to: temp.appendingPathComponent(name)) }
+        var manifest = Manifest(files: [:])
+        for f in try fm.contentsOfDirectory(atPath: temp.path).sorted() {
+            let data = try Data(contentsOf: temp.appendingPathComponent(f), options: .alwaysMapped)
+            manifest.files[f] = .init(bytes: data.count, crc32c: data.withUnsafeBytes { CRC32C.checksum($0) })
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try enc.encode(manifest).write(to: temp.appendingPathComponent("manifest.json"))
         for f in try fm.contentsOfDirectory(atPath: temp.path) { fsync(path: temp.appendingPathComponent(f).path) }
         fsync(path: temp.path)
-        let old = target.deletingLastPathComponent().appendingPathComponent(".\(target.lastPathComponent).old")
         try? fm.removeItem(at: old)
         if fm.fileExists(atPath: target.path) { try fm.moveItem(at: target, to: old) }
         try fm.moveItem(at: temp, to: target)
@@ -39,8 +74,50 @@ public enum Checkpoint {
         try? fm.removeItem(at: old)
     }
 
-    /// Reads a checkpoint: the model, the optimizer (moments and step), and the state.
+    /// Checks every file of the manifest (size and CRC-32C); throws naming the first problem.
+    public static func verify(_ dir: String) throws {
+        let url = URL(fileURLWithPath: dir)
+        guard let data = try? Data(contentsOf: url.appendingPathComponent("manifest.json")) else {
+            throw CheckpointError(message: "\(dir): no manifest.json (an incomplete write)")
+        }
+        guard let manifest = try? JSONDecoder().decode(Manifest.self, from: data) else {
+            throw CheckpointError(message: "\(dir)/manifest.json does not parse")
+        }
+        for (name, entry) in manifest.files.sorted(by: { $0.key < $1.key }) {
+            guard let bytes = try? Data(contentsOf: url.appendingPathComponent(name), options: .alwaysMapped) else {
+                throw CheckpointError(message: "\(dir)/\(name) is missing")
+            }
+            guard bytes.count == entry.bytes else {
+                throw CheckpointError(message: "\(dir)/\(name) has \(bytes.count) bytes, the manifest says \(entry.bytes)")
+            }
+            guard bytes.withUnsafeBytes({ CRC32C.checksum($0) }) == entry.crc32c else {
+                throw CheckpointError(message: "\(dir)/\(name) fails its CRC-32C check (corrupted)")
+            }
+        }
+    }
+
+    /// The newest complete checkpoint of `dir`: `dir` itself, or the previous one kept while a
+    /// newer was being put in place; nil when there is none. Throws when checkpoints exist but
+    /// none verifies.
+    public static func newest(_ dir: String, log: (String) -> Void = { _ in }) throws -> String? {
+        let (_, old, target) = siblings(dir)
+        var problems: [String] = []
+        for candidate in [target, old] where FileManager.default.fileExists(atPath: candidate.path) {
+            do {
+                try verify(candidate.path)
+                return candidate.path
+            } catch {
+                log("checkpoint \(candidate.path) rejected: \(error)")
+                problems.append("\(error)")
+            }
+        }
+        if problems.isEmpty { return nil }
+        throw CheckpointError(message: "no usable checkpoint: " + problems.joined(separator: "; ") + " — pass --fresh to start over")
+    }
+
+    /// Reads a checkpoint (verified first): the model, the optimizer (moments and step), and the state.
     public static func load(from dir: String, settings: AdamWSettings) throws -> (Model, AdamW, State) {
+        try verify(dir)
         let model = try HFModel.load(directory: dir)
         let moments = try Safetensors.read(path: (dir as NSString).appendingPathComponent("optimizer.safetensors"))
         guard let m = moments["m"], let v = moments["v"], m.count == model.layout.count, v.count == model.layout.count else {

@@ -46,6 +46,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Polled while a phase runs: true (e.g. after SIGTERM) abandons the phase with `Interrupted`.
     public var shouldStop: () -> Bool = { false }
     private var lastHeartbeat = 0.0
+    /// Called on every turn of the event loop (the local-worker supervisor restarts dead workers here).
+    public var onPump: () -> Void = {}
 
     public init(context: ZMQContext, bind endpoint: String, settings: CoordinatorSettings = CoordinatorSettings(),
                 clock: Clock = SystemClock()) throws {
@@ -57,6 +59,8 @@ public final class Coordinator: @unchecked Sendable {
         self.clock = clock
         scheduler = TaskScheduler(clock: clock, workerTimeout: settings.heartbeatInterval * settings.liveness,
                                   leaseSeconds: settings.leaseSeconds)
+        // Attempt tokens unique to this process (2^12 attempts a task a phase before they wrap).
+        scheduler.attemptBase = UInt32(truncatingIfNeeded: UInt64(Date().timeIntervalSince1970 * 10) & 0xF_FFFF) << 12
     }
 
     public var endpoint: String { socket.lastEndpoint }
@@ -80,6 +84,7 @@ public final class Coordinator: @unchecked Sendable {
 
     /// One turn of the event loop: receive what arrived, expire, lease, heartbeat.
     public func pump(milliseconds: Int) throws {
+        onPump()
         // Idle workers get work before we wait: a new phase must not sit out a poll timeout.
         try dispatch()
         if try socket.poll(milliseconds: milliseconds) {
@@ -114,6 +119,25 @@ public final class Coordinator: @unchecked Sendable {
         log("rejected message: \(detail)")
     }
 
+    func take(_ key: Ptl_V1_TaskKey, from worker: String, _ message: WireMessage) {
+        switch scheduler.complete(key, from: worker, output: message) {
+        case .accepted: break
+        case .duplicate: log("duplicate result \(TaskID(key)) attempt \(key.attempt) from \(worker) dropped")
+        case .stale: log("stale result \(TaskID(key)) from \(worker): attempt \(key.attempt) holds no valid lease; rejected")
+        }
+    }
+
+    /// Counters for a metrics line: rejected messages by kind, duplicates, stale results,
+    /// requeues, dropped workers.
+    public var counters: [String: Int] {
+        var c = rejected
+        c["duplicate_results"] = scheduler.duplicates
+        c["stale_results"] = scheduler.stale
+        c["requeued"] = scheduler.requeued
+        c["dropped_workers"] = scheduler.expiredWorkers
+        return c
+    }
+
     func handle(_ frames: [[UInt8]]) {
         guard frames.count >= 2 else { reject("malformed_envelope", "no envelope frame"); return }
         let worker = String(decoding: frames[0], as: UTF8.self)
@@ -131,7 +155,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         let env = message.envelope
         if env.type != .ready && !scheduler.isKnown(worker) {
-            try? send(to: worker, WireMessage(envelope: Messages.envelope(.disconnect)))
+            // A dropped worker coming back (a zombie): its result can only be stale; count it.
+            if env.type == .result { take(env.task, from: worker, message) }
+            if env.type != .disconnect { try? send(to: worker, WireMessage(envelope: Messages.envelope(.disconnect))) }
             return
         }
         scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
@@ -139,7 +165,10 @@ public final class Coordinator: @unchecked Sendable {
         case .ready:
             log("worker \(worker) ready (\(env.ready.threads) threads)")
         case .result:
-            if !scheduler.complete(env.task, from: worker, output: message) { log("duplicate or late result \(TaskID(env.task)) dropped") }
+            take(env.task, from: worker, message)
+        case .disconnect:
+            log("worker \(worker) left")
+            scheduler.remove(worker)
         case .error where env.error.message == WorkerClient.busyMessage:
             scheduler.busy(env.task, on: worker)
         case .error:

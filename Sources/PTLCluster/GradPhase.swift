@@ -94,6 +94,27 @@ public enum GradPhase {
     }
 }
 
+/// One applied result: which worker's answer to which attempt of (step, shard) went into the weights.
+public struct LedgerEntry: Codable, Sendable, Equatable {
+    public var step: Int
+    public var shard: Int
+    public var worker: String
+    public var attempt: UInt32
+
+    /// JSON lines, one entry each.
+    public static func jsonl(_ entries: [LedgerEntry]) -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var out = Data()
+        for e in entries { out += (try? enc.encode(e)) ?? Data(); out += Data("\n".utf8) }
+        return out
+    }
+
+    public static func parse(_ data: Data) throws -> [LedgerEntry] {
+        try data.split(separator: UInt8(ascii: "\n")).map { try JSONDecoder().decode(LedgerEntry.self, from: Data($0)) }
+    }
+}
+
 /// The coordinator side of data-parallel training over the cluster.
 public final class DistributedTrainer {
     public let coordinator: Coordinator
@@ -108,11 +129,16 @@ public final class DistributedTrainer {
     let grads: FloatBuffer
     var accumulator: [Double] = []
     public private(set) var step = 0
+    /// Every (step, shard) gradient applied to the weights, with the worker and attempt token
+    /// whose result was used: checkpointed with the weights, so it lists exactly what the
+    /// current weights contain.
+    public private(set) var ledger: [LedgerEntry] = []
 
-    /// Continues from a checkpoint: the optimizer's moments and the step count.
-    public func resume(optimizer: AdamW, step: Int) {
+    /// Continues from a checkpoint: the optimizer's moments, the step count and the ledger.
+    public func resume(optimizer: AdamW, step: Int, ledger: [LedgerEntry] = []) {
         self.optimizer = optimizer
         self.step = step
+        self.ledger = ledger
     }
 
     public init(coordinator: Coordinator, model: Model, sequences: [[Int]], settings: TrainingSettings, shards: Int, run: String = "run") throws {
@@ -140,6 +166,12 @@ public final class DistributedTrainer {
         let r = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
                                    accumulator: &accumulator, batch: indices.map { sequences[$0] }, shards: shards, key: key,
                                    lr: schedule.rate(at: step), clip: settings.clip)
+        for s in 0..<shards {
+            var k = key
+            k.phase = .grad; k.shard = UInt32(s)
+            let from = coordinator.scheduler.acceptedFrom[TaskID(k)]
+            ledger.append(LedgerEntry(step: step, shard: s, worker: from?.worker ?? "", attempt: from?.attempt ?? 0))
+        }
         step += 1
         return (r.loss, r.gradNorm, r.tokens)
     }

@@ -166,13 +166,14 @@ public final class PruneTuneLoop {
         original = ModelCost(config: start.config)
         var adam = AdamWSettings()
         adam.weightDecay = settings.weightDecay
-        let stateFile = (out as NSString).appendingPathComponent("checkpoint/loop.json")
-        if !fresh, FileManager.default.fileExists(atPath: stateFile) {
+        let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"))
+        if let found {
+            let stateFile = (found as NSString).appendingPathComponent("loop.json")
             let s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
             guard s.settings == settings else {
                 throw ModelError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
             }
-            (model, optimizer, _) = try Checkpoint.load(from: (out as NSString).appendingPathComponent("checkpoint"), settings: adam)
+            (model, optimizer, _) = try Checkpoint.load(from: found, settings: adam)
             state = s
         } else {
             func plan(_ method: PruneMethod) throws -> PrunePlan {

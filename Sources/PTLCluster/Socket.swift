@@ -82,6 +82,9 @@ public final class ZMQSocket: @unchecked Sendable {
     }
 
     /// The identity a ROUTER sees for this DEALER.
+    /// How long unsent messages are kept when the socket closes.
+    public func setLinger(milliseconds: Int32) throws { try setInt(ZMQ_LINGER, milliseconds) }
+
     public func setRoutingID(_ id: [UInt8]) throws { try setBytes(ZMQ_ROUTING_ID, id) }
 
     /// Makes this socket a CURVE server with its secret key (32 bytes).

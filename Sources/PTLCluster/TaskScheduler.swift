@@ -56,9 +56,19 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     private var keys: [TaskID: Ptl_V1_TaskKey] = [:]
     private var pending: [TaskID] = []            // in shard order
     private var attempts: [TaskID: UInt32] = [:]
+    /// Leases still valid: task → attempt token → the worker it was leased to. A lease is
+    /// revoked when it expires, its worker is dropped or re-registers, or the worker refuses or
+    /// fails the task; a result is accepted only under a valid lease.
+    private var leases: [TaskID: [UInt32: String]] = [:]
     public private(set) var results: [TaskID: Output] = [:]
-    /// Counters for the metrics line.
-    public private(set) var requeued = 0, duplicates = 0, expiredWorkers = 0
+    /// Who produced each accepted result of this phase, with the attempt token.
+    public private(set) var acceptedFrom: [TaskID: (worker: String, attempt: UInt32)] = [:]
+    /// Counters for the metrics line (over the scheduler's life, not per phase).
+    public private(set) var requeued = 0, duplicates = 0, expiredWorkers = 0, stale = 0
+    /// Attempt tokens of this scheduler start above this base, so a result computed for an
+    /// earlier coordinator process (same task key, attempt from before a restart) never
+    /// matches a lease of this one.
+    public var attemptBase: UInt32 = 0
 
     public init(clock: Clock, workerTimeout: Double, leaseSeconds: Double) {
         self.clock = clock
@@ -68,7 +78,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
 
     /// Starts a phase: these tasks, none finished.
     public func startPhase(_ tasks: [Ptl_V1_TaskKey]) {
-        keys = [:]; pending = []; attempts = [:]; results = [:]; failures = [:]; hopeless = []
+        keys = [:]; pending = []; attempts = [:]; results = [:]; failures = [:]; hopeless = []; leases = [:]; acceptedFrom = [:]
         for k in tasks {
             let id = TaskID(k)
             keys[id] = k
@@ -87,7 +97,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
             workers[worker] = WorkerState(lastSeen: now, threads: threads ?? 1, task: nil, leaseDeadline: 0)
         } else if threads != nil {
             // READY again: the worker reconnected and forgot what it had; its task goes back.
-            if let t = workers[worker]!.task, results[t] == nil { requeue(t) }
+            if let t = workers[worker]!.task { revoke(t, from: worker); if results[t] == nil { requeue(t) } }
             workers[worker] = WorkerState(lastSeen: now, threads: threads!, task: nil, leaseDeadline: 0)
         } else {
             workers[worker]!.lastSeen = now
@@ -99,7 +109,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
 
     /// Drops a worker (it said goodbye, or errored fatally) and requeues its task.
     public func remove(_ worker: String) {
-        if let t = workers[worker]?.task, results[t] == nil { requeue(t) }
+        if let t = workers[worker]?.task { revoke(t, from: worker); if results[t] == nil { requeue(t) } }
         workers[worker] = nil
     }
 
@@ -109,8 +119,9 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         for w in workers.keys.sorted() where workers[w]!.task == nil && !workers[w]!.occupied {
             guard !pending.isEmpty else { break }
             let id = pending.removeFirst()
-            let attempt = (attempts[id] ?? 0) + 1
+            let attempt = (attempts[id] ?? attemptBase) + 1
             attempts[id] = attempt
+            leases[id, default: [:]][attempt] = w
             var key = keys[id]!
             key.attempt = attempt
             workers[w]!.task = id
@@ -120,17 +131,34 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         return out
     }
 
-    /// A result arrived. Returns false when it is a duplicate or for a task not in this phase
-    /// (late results of an expired lease, or of an earlier phase): it is dropped.
+    /// How a result was taken.
+    public enum Verdict: String, Sendable {
+        case accepted
+        /// The result already taken, sent again.
+        case duplicate
+        /// The attempt token is not a valid lease held by the sender (expired, revoked, of
+        /// another phase or another coordinator process): a zombie's result.
+        case stale
+    }
+
+    /// A result arrived: accepted only for a task of this phase without a result yet, under a
+    /// valid lease (attempt token) held by `worker`; otherwise dropped and counted.
     @discardableResult
-    public func complete(_ key: Ptl_V1_TaskKey, from worker: String, output: Output) -> Bool {
+    public func complete(_ key: Ptl_V1_TaskKey, from worker: String, output: Output) -> Verdict {
         let id = TaskID(key)
         if workers[worker]?.task == id { workers[worker]!.task = nil }
         workers[worker]?.occupied = false
-        guard keys[id] != nil, results[id] == nil else { duplicates += 1; return false }
+        if let a = acceptedFrom[id], a.worker == worker, a.attempt == key.attempt { duplicates += 1; return .duplicate }
+        guard keys[id] != nil, results[id] == nil, leases[id]?[key.attempt] == worker else { stale += 1; return .stale }
         results[id] = output
+        acceptedFrom[id] = (worker, key.attempt)
+        leases[id] = nil
         pending.removeAll { $0 == id }
-        return true
+        return .accepted
+    }
+
+    private func revoke(_ id: TaskID, from worker: String) {
+        leases[id] = leases[id]?.filter { $0.value != worker }
     }
 
     /// The worker refused a task because it is still computing an earlier one: the task goes
@@ -138,6 +166,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     public func busy(_ key: Ptl_V1_TaskKey, on worker: String) {
         let id = TaskID(key)
         if workers[worker]?.task == id { workers[worker]!.task = nil }
+        revoke(id, from: worker)
         workers[worker]?.occupied = true
         if keys[id] != nil, results[id] == nil { requeue(id) }
     }
@@ -152,6 +181,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     public func failed(_ key: Ptl_V1_TaskKey, on worker: String, reason: String = "") {
         let id = TaskID(key)
         if workers[worker]?.task == id { workers[worker]!.task = nil }
+        revoke(id, from: worker)
         guard keys[id] != nil, results[id] == nil else { return }
         failures[id, default: 0] += 1
         if failures[id]! >= maxFailures {
@@ -173,6 +203,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
                 remove(w)
             } else if let t = s.task, now > s.leaseDeadline {
                 workers[w]!.task = nil
+                revoke(t, from: w)
                 if results[t] == nil { requeue(t) }
             }
         }

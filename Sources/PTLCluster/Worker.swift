@@ -23,6 +23,11 @@ public struct WorkerSettings: Sendable {
     public var threads = 1
     /// CURVE: the coordinator's public key and this worker's secret key (Z85); nil means plain TCP.
     public var curve: (serverPublicKey: String, secretKey: String)?
+    /// A directory where the last model version received is kept (config, weights,
+    /// tokenizer), so a restarted worker does not fetch it again; nil keeps it in memory only.
+    public var cacheDirectory: String?
+    /// Fault injection (tests only).
+    public var faults: FaultPlan?
     public init() {}
 }
 
@@ -41,7 +46,7 @@ public final class WorkerClient: @unchecked Sendable {
     var waiting: (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])?
     let done = DoneBox()
     var busy = false
-    public var log: (String) -> Void = { _ in }
+    public var log: @Sendable (String) -> Void = { _ in }
     public private(set) var reconnects = 0
     public private(set) var tasksRun = 0
 
@@ -83,7 +88,7 @@ public final class WorkerClient: @unchecked Sendable {
 
     /// Runs until `shouldStop` returns true.
     public func run(shouldStop: () -> Bool) throws {
-        try send(Messages.ready(workerID: id, threads: settings.threads))
+        try send(Messages.ready(workerID: id, threads: settings.threads, cachedModel: cachedHash ?? ""))
         var lastHeard = clock.now(), lastSent = clock.now()
         var backoff = settings.minBackoff
         while !shouldStop() {
@@ -98,7 +103,24 @@ public final class WorkerClient: @unchecked Sendable {
             if let result = done.take() {
                 busy = false
                 tasksRun += 1
-                try send(result)
+                let fault = result.envelope.type == .result ? settings.faults?.fault(for: result.envelope.task) : nil
+                switch fault {
+                case .dropResult:
+                    log("fault injection: dropping the result of \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt & 0xFFF)")
+                case .duplicateResult:
+                    log("fault injection: sending the result of \(TaskID(result.envelope.task)) twice")
+                    try send(result)
+                    try send(result)
+                case .dieAfterSend:
+                    try send(result)
+                    log("fault injection: dying right after sending the result of \(TaskID(result.envelope.task))")
+                    usleep(20_000)
+                    _exit(70)
+                default:
+                    log(result.envelope.type == .result ? "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): result sent"
+                                                        : "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): failed: \(result.envelope.error.message)")
+                    try send(result)
+                }
                 lastSent = clock.now()
             }
             let now = clock.now()
@@ -114,11 +136,14 @@ public final class WorkerClient: @unchecked Sendable {
                 backoff = min(settings.maxBackoff, backoff * 2)
                 socket = try WorkerClient.connect(id: id, endpoint: endpoint, context: context, curve: settings.curve)
                 reconnects += 1
-                try send(Messages.ready(workerID: id, threads: settings.threads))
+                try send(Messages.ready(workerID: id, threads: settings.threads, cachedModel: cachedHash ?? ""))
                 lastHeard = clock.now()
                 lastSent = lastHeard
             }
         }
+        // Leaving on purpose: say so, so the coordinator requeues our task at once.
+        try? socket.setLinger(milliseconds: 200)
+        try? send(WireMessage(envelope: Messages.envelope(.disconnect)))
     }
 
     func handle(_ frames: [[UInt8]]) throws {
@@ -133,6 +158,13 @@ public final class WorkerClient: @unchecked Sendable {
             try send(Messages.ready(workerID: id, threads: settings.threads))
         case .task:
             guard !busy else { try send(Messages.error(env.task, WorkerClient.busyMessage)); return }
+            if settings.faults?.fault(for: env.task) == .dieBeforeCompute {
+                log("fault injection: dying before computing \(TaskID(env.task))")
+                _exit(70)
+            }
+            if models[env.taskSpec.modelHash] == nil, let cached = loadCached(env.taskSpec.modelHash) {
+                models = [cached.hash: cached]
+            }
             if models[env.taskSpec.modelHash] == nil {
                 waiting = (env.task, env.taskSpec, message.tensors)
                 var e = Messages.envelope(.modelRequest)
@@ -146,7 +178,9 @@ public final class WorkerClient: @unchecked Sendable {
         case .modelResponse:
             guard let w = message.tensor("weights")?.floats else { log("model response without weights"); return }
             let r = env.modelResponse
-            models = [r.modelHash: ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)]   // keep one version
+            let version = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
+            models = [r.modelHash: version]   // keep one version
+            store(version)
             if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash {
                 waiting = nil
                 start(t.key, t.spec, t.inputs)
@@ -159,14 +193,62 @@ public final class WorkerClient: @unchecked Sendable {
         }
     }
 
+    /// The hash of the model version in the disk cache, if any.
+    var cachedHash: String? {
+        guard let dir = settings.cacheDirectory else { return nil }
+        return (try? FileManager.default.contentsOfDirectory(atPath: dir))?.first { $0.hasSuffix(".model") }.map { String($0.dropLast(6)) }
+    }
+
+    /// Keeps `version` as the only model in the disk cache (written to a temporary name, then renamed).
+    func store(_ version: ModelVersion) {
+        guard let dir = settings.cacheDirectory else { return }
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let url = URL(fileURLWithPath: dir)
+            let temp = url.appendingPathComponent(".\(version.hash).writing")
+            try? fm.removeItem(at: temp)
+            try fm.createDirectory(at: temp, withIntermediateDirectories: true)
+            try Data(version.config.utf8).write(to: temp.appendingPathComponent("config.json"))
+            try Data(version.tokenizer.utf8).write(to: temp.appendingPathComponent("tokenizer.json"))
+            try version.weights.withUnsafeBytes { try Data($0).write(to: temp.appendingPathComponent("weights.f32")) }
+            for old in try fm.contentsOfDirectory(atPath: dir) where old.hasSuffix(".model") { try? fm.removeItem(at: url.appendingPathComponent(old)) }
+            try fm.moveItem(at: temp, to: url.appendingPathComponent("\(version.hash).model"))
+        } catch {
+            log("could not cache model \(version.hash) in \(dir): \(error)")
+        }
+    }
+
+    /// The cached model version `hash`, checked against its content hash; nil when absent or damaged.
+    func loadCached(_ hash: String) -> ModelVersion? {
+        guard let dir = settings.cacheDirectory else { return nil }
+        let url = URL(fileURLWithPath: dir).appendingPathComponent("\(hash).model")
+        guard let config = try? String(contentsOf: url.appendingPathComponent("config.json"), encoding: .utf8),
+              let tokenizer = try? String(contentsOf: url.appendingPathComponent("tokenizer.json"), encoding: .utf8),
+              let raw = try? Data(contentsOf: url.appendingPathComponent("weights.f32")), raw.count % 4 == 0 else { return nil }
+        let weights = raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        guard weights.withUnsafeBufferPointer({ modelHash(configJSON: config, weights: $0) }) == hash else {
+            log("cached model \(hash) is damaged: fetching it again")
+            return nil
+        }
+        log("model \(hash) loaded from the cache \(dir)")
+        return ModelVersion(hash: hash, config: config, weights: weights, tokenizer: tokenizer)
+    }
+
     func start(_ key: Ptl_V1_TaskKey, _ spec: Ptl_V1_Task, _ inputs: [WireTensor]) {
         busy = true
+        log("task \(TaskID(key)) attempt \(key.attempt): computing")
         let model = models[spec.modelHash]!
-        let handler = self.handler, done = self.done
+        let handler = self.handler, done = self.done, faults = settings.faults, log = self.log
         DispatchQueue.global().async {
             let reply: WireMessage
             do {
+                if let f = faults, f.delayMilliseconds > 0 { usleep(UInt32(f.delayMilliseconds) * 1000) }
                 let (result, tensors) = try handler(key, spec, inputs, model)
+                if faults?.fault(for: key) == .dieMidCompute {
+                    log("fault injection: dying while computing \(TaskID(key))")
+                    _exit(70)
+                }
                 var e = Messages.envelope(.result, run: key.run)
                 e.task = key
                 e.result = result

@@ -138,6 +138,30 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "Heartbeat interval in seconds.")
     var heartbeat: Double = 1
 
+    @Option(help: "Heartbeats a worker may miss before it is dropped and its task requeued.")
+    var liveness: Double = 3
+
+    @Option(help: "Seconds a task may run before it is leased to another worker.")
+    var lease: Double = 600
+
+    @Option(help: "Largest tensor frame accepted from a worker, in bytes (bigger messages are refused).")
+    var maxTensorBytes: Int = 1 << 31
+
+    @Option(help: "Local workers keep their last model version under OUT/workers/ID (a restarted worker need not fetch it).")
+    var localWorkerCache = true
+
+    @Option(help: "Fault injection (tests): the local workers stage faults with this seed (see ptl-worker --fault-seed).")
+    var workerFaultSeed: UInt64?
+
+    @Option(help: "Fault injection: the local workers' fault rate.")
+    var workerFaultRate: Double = 0.3
+
+    @Option(help: "Fault injection: the local workers' delay before computing, ms.")
+    var workerFaultDelayMs: Int = 0
+
+    @Option(help: "Fault injection (tests): SIGKILL this process in the middle of its Nth checkpoint write.")
+    var faultKillInCheckpoint: Int?
+
     @Flag(help: "Ignore an existing checkpoint and start over.")
     var fresh = false
 
@@ -165,6 +189,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         if tuneSteps < 1 || calibrationLines < 1 || heldoutLines < 1 || evalCount < 1 {
             throw ValidationError("--tune-steps, --calibration-lines, --heldout-lines and --eval-count must be at least 1")
         }
+        if !(liveness >= 1) || !(lease > 0) || maxTensorBytes < 1024 { throw ValidationError("--liveness must be ≥ 1, --lease > 0, --max-tensor-bytes ≥ 1024") }
         if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
     }
 
@@ -184,6 +209,10 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
         cs.heartbeatInterval = heartbeat
+        cs.liveness = liveness
+        cs.leaseSeconds = lease
+        cs.maxTensorBytes = maxTensorBytes
+        Checkpoint.killDuringWrite = faultKillInCheckpoint
         var authenticator: CurveAuthenticator? = nil
         var localKey: (pub: String, secret: String)? = nil
         if let curveSecretKey, let allowKeys {
@@ -204,11 +233,8 @@ struct PTLCoordinatorCommand: ParsableCommand {
         coordinator.log = { say($0) }
         coordinator.shouldStop = { terminateRequested }
         say("bound \(coordinator.endpoint)")
-        var children: [Process] = []
-        defer {
-            for c in children where c.isRunning { c.terminate() }
-            for c in children { c.waitUntilExit() }
-        }
+        // The endpoint actually bound (a port 0 or * bind picks one), for scripts and tests.
+        try Data((coordinator.endpoint + "\n").utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("endpoint"), options: .atomic)
         let workerExe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("ptl-worker")
         let keyDir = URL(fileURLWithPath: out).appendingPathComponent("keys")
         if let localKey, let curveSecretKey {
@@ -216,18 +242,25 @@ struct PTLCoordinatorCommand: ParsableCommand {
             try writeKey(localKey.secret, to: keyDir.appendingPathComponent("local-worker.key").path)
             try writeKey(try CurveKeys.publicKey(fromSecret: try readKey(curveSecretKey)), to: keyDir.appendingPathComponent("coordinator.pub").path)
         }
+        var arguments: [[String]] = []
         for i in 0..<localWorkers {
-            let p = Process()
-            p.executableURL = workerExe
-            p.arguments = ["--connect", coordinator.endpoint, "--threads", "\(threadsPerWorker)", "--id", "local-\(i)", "--heartbeat", "\(heartbeat)",
-                           "--parent-pid", "\(getpid())"]
+            var a = ["--connect", coordinator.endpoint, "--threads", "\(threadsPerWorker)", "--id", "local-\(i)", "--heartbeat", "\(heartbeat)",
+                     "--parent-pid", "\(getpid())"]
+            if localWorkerCache { a += ["--cache", URL(fileURLWithPath: out).appendingPathComponent("workers/local-\(i)").path] }
             if localKey != nil {
-                p.arguments! += ["--curve-server-key", keyDir.appendingPathComponent("coordinator.pub").path,
-                                 "--curve-secret-key", keyDir.appendingPathComponent("local-worker.key").path]
+                a += ["--curve-server-key", keyDir.appendingPathComponent("coordinator.pub").path,
+                      "--curve-secret-key", keyDir.appendingPathComponent("local-worker.key").path]
             }
-            try p.run()
-            children.append(p)
+            if let workerFaultSeed {
+                a += ["--fault-seed", "\(workerFaultSeed)", "--fault-rate", "\(workerFaultRate)", "--fault-delay-ms", "\(workerFaultDelayMs)"]
+            }
+            arguments.append(a)
         }
+        let supervisor = LocalWorkers(executable: workerExe, arguments: arguments, log: { say($0) })
+        defer { supervisor.stopAll() }
+        try supervisor.startAll()
+        // A local worker that dies is started again, as the compose file's restart policy does.
+        coordinator.onPump = { if !terminateRequested { supervisor.restartDead() } }
         try job(coordinator)
     }
 
@@ -246,43 +279,45 @@ struct PTLCoordinatorCommand: ParsableCommand {
         settings.warmup = min(steps / 10, 100)
         let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
         var start: (Model, AdamW, Checkpoint.State)? = nil
-        if !fresh && FileManager.default.fileExists(atPath: (checkpointDir as NSString).appendingPathComponent("state.json")) {
-            start = try Checkpoint.load(from: checkpointDir, settings: settings.adamW)
-            say("resuming from \(checkpointDir) at step \(start!.2.step)")
+        var ledger: [LedgerEntry] = []
+        if !fresh, let found = try Checkpoint.newest(checkpointDir, log: { say($0) }) {
+            start = try Checkpoint.load(from: found, settings: settings.adamW)
+            ledger = try LedgerEntry.parse(Data(contentsOf: URL(fileURLWithPath: found).appendingPathComponent("ledger.jsonl")))
+            say("resuming from \(found) at step \(start!.2.step)")
         }
         let m = try start?.0 ?? ModelSource.loadModel(model)
         say("\(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
         let trainer = try DistributedTrainer(coordinator: coordinator, model: m, sequences: sequences, settings: settings, shards: shards)
-        if let (_, opt, state) = start { trainer.resume(optimizer: opt, step: state.step) }
+        if let (_, opt, state) = start { trainer.resume(optimizer: opt, step: state.step, ledger: ledger) }
         let metricsURL = URL(fileURLWithPath: out).appendingPathComponent("metrics.jsonl")
         if !FileManager.default.fileExists(atPath: metricsURL.path) { FileManager.default.createFile(atPath: metricsURL.path, contents: nil) }
         let metrics = try FileHandle(forWritingTo: metricsURL)
         metrics.seekToEndOfFile()
         let source = ModelSource.isGGUF(model) ? nil : model
+        func save() throws {
+            try Checkpoint.save(model: m, optimizer: trainer.optimizer,
+                                state: Checkpoint.State(step: trainer.step, optimizerStep: trainer.optimizer.step, run: "run"),
+                                to: checkpointDir, copyTokenizerFrom: source, extraFiles: ["ledger.jsonl": LedgerEntry.jsonl(trainer.ledger)])
+        }
         while trainer.step < steps && !terminateRequested {
             let t0 = Date()
             let r: (loss: Double, gradNorm: Double, tokens: Int)
             do { r = try trainer.runStep() } catch is Interrupted {
-                try Checkpoint.save(model: m, optimizer: trainer.optimizer,
-                                    state: Checkpoint.State(step: trainer.step, optimizerStep: trainer.optimizer.step, run: "run"),
-                                    to: checkpointDir, copyTokenizerFrom: source)
+                try save()
                 break
             }
-            let line = String(format: "{\"step\":%d,\"loss\":%.6f,\"grad_norm\":%.6f,\"tokens\":%d,\"workers\":%d,\"seconds\":%.3f,\"requeued\":%d,\"dropped_workers\":%d,\"rejected\":%d}\n",
-                              trainer.step, r.loss, r.gradNorm, r.tokens, coordinator.scheduler.workers.count, Date().timeIntervalSince(t0),
-                              coordinator.scheduler.requeued, coordinator.scheduler.expiredWorkers, coordinator.rejected.values.reduce(0, +))
-            metrics.write(Data(line.utf8))
+            var row: [String: Any] = ["step": trainer.step, "loss": r.loss, "grad_norm": r.gradNorm, "tokens": r.tokens,
+                                      "workers": coordinator.scheduler.workers.count, "seconds": Date().timeIntervalSince(t0)]
+            for (k, v) in coordinator.counters { row[k] = v }
+            metrics.write(try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]) + Data("\n".utf8))
             say(String(format: "step %d/%d loss %.4f (%d workers)", trainer.step, steps, r.loss, coordinator.scheduler.workers.count))
-            if trainer.step % checkpointEvery == 0 || trainer.step == steps || terminateRequested {
-                try Checkpoint.save(model: m, optimizer: trainer.optimizer,
-                                    state: Checkpoint.State(step: trainer.step, optimizerStep: trainer.optimizer.step, run: "run"),
-                                    to: checkpointDir, copyTokenizerFrom: source)
-            }
+            if trainer.step % checkpointEvery == 0 || trainer.step == steps || terminateRequested { try save() }
         }
         if terminateRequested { say("terminated after step \(trainer.step); checkpoint written"); return }
         let final = (out as NSString).appendingPathComponent("final")
         try HFModel.save(m, to: final, copyFrom: source)
-        say("wrote \(final)")
+        try LedgerEntry.jsonl(trainer.ledger).write(to: URL(fileURLWithPath: out).appendingPathComponent("ledger.jsonl"), options: .atomic)
+        say("wrote \(final) and \(out)/ledger.jsonl (\(trainer.ledger.count) applied results)")
     }
 
     /// The Prune–Tune Loop (or a baseline) over the cluster.
@@ -368,6 +403,45 @@ struct PTLCoordinatorCommand: ParsableCommand {
             if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
             say("done: \(out)/report.md, \(out)/final")
         }
+    }
+}
+
+/// The local worker processes: started together, restarted when one dies, stopped at exit.
+final class LocalWorkers {
+    let executable: URL
+    let arguments: [[String]]
+    let log: (String) -> Void
+    var processes: [Process?]
+    private(set) var restarts = 0
+
+    init(executable: URL, arguments: [[String]], log: @escaping (String) -> Void) {
+        self.executable = executable
+        self.arguments = arguments
+        self.log = log
+        processes = Array(repeating: nil, count: arguments.count)
+    }
+
+    func start(_ i: Int) throws {
+        let p = Process()
+        p.executableURL = executable
+        p.arguments = arguments[i]
+        try p.run()
+        processes[i] = p
+    }
+
+    func startAll() throws { for i in arguments.indices { try start(i) } }
+
+    func restartDead() {
+        for (i, p) in processes.enumerated() where p.map({ !$0.isRunning }) ?? false {
+            log("local worker \(i) exited (status \(p!.terminationStatus)): starting it again")
+            restarts += 1
+            do { try start(i) } catch { log("could not restart local worker \(i): \(error)") }
+        }
+    }
+
+    func stopAll() {
+        for case let p? in processes where p.isRunning { p.terminate() }
+        for case let p? in processes { p.waitUntilExit() }
     }
 }
 

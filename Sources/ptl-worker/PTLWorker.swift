@@ -10,7 +10,7 @@ struct PTLWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ptl-worker",
         abstract: "A ptl compute worker: connects to ptl-coordinator and runs its tasks.",
-        discussion: "Registers with READY, heartbeats, fetches the model versions it lacks, reconnects with back-off (1 s doubling to 32 s) and re-registers after a coordinator restart. SIGTERM/SIGINT stop it.")
+        discussion: "Registers with READY, heartbeats, fetches the model versions it lacks, reconnects with back-off (one heartbeat interval doubling to 32 s) and re-registers after a coordinator restart. SIGTERM/SIGINT stop it.")
 
     @Option(help: "The coordinator's endpoint, e.g. tcp://127.0.0.1:5555.")
     var connect: String
@@ -33,7 +33,21 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "CURVE: a file holding this worker's secret key (Z85, from `ptl keys generate`).")
     var curveSecretKey: String?
 
+    @Option(help: "Keep the last model version in this directory so a restarted worker need not fetch it again.")
+    var cache: String?
+
+    @Option(help: "Fault injection (tests): seed of the faults this worker stages at every protocol point.")
+    var faultSeed: UInt64?
+
+    @Option(help: "Fault injection: probability that a task attempt meets a fault (with --fault-seed).")
+    var faultRate: Double = 0.3
+
+    @Option(help: "Fault injection: milliseconds every task waits before computing (with --fault-seed).")
+    var faultDelayMs: Int = 0
+
     func validate() throws {
+        if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
+        if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
         if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
@@ -45,6 +59,9 @@ struct PTLWorkerCommand: ParsableCommand {
         var settings = WorkerSettings()
         settings.threads = threads
         settings.heartbeatInterval = heartbeat
+        settings.minBackoff = heartbeat          // back-off: one heartbeat, doubling to 32 s
+        settings.cacheDirectory = cache
+        if let faultSeed { settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs) }
         if let curveServerKey, let curveSecretKey {
             func key(_ path: String) throws -> String {
                 guard let line = try? String(contentsOfFile: path, encoding: .utf8).split(whereSeparator: \.isNewline).first,

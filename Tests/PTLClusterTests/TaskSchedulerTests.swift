@@ -18,7 +18,7 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         let first = s.assign()
         #expect(first.map(\.worker) == ["a", "b"] && first.map(\.key.shard) == [0, 1] && first.allSatisfy { $0.key.attempt == 1 })
         #expect(s.assign().isEmpty)                                   // both busy
-        #expect(s.complete(first[1].key, from: "b", output: 11))
+        #expect(s.complete(first[1].key, from: "b", output: 11) == .accepted)
         #expect(s.assign().map(\.key.shard) == [2])
         #expect(!s.isPhaseComplete)
     }
@@ -37,7 +37,7 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(s.assign().map(\.key.shard) == [0])
         s.busy(keys(2)[0], on: "a")
         #expect(s.assign().isEmpty)                                     // occupied
-        #expect(!s.complete(keys(1, step: 9)[0], from: "a", output: 0))  // its old task's result: dropped, but it is free again
+        #expect(s.complete(keys(1, step: 9)[0], from: "a", output: 0) == .stale)  // its old task's result: dropped, but it is free again
         #expect(s.assign().map(\.key.shard) == [0])
         for _ in 0..<4 { s.failed(keys(2)[1], on: "a", reason: "bad shard"); _ = s.assign() }
         #expect(s.hopeless.count == 1 && s.hopeless[0].reason == "bad shard")
@@ -54,14 +54,19 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         clock.advance(2)
         #expect(s.expire() == ["a"])
         #expect(!s.isKnown("a"))
-        #expect(s.complete(leases[1].key, from: "b", output: 1))
+        #expect(s.complete(leases[1].key, from: "b", output: 1) == .accepted)
         let retry = s.assign()
         #expect(retry.count == 1 && retry[0].worker == "b" && retry[0].key.shard == 0 && retry[0].key.attempt == 2)
-        // The dead worker's late result for shard 0 still counts once; the retry's is a duplicate.
-        #expect(s.complete(leases[0].key, from: "a", output: 0))
-        #expect(!s.complete(retry[0].key, from: "b", output: 0))
-        #expect(s.duplicates == 1 && s.requeued == 1 && s.expiredWorkers == 1)
+        // The dead worker comes back (a zombie): its result for shard 0 carries a revoked
+        // attempt token and is rejected, even before the retry has finished.
+        #expect(s.complete(leases[0].key, from: "a", output: 99) == .stale)
+        // Nor may another worker hand in a result under b's token.
+        #expect(s.complete(retry[0].key, from: "a", output: 99) == .stale)
+        #expect(s.complete(retry[0].key, from: "b", output: 0) == .accepted)
+        #expect(s.complete(retry[0].key, from: "b", output: 0) == .duplicate)
+        #expect(s.duplicates == 1 && s.stale == 2 && s.requeued == 1 && s.expiredWorkers == 1)
         #expect(s.orderedResults()?.map(\.output) == [0, 1])
+        #expect(s.acceptedFrom[TaskID(leases[0].key)]?.worker == "b" && s.acceptedFrom[TaskID(leases[0].key)]?.attempt == 2)
     }
 
     @Test func expiredLeasesAndFailuresGoBackToTheQueue() {
@@ -79,6 +84,6 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         s.failed(l[0].key, on: "a")
         #expect(s.assign().first?.key.attempt == 3)
         // A result from an earlier phase is dropped.
-        #expect(!s.complete(keys(1, step: 9)[0], from: "a", output: 5))
+        #expect(s.complete(keys(1, step: 9)[0], from: "a", output: 5) == .stale)
     }
 }

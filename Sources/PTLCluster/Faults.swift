@@ -1,0 +1,40 @@
+import Foundation
+
+/// Fault injection for the fault-tolerance tests: a worker given a seed and a rate misbehaves
+/// at every protocol point, deterministically per (seed, task, attempt): it dies before
+/// computing, dies while computing (before its result leaves), dies right after sending its
+/// result, drops its result, or sends it twice. Off unless asked for (`ptl-worker --fault-seed`).
+public struct FaultPlan: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        case dieBeforeCompute = "die-before-compute", dieMidCompute = "die-mid-compute", dieAfterSend = "die-after-send"
+        case dropResult = "drop-result", duplicateResult = "duplicate-result"
+    }
+
+    public var seed: UInt64
+    /// Probability that a task attempt meets a fault.
+    public var rate: Double
+    /// Milliseconds every task sleeps before computing (to widen the windows for SIGSTOP/SIGKILL).
+    public var delayMilliseconds: Int = 0
+
+    public init(seed: UInt64, rate: Double, delayMilliseconds: Int = 0) {
+        self.seed = seed; self.rate = rate; self.delayMilliseconds = delayMilliseconds
+    }
+
+    /// The fault (if any) this attempt of this task meets. The attempt counts within the phase
+    /// (its low 12 bits), so the same seed gives the same faults in every run.
+    public func fault(for key: Ptl_V1_TaskKey) -> Kind? {
+        var h = seed ^ 0x9E37_79B9_7F4A_7C15
+        for v in [UInt64(key.round), UInt64(key.phase.rawValue), key.step, UInt64(key.shard), UInt64(key.attempt & 0xFFF)] {
+            h = mix(h ^ v)
+        }
+        guard Double(h >> 11) / Double(1 << 53) < rate else { return nil }
+        return Kind.allCases[Int(mix(h) % UInt64(Kind.allCases.count))]
+    }
+
+    func mix(_ x: UInt64) -> UInt64 {   // splitmix64's finaliser
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
