@@ -28,6 +28,8 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq",
                        providers: [.apt(["libzmq3-dev"])]),
 
+        // Byte kernels of the wire: CRC-32C (SSE4.2 when present), fp32 → fp64 accumulation, finiteness.
+        .target(name: "CPTLKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Kernels: forward/backward pairs over unsafe buffers and cblas_sgemm; a thread pool.
         .target(name: "PTLTensor", dependencies: ["COpenBLAS"], swiftSettings: optimizedAlways),
         // File formats: safetensors (read/write, strict), GGUF (read, dequantise).
@@ -45,7 +47,7 @@ let package = Package(
         // Pruning: scores, plans, surgery on the flat layout (weights and optimizer moments), budgets, plots.
         .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor"], swiftSettings: optimizedAlways),
         // The ZeroMQ binding, the coordinator and worker, the phases and the Prune–Tune Loop.
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "CPTLKernels", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
                                                    .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
 
         .executableTarget(name: "ptl", dependencies: [
@@ -70,7 +72,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "CPTLKernels", "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
         .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]

@@ -24,7 +24,31 @@ public struct CoordinatorSettings: Sendable {
     public var maxTensorBytes = 1 << 31
     /// CURVE: the server's secret key (Z85); nil means plain TCP.
     public var curveSecretKey: String?
+    /// When a worker holding the previous model version gets an update instead of the weights.
+    public var modelUpdates = ModelUpdates.auto
     public init() {}
+}
+
+/// How new model versions reach workers that hold the previous one.
+public enum ModelUpdates: String, Sendable, CaseIterable {
+    /// Updates to workers on other hosts; the whole weights over loopback, where copying
+    /// (GB/s) costs less than coding the update.
+    case auto
+    /// Always updates (about half the bytes of the weights; see `ModelDelta`).
+    case always
+    /// Always the whole weights.
+    case never
+
+    /// Whether a worker at `peer` (an IP address; nil when unknown) gets updates.
+    public func updates(peer: String?) -> Bool {
+        switch self {
+        case .always: return true
+        case .never: return false
+        case .auto:
+            guard let peer else { return false }
+            return !(peer.hasPrefix("127.") || peer == "::1" || peer.hasPrefix("::ffff:127."))
+        }
+    }
 }
 
 /// The coordinator: a ROUTER socket, the task scheduler, and the model versions it serves.
@@ -37,8 +61,25 @@ public final class Coordinator: @unchecked Sendable {
     let clock: Clock
     var specs: [TaskID: Ptl_V1_Task] = [:]
     var inputs: [TaskID: [WireTensor]] = [:]
-    /// Model versions by hash: config JSON and the flat fp32 weights.
-    public var models: [String: (config: String, weights: [Float])] = [:]
+    /// Model versions by hash: config JSON and the flat fp32 weights as raw bytes — the one
+    /// `serve` made current and the one before it (workers holding that one get an update).
+    public private(set) var models: [String: (config: String, weights: [UInt8])] = [:] {
+        didSet { encodedModels = encodedModels.filter { models[$0.key.hash] != nil && ($0.key.base.isEmpty || models[$0.key.base] != nil) } }
+    }
+    /// The version tasks run on now.
+    public private(set) var currentModel: String?
+    /// MODEL_RESPONSE frames by (version, base: "" for the whole weights), encoded (and
+    /// checksummed) once however many workers ask for them.
+    var encodedModels: [ModelKey: [OutFrame]] = [:]
+    struct ModelKey: Hashable { var hash: String; var base: String }
+    /// Bytes of model versions sent: whole weights and updates (tensor frames), and their counts.
+    public private(set) var modelTraffic = (fullBytes: 0, fullCount: 0, updateBytes: 0, updateCount: 0)
+    /// Seconds spent waiting in poll (idle) and handling messages, for the phase-time split.
+    public private(set) var waitSeconds = 0.0
+    /// Seconds by activity (receive, handle, …) over the coordinator's life, for profiling.
+    public var profile: [String: Double] = [:]
+    /// The split of the last data-parallel step's time.
+    public var lastStepTiming = StepTiming()
     /// tokenizer.json sent with every model version (the eval phase needs it).
     public var tokenizerJSON = ""
     public private(set) var rejected: [String: Int] = [:]
@@ -53,6 +94,7 @@ public final class Coordinator: @unchecked Sendable {
                 clock: Clock = SystemClock()) throws {
         socket = try ZMQSocket(context: context, type: .router)
         try socket.setMaxMessageSize(Int64(settings.maxTensorBytes) + (1 << 20))
+        try socket.setRouterHandover(true)
         if let secret = settings.curveSecretKey { try socket.setCurveServer(secretKey: try CurveKeys.decode(secret)) }
         try socket.bind(endpoint)
         self.settings = settings
@@ -64,6 +106,17 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     public var endpoint: String { socket.lastEndpoint }
+
+    /// Makes `hash` (config JSON, fp32 weights as raw bytes) the version tasks run on, keeping
+    /// the previous one so that workers holding it can be sent an update instead of the weights.
+    public func serve(_ hash: String, config: String, weights: @autoclosure () -> [UInt8]) {
+        guard hash != currentModel else { return }
+        var kept: [String: (config: String, weights: [UInt8])] = [:]
+        if let c = currentModel, let m = models[c] { kept[c] = m }
+        kept[hash] = models[hash] ?? (config, weights())
+        models = kept
+        currentModel = hash
+    }
 
     /// Runs one phase to completion: `tasks` (key, spec, input tensors) → results in shard order.
     public func runPhase(_ tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])],
@@ -87,8 +140,18 @@ public final class Coordinator: @unchecked Sendable {
         onPump()
         // Idle workers get work before we wait: a new phase must not sit out a poll timeout.
         try dispatch()
-        if try socket.poll(milliseconds: milliseconds) {
-            while let frames = try socket.receive(dontWait: true) { handle(frames) }
+        let t0 = clock.now()
+        let ready = try socket.poll(milliseconds: milliseconds)
+        waitSeconds += clock.now() - t0
+        if ready {
+            while true {
+                let r0 = clock.now()
+                guard let frames = try socket.receive(dontWait: true) else { break }
+                let r1 = clock.now()
+                handle(frames, peer: socket.lastPeerAddress)
+                profile["receive", default: 0] += r1 - r0
+                profile["handle", default: 0] += clock.now() - r1
+            }
         }
         for w in scheduler.expire() { log("worker \(w) silent: dropped, its task requeued") }
         try dispatch()
@@ -111,7 +174,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     func send(to worker: String, _ message: WireMessage) throws {
-        try socket.send([Array(worker.utf8)] + Wire.encode(message), dontWait: true)
+        try socket.send([OutFrame(Array(worker.utf8))] + Wire.frames(message), dontWait: true)
     }
 
     func reject(_ kind: String, _ detail: String) {
@@ -128,18 +191,29 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     /// Counters for a metrics line: rejected messages by kind, duplicates, stale results,
-    /// requeues, dropped workers.
+    /// requeues, dropped workers, model versions sent whole and as updates (count and bytes).
     public var counters: [String: Int] {
         var c = rejected
         c["duplicate_results"] = scheduler.duplicates
         c["stale_results"] = scheduler.stale
         c["requeued"] = scheduler.requeued
         c["dropped_workers"] = scheduler.expiredWorkers
+        c["model_sends_full"] = modelTraffic.fullCount
+        c["model_bytes_full"] = modelTraffic.fullBytes
+        c["model_sends_update"] = modelTraffic.updateCount
+        c["model_bytes_update"] = modelTraffic.updateBytes
         return c
     }
 
-    func handle(_ frames: [[UInt8]]) {
+    func handle(_ frames: [[UInt8]], peer: String? = nil) {
         guard frames.count >= 2 else { reject("malformed_envelope", "no envelope frame"); return }
+        // A worker that reconnects takes its routing id over (ROUTER_HANDOVER) and libzmq renames
+        // the replaced connection to a generated id (a zero byte, then 4 bytes): what that one
+        // still delivers was queued on a connection the worker has dropped.
+        if frames[0].first == 0 {
+            rejected["replaced_connection", default: 0] += 1
+            return
+        }
         let worker = String(decoding: frames[0], as: UTF8.self)
         let message: WireMessage
         do {
@@ -180,13 +254,28 @@ public final class Coordinator: @unchecked Sendable {
                 try? send(to: worker, Messages.error(nil, "unknown model version \(hash)", retryable: false))
                 return
             }
-            var e = Messages.envelope(.modelResponse)
-            var r = Ptl_V1_ModelResponse()
-            r.modelHash = hash
-            r.configJson = m.config
-            r.tokenizerJson = tokenizerJSON
-            e.modelResponse = r
-            try? send(to: worker, WireMessage(envelope: e, tensors: [WireTensor(name: "weights", shape: [m.weights.count], floats: m.weights)]))
+            // An update when the worker holds the version before this one (same shape), else the weights.
+            let base = env.modelRequest.baseModelHash
+            let update = !base.isEmpty && base != hash && settings.modelUpdates.updates(peer: peer)
+                && models[base].map { $0.config == m.config && $0.weights.count == m.weights.count } == true
+            let key = ModelKey(hash: hash, base: update ? base : "")
+            if encodedModels[key] == nil {
+                var e = Messages.envelope(.modelResponse)
+                var r = Ptl_V1_ModelResponse()
+                r.modelHash = hash
+                r.configJson = m.config
+                r.tokenizerJson = tokenizerJSON
+                if update { r.baseModelHash = base }
+                e.modelResponse = r
+                let tensors = update ? ModelDelta.encode(old: models[base]!.weights, new: m.weights)
+                                     : [WireTensor(name: "weights", dtype: .f32, shape: [m.weights.count / 4], bytes: m.weights)]
+                encodedModels[key] = try? Wire.frames(WireMessage(envelope: e, tensors: tensors))
+            }
+            guard let frames = encodedModels[key] else { return }
+            let bytes = frames.dropFirst().reduce(0) { $0 + $1.count }
+            if update { modelTraffic.updateBytes += bytes; modelTraffic.updateCount += 1 }
+            else { modelTraffic.fullBytes += bytes; modelTraffic.fullCount += 1 }
+            try? socket.send([OutFrame(Array(worker.utf8))] + frames, dontWait: true)
         default:
             break
         }

@@ -1,3 +1,4 @@
+import CPTLKernels
 import Foundation
 import PTLData
 import PTLModel
@@ -41,7 +42,8 @@ public enum GradPhase {
             if key.phase == .eval { return try EvalPhase.compute(model: m, version: model, spec: spec, tokenizers: cache) }
             let sequences = try decodeSequences(inputs)
             let batch = TokenBatch(sequences: sequences, multiple: 8)
-            let pass = TrainingPass(model: m, batch: batch.batch, seq: batch.seq)
+            let pass = cache.pass(model: m, batch: batch.batch, seq: batch.seq, seqLen: Int(spec.seqLen))
+            pass.branchScale = nil
             if let scale = inputs.first(where: { $0.name == "branch_scale" })?.floats {
                 guard scale.count == m.config.numHiddenLayers, scale.allSatisfy({ $0.isFinite }) else {
                     throw WireError(kind: .descriptorMismatch, message: "branch_scale needs one finite value per block")
@@ -59,21 +61,52 @@ public enum GradPhase {
                 return (r, StatsPhase.encode(pass.statistics()))
             }
             guard key.phase == .grad else { throw WireError(kind: .unknownType, message: "phase \(key.phase) is not run by this worker") }
-            let grads = FloatBuffer(count: m.layout.count)
+            let grads = cache.gradients(count: m.layout.count)
             pass.backward(into: grads, scale: Float(spec.lossScale))
             var r = Ptl_V1_Result()
             r.lossSum = sum
             r.tokenCount = UInt64(count)
             r.examples = UInt64(sequences.count)
             r.seconds = Date().timeIntervalSince(t0)
-            return (r, [WireTensor(name: "grad", shape: [grads.count], floats: grads.array())])
+            return (r, [WireTensor(name: "grad", buffer: grads)])   // sent from the buffer itself
         }
     }
 
+    /// The worker's model of the current version and its gradient buffer, kept across tasks
+    /// (tasks run one at a time): a new version of the same shape is copied into the same
+    /// parameter buffer, so a tuning step allocates (and page-faults) nothing model-sized.
     final class ModelCache: @unchecked Sendable {
         let lock = NSLock()
-        var current: (hash: String, model: Model)?
+        var current: (hash: String, config: String, model: Model)?
         var tokenizer: (source: String, tokenizer: Tokenizer)?
+        var grads: FloatBuffer?
+
+        var trainingPass: TrainingPass?
+
+        /// A pass for a (batch, seq) task on `model`: the kept one reshaped when it fits, else
+        /// one with room for rows of the task's whole `seqLen` (rounded up as batches are).
+        func pass(model: Model, batch: Int, seq: Int, seqLen: Int) -> TrainingPass {
+            lock.lock(); defer { lock.unlock() }
+            if let p = trainingPass, p.model === model, p.fits(batch: batch, seq: seq) {
+                p.reshape(batch: batch, seq: seq)
+                return p
+            }
+            trainingPass = nil   // free the old buffers before allocating new ones
+            let p = TrainingPass(model: model, capacity: (batch, max(seq, (seqLen + 7) / 8 * 8)))
+            p.reshape(batch: batch, seq: seq)
+            trainingPass = p
+            return p
+        }
+
+        /// A zeroed gradient buffer of `count` floats: the last one when nothing else holds it
+        /// any more (ZeroMQ keeps a result's buffer until it has been sent), else a new one.
+        func gradients(count: Int) -> FloatBuffer {
+            lock.lock(); defer { lock.unlock() }
+            if grads?.count == count, isKnownUniquelyReferenced(&grads!) { grads!.zero(); return grads! }
+            let g = FloatBuffer(count: count)
+            grads = g
+            return g
+        }
 
         func tokenizer(json: String) throws -> Tokenizer {
             lock.lock(); defer { lock.unlock() }
@@ -86,12 +119,44 @@ public enum GradPhase {
         func model(hash: String, config: String, weights: [Float]) throws -> Model {
             lock.lock(); defer { lock.unlock() }
             if let c = current, c.hash == hash { return c.model }
+            if let c = current, c.config == config, c.model.parameters.count == weights.count {
+                weights.withUnsafeBufferPointer { c.model.parameters.pointer.update(from: $0.baseAddress!, count: $0.count) }
+                current = (hash, config, c.model)
+                return c.model
+            }
             let cfg = try ModelConfig(data: Data(config.utf8), source: "model \(hash)")
             let m = Model(config: cfg, parameters: FloatBuffer(weights))
-            current = (hash, m)
+            current = (hash, config, m)
             return m
         }
     }
+}
+
+/// Calls `body` with the base addresses of `frames`, all pinned for the call.
+func withPointers<R>(_ frames: [[UInt8]], _ body: (UnsafePointer<UnsafeRawPointer?>) -> R) -> R {
+    func pin(_ i: Int, _ acc: [UnsafeRawPointer?]) -> R {
+        if i == frames.count { return acc.withUnsafeBufferPointer { body($0.baseAddress!) } }
+        return frames[i].withUnsafeBytes { pin(i + 1, acc + [$0.baseAddress]) }
+    }
+    return pin(0, [])
+}
+
+/// Where a data-parallel step's wall time went on the coordinator.
+public struct StepTiming: Sendable {
+    /// Hashing and copying out the new weights.
+    public var publish = 0.0
+    /// The grad phase: leasing, sending, waiting for and checking results.
+    public var phase = 0.0
+    /// Of `phase`, the time spent idle in poll (waiting for workers).
+    public var idle = 0.0
+    /// The shard-order reduce in Double, and clipping + AdamW.
+    public var reduce = 0.0, update = 0.0
+    /// Compute seconds the workers reported, summed over the shards.
+    public var workerCompute = 0.0
+
+    public var total: Double { publish + phase + reduce + update }
+    /// Seconds the coordinator was working (messaging, checking, reducing, updating), not waiting.
+    public var coordinatorBusy: Double { total - idle }
 }
 
 /// One applied result: which worker's answer to which attempt of (step, shard) went into the weights.
@@ -127,7 +192,6 @@ public final class DistributedTrainer {
     let order: EpochOrder
     let schedule: LearningRateSchedule
     let grads: FloatBuffer
-    var accumulator: [Double] = []
     public private(set) var step = 0
     /// Every (step, shard) gradient applied to the weights, with the worker and attempt token
     /// whose result was used: checkpointed with the weights, so it lists exactly what the
@@ -164,7 +228,7 @@ public final class DistributedTrainer {
         var key = Ptl_V1_TaskKey()
         key.run = run; key.step = UInt64(step)
         let r = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
-                                   accumulator: &accumulator, batch: indices.map { sequences[$0] }, shards: shards, key: key,
+                                   batch: indices.map { sequences[$0] }, shards: shards, key: key,
                                    lr: schedule.rate(at: step), clip: settings.clip)
         for s in 0..<shards {
             var k = key
@@ -178,25 +242,30 @@ public final class DistributedTrainer {
 }
 
 extension GradPhase {
-    /// Publishes `model` as the only version the coordinator serves and returns its hash.
+    /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
+    /// holding it fetch an update) and returns its hash.
     public static func publish(_ model: Model, on coordinator: Coordinator) -> String {
         let config = String(decoding: model.config.jsonData(), as: UTF8.self)
-        let weights = model.parameters.array()
-        let hash = weights.withUnsafeBufferPointer { modelHash(configJSON: config, weights: $0) }
-        coordinator.models = [hash: (config, weights)]
+        let n = model.parameters.count
+        let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
+        coordinator.serve(hash, config: config, weights: Array(UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n)))
         return hash
     }
 
     /// One data-parallel optimizer step: `batch` split into `shards` contiguous micro-batches
     /// (tasks keyed by `key` with phase grad and the shard index), gradients reduced in shard
-    /// order in Double (into `accumulator`, resized to the model and reused across steps),
+    /// order in Double (one pass over the result frames, rounded once),
     /// clipped, and applied by `optimizer`. `branchScale` travels with the tasks.
     public static func step(coordinator: Coordinator, model: Model, optimizer: AdamW, grads: FloatBuffer,
-                            accumulator acc: inout [Double], batch: [[Int]],
+                            batch: [[Int]],
                             shards: Int, key base: Ptl_V1_TaskKey, lr: Float, clip: Float,
                             branchScale: [Float]? = nil) throws -> (loss: Double, gradNorm: Double, tokens: Int, workerSeconds: Double) {
+        let clock = SystemClock()
+        let t0 = clock.now(), wait0 = coordinator.waitSeconds
         let hash = publish(model, on: coordinator)
+        let t1 = clock.now()
         let total = batch.reduce(0) { $0 + $1.count - 1 }
+        let longest = batch.map(\.count).max() ?? 0
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
         let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
         for s in 0..<shards {
@@ -207,36 +276,35 @@ extension GradPhase {
             spec.modelHash = hash
             spec.lossScale = 1 / Double(total)
             spec.batchSize = UInt32(part.count)
+            spec.seqLen = UInt32(longest)   // workers size one pass for every shard of the phase
             tasks.append((key, spec, GradPhase.encode(part) + extra))
         }
         let results = try coordinator.runPhase(tasks)
-        // Reduce in shard order with Double accumulators, reading each frame in place.
+        let t2 = clock.now()
+        // Reduce in shard order in Double, rounded once, in one pass over the frames in place.
         let n = grads.count
-        if acc.count != n { acc = [Double](repeating: 0, count: n) } else { acc.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
         var lossSum = 0.0, workerSeconds = 0.0
         var tokens = 0
+        var frames: [[UInt8]] = []
         for (_, message) in results {
             workerSeconds += message.envelope.result.seconds
             guard let g = message.tensor("grad"), g.dtype == .f32, g.bytes.count == 4 * n else {
                 throw WireError(kind: .descriptorMismatch, message: "a grad result without a full gradient")
             }
-            acc.withUnsafeMutableBufferPointer { a in
-                g.bytes.withUnsafeBytes { raw in
-                    for i in 0..<n { a[i] += Double(raw.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)) }
-                }
-            }
+            frames.append(g.bytes)
             lossSum += message.envelope.result.lossSum
             tokens += Int(message.envelope.result.tokenCount)
         }
-        var finite = true
-        acc.withUnsafeBufferPointer { a in
-            for i in 0..<n { let v = Float(a[i]); grads.pointer[i] = v; finite = finite && v.isFinite }
-        }
-        guard finite else {
+        let bad = withPointers(frames) { ptl_reduce_f32_shards(grads.pointer, $0, frames.count, n) }
+        guard bad == n else {
             throw WireError(kind: .descriptorMismatch, message: "the reduced gradient has a NaN or infinite entry (step \(base.step)); the weights were not updated")
         }
+        let t3 = clock.now()
         let norm = GradientClipping.clip(grads, maxNorm: clip)
         optimizer.update(params: model.parameters, grads: grads, lr: lr)
+        let t4 = clock.now()
+        coordinator.lastStepTiming = StepTiming(publish: t1 - t0, phase: t2 - t1, idle: coordinator.waitSeconds - wait0,
+                                                reduce: t3 - t2, update: t4 - t3, workerCompute: workerSeconds)
         return (lossSum / Double(tokens), norm, tokens, workerSeconds)
     }
 }

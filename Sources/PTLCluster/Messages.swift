@@ -39,12 +39,13 @@ public enum Messages {
     }
 }
 
-/// Content hash of a model version (config + weights): FNV-1a 64 over the bytes, hex.
+/// Content hash of a model version (config + weights), hex: FNV-1a 64 of the config mixed with
+/// the weights' CRC-32C (hardware speed: the coordinator hashes every step's version) and count.
 public func modelHash(configJSON: String, weights: UnsafeBufferPointer<Float>) -> String {
     var h: UInt64 = 0xCBF2_9CE4_8422_2325
     for b in configJSON.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
-    UnsafeRawBufferPointer(weights).withMemoryRebound(to: UInt64.self) { words in
-        for w in words { h = (h ^ w) &* 0x100_0000_01B3 }
-    }
+    let crc = CRC32C.checksum(UnsafeRawBufferPointer(weights))
+    h = (h ^ UInt64(crc)) &* 0x100_0000_01B3
+    h = (h ^ UInt64(weights.count)) &* 0x100_0000_01B3
     return String(h, radix: 16)
 }

@@ -138,7 +138,6 @@ public final class PruneTuneLoop {
     var optimizer: AdamW
     var state: LoopState
     var grads: FloatBuffer
-    var accumulator: [Double] = []
     let original: ModelCost
     let originalModel: Model
     let order: EpochOrder
@@ -451,7 +450,7 @@ public final class PruneTuneLoop {
             var tuneKey = Ptl_V1_TaskKey()
             tuneKey.run = run; tuneKey.round = UInt32(r); tuneKey.step = UInt64(1_000_000 + state.stepsUsed)
             let res = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
-                                         accumulator: &accumulator, batch: batch,
+                                         batch: batch,
                                          shards: s.shards, key: tuneKey, lr: schedule.rate(at: i), clip: s.clip,
                                          branchScale: a.allSatisfy { $0 == 1 } ? nil : a)
             state.alpha = a

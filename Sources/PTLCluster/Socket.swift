@@ -1,5 +1,6 @@
 import CZeroMQ
 import Foundation
+import PTLTensor
 
 /// A libzmq failure: the operation and zmq_strerror's text.
 public struct ZMQError: Error, CustomStringConvertible, Sendable {
@@ -82,6 +83,10 @@ public final class ZMQSocket: @unchecked Sendable {
     }
 
     /// The identity a ROUTER sees for this DEALER.
+    /// ROUTER: a peer connecting with a routing id already in use takes it over (a worker back
+    /// from a network partition whose old connection the coordinator still believes in).
+    public func setRouterHandover(_ on: Bool) throws { try setInt(ZMQ_ROUTER_HANDOVER, on ? 1 : 0) }
+
     /// How long unsent messages are kept when the socket closes.
     public func setLinger(milliseconds: Int32) throws { try setInt(ZMQ_LINGER, milliseconds) }
 
@@ -111,6 +116,34 @@ public final class ZMQSocket: @unchecked Sendable {
         }
     }
 
+    /// Sends `frames` as one multipart message; frames of `OutFrame.zeroCopyBytes` or more go
+    /// without a copy (ZeroMQ holds their owner until its I/O thread has sent them).
+    public func send(_ frames: [OutFrame], dontWait: Bool = false) throws {
+        precondition(!frames.isEmpty)
+        for (i, f) in frames.enumerated() {
+            var flags: Int32 = i + 1 < frames.count ? ZMQ_SNDMORE : 0
+            if dontWait { flags |= ZMQ_DONTWAIT }
+            if f.count >= OutFrame.zeroCopyBytes, let base = f.base {
+                var msg = zmq_msg_t()
+                let hint = Unmanaged.passRetained(f.owner).toOpaque()
+                guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), f.count, releaseOwner, hint) == 0 else {
+                    Unmanaged<AnyObject>.fromOpaque(hint).release()
+                    throw ZMQError.last("send")
+                }
+                guard zmq_msg_send(&msg, handle, flags) >= 0 else {
+                    let e = ZMQError.last("send")
+                    zmq_msg_close(&msg)   // releases the owner
+                    throw e
+                }
+            } else {
+                guard zmq_send(handle, f.base, f.count, flags) >= 0 else { throw ZMQError.last("send") }
+            }
+        }
+    }
+
+    /// The IP address of the peer the last received message came from (TCP only; nil else).
+    public private(set) var lastPeerAddress: String?
+
     /// Receives one multipart message, or nil when `dontWait` and nothing is queued.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
         var frames: [[UInt8]] = []
@@ -124,6 +157,8 @@ public final class ZMQSocket: @unchecked Sendable {
                 if e == EAGAIN && frames.isEmpty { return nil }
                 throw ZMQError(operation: "receive", code: e)
             }
+            if frames.isEmpty { lastPeerAddress = nil }
+            if lastPeerAddress == nil, let peer = zmq_msg_gets(&msg, "Peer-Address") { lastPeerAddress = String(cString: peer) }
             let size = zmq_msg_size(&msg)
             if let data = zmq_msg_data(&msg), size > 0 {
                 frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
@@ -181,4 +216,38 @@ public func installStopSignals(_ handler: @escaping () -> Void) {
     pthread_sigmask(SIG_UNBLOCK, &set, nil)
     signal(SIGTERM) { _ in stopHandler?() }
     signal(SIGINT) { _ in stopHandler?() }
+}
+
+/// Called by ZeroMQ (on its I/O thread) when a zero-copy frame has been sent.
+private let releaseOwner: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = { _, hint in
+    if let hint { Unmanaged<AnyObject>.fromOpaque(hint).release() }
+}
+
+/// One frame to send: `count` bytes at `base`, kept alive and unchanged by `owner` (an array's
+/// storage or a buffer) until ZeroMQ is done with them.
+public struct OutFrame: @unchecked Sendable {
+    /// Frames this large are handed to ZeroMQ in place; smaller ones are copied.
+    public static let zeroCopyBytes = 1 << 16
+    public let base: UnsafeRawPointer?
+    public let count: Int
+    let owner: AnyObject
+
+    public init(_ bytes: [UInt8]) {
+        let box = ArrayBox(bytes)
+        base = box.base; count = bytes.count; owner = box
+    }
+
+    public init(_ buffer: FloatBuffer) {
+        base = UnsafeRawPointer(buffer.pointer); count = 4 * buffer.count; owner = buffer
+    }
+
+    /// Holds an array so that its storage (never mutated again) stays where it is.
+    final class ArrayBox {
+        let bytes: [UInt8]
+        let base: UnsafeRawPointer?
+        init(_ bytes: [UInt8]) {
+            self.bytes = bytes
+            base = bytes.withUnsafeBytes { $0.baseAddress }   // a native array's storage does not move while it is held
+        }
+    }
 }

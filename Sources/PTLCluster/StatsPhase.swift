@@ -51,6 +51,7 @@ public enum StatsPhase {
         throws -> (statistics: ActivationStatistics, loss: Double) {
         let hash = GradPhase.publish(model, on: coordinator)
         let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
+        let longest = sequences.map(\.count).max() ?? 0
         var tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] = []
         for s in 0..<shards {
             let part = Array(sequences[(s * sequences.count / shards)..<((s + 1) * sequences.count / shards)])
@@ -59,6 +60,7 @@ public enum StatsPhase {
             var spec = Ptl_V1_Task()
             spec.modelHash = hash
             spec.batchSize = UInt32(part.count)
+            spec.seqLen = UInt32(longest)   // workers size one pass for every shard of the phase
             tasks.append((key, spec, GradPhase.encode(part) + extra))
         }
         let c = model.config

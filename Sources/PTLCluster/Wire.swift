@@ -1,4 +1,6 @@
+import CPTLKernels
 import Foundation
+import PTLTensor
 import SwiftProtobuf
 
 /// A tensor travelling as one raw little-endian frame after the envelope.
@@ -6,10 +8,35 @@ public struct WireTensor: Sendable, Equatable {
     public var name: String
     public var dtype: Ptl_V1_DType
     public var shape: [Int]
+    /// The frame's bytes (empty when `buffer` holds them).
     public var bytes: [UInt8]
+    /// An fp32 buffer sent as the frame without a copy (outgoing tensors only; the sender must
+    /// not change it until ZeroMQ lets it go: see `ModelCache.gradients`).
+    public var buffer: FloatBuffer?
 
     public init(name: String, dtype: Ptl_V1_DType, shape: [Int], bytes: [UInt8]) {
         self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
+    }
+
+    /// An fp32 tensor whose frame is `buffer` itself.
+    public init(name: String, buffer: FloatBuffer) {
+        self.init(name: name, dtype: .f32, shape: [buffer.count], bytes: [])
+        self.buffer = buffer
+    }
+
+    /// The frame's bytes, wherever they are.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        if let buffer { return try body(UnsafeRawBufferPointer(start: buffer.pointer, count: 4 * buffer.count)) }
+        return try bytes.withUnsafeBytes(body)
+    }
+
+    public var byteCount: Int { buffer.map { 4 * $0.count } ?? bytes.count }
+
+    /// The frame to send: the bytes themselves, kept alive by this tensor's storage.
+    var frame: OutFrame { buffer.map { OutFrame($0) } ?? OutFrame(bytes) }
+
+    public static func == (a: WireTensor, b: WireTensor) -> Bool {
+        a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.withBytes { x in b.withBytes { y in x.elementsEqual(y) } }
     }
 
     /// An fp32 tensor.
@@ -18,10 +45,21 @@ public struct WireTensor: Sendable, Equatable {
         self.init(name: name, dtype: .f32, shape: shape, bytes: floats.withUnsafeBytes { Array($0) })
     }
 
+    /// An fp32 tensor copied once from memory.
+    public init(name: String, f32 pointer: UnsafePointer<Float>, count: Int) {
+        self.init(name: name, dtype: .f32, shape: [count], bytes: Array(UnsafeRawBufferPointer(start: pointer, count: 4 * count)))
+    }
+
     /// The values of an F32 frame.
     public var floats: [Float]? {
         guard dtype == .f32, bytes.count % 4 == 0 else { return nil }
-        return bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+        let n = bytes.count / 4
+        return [Float](unsafeUninitializedCapacity: n) { out, count in
+            bytes.withUnsafeBytes { raw in
+                if n > 0 { UnsafeMutableRawPointer(out.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: 4 * n) }
+            }
+            count = n
+        }
     }
 }
 
@@ -67,6 +105,16 @@ public enum Wire {
 
     /// The frames of `message`: the envelope gets the protocol version and a descriptor per tensor.
     public static func encode(_ message: WireMessage) throws -> [[UInt8]] {
+        try [envelope(message)] + message.tensors.map { t in t.buffer == nil ? t.bytes : t.withBytes { Array($0) } }
+    }
+
+    /// The same frames for a socket: tensors are not copied (ZeroMQ sends large ones from
+    /// where they are).
+    public static func frames(_ message: WireMessage) throws -> [OutFrame] {
+        try [OutFrame(envelope(message))] + message.tensors.map(\.frame)
+    }
+
+    static func envelope(_ message: WireMessage) throws -> [UInt8] {
         var env = message.envelope
         env.protocolVersion = protocolVersion
         env.tensors = message.tensors.map { t in
@@ -74,12 +122,11 @@ public enum Wire {
             d.name = t.name
             d.dtype = t.dtype
             d.shape = t.shape.map { UInt64($0) }
-            d.byteLength = UInt64(t.bytes.count)
-            d.crc32C = CRC32C.checksum(t.bytes)
+            d.byteLength = UInt64(t.byteCount)
+            d.crc32C = t.withBytes { CRC32C.checksum($0) }
             return d
         }
-        let head: [UInt8] = try env.serializedBytes()
-        return [head] + message.tensors.map(\.bytes)
+        return try env.serializedBytes()
     }
 
     /// Decodes and checks frames; `maxTensorBytes` bounds each frame.
@@ -111,13 +158,24 @@ public enum Wire {
             guard d.byteLength == UInt64(bytes.count), count != .max, count * UInt64(size) == d.byteLength else {
                 throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): frame has \(bytes.count) bytes, descriptor says \(d.byteLength) for shape \(d.shape) of \(d.dtype)")
             }
-            guard CRC32C.checksum(bytes) == d.crc32C else {
+            // fp32 frames that must be finite: checksum and finiteness in one pass.
+            var bad = Int.max
+            let crc: UInt32
+            if requireFinite, d.dtype == .f32, bytes.count >= 4 {
+                var first = 0
+                crc = bytes.withUnsafeBytes { ptl_crc32c_finite_f32($0.baseAddress!, bytes.count / 4, &first) }
+                bad = first < bytes.count / 4 ? first : .max
+            } else {
+                crc = CRC32C.checksum(bytes)
+            }
+            guard crc == d.crc32C else {
                 throw WireError(kind: .checksum, message: "tensor \(d.name): CRC-32C mismatch")
             }
-            let t = WireTensor(name: d.name, dtype: d.dtype, shape: d.shape.map { Int($0) }, bytes: bytes)
-            if requireFinite, let fs = t.floats, let bad = fs.firstIndex(where: { !$0.isFinite }) {
-                throw WireError(kind: .nonFinite, message: "tensor \(d.name): non-finite value \(fs[bad]) at index \(bad)")
+            if bad != .max {
+                let v = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4 * bad, as: Float.self) }
+                throw WireError(kind: .nonFinite, message: "tensor \(d.name): non-finite value \(v) at index \(bad)")
             }
+            let t = WireTensor(name: d.name, dtype: d.dtype, shape: d.shape.map { Int($0) }, bytes: bytes)
             tensors.append(t)
         }
         return WireMessage(envelope: env, tensors: tensors)

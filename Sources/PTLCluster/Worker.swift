@@ -26,6 +26,11 @@ public struct WorkerSettings: Sendable {
     /// A directory where the last model version received is kept (config, weights,
     /// tokenizer), so a restarted worker does not fetch it again; nil keeps it in memory only.
     public var cacheDirectory: String?
+    /// A version is written to the cache once it has been current this long with the worker
+    /// idle: tuning replaces the version every step, and writing each (hundreds of MB) would
+    /// take the cores from the computing; the version of a stats or eval phase, or of the
+    /// pause while the coordinator prunes, is the one worth keeping.
+    public var cacheQuietSeconds: Double = 10
     /// Fault injection (tests only).
     public var faults: FaultPlan?
     public init() {}
@@ -46,15 +51,21 @@ public final class WorkerClient: @unchecked Sendable {
     var waiting: (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])?
     let done = DoneBox()
     var busy = false
+    /// The held version not yet written to the disk cache, and when it arrived.
+    var unstored: (hash: String, since: Double)?
+    /// When the pending model request went out.
+    var requestedAt = 0.0
     public var log: @Sendable (String) -> Void = { _ in }
     public private(set) var reconnects = 0
     public private(set) var tasksRun = 0
+    /// Model versions received as updates on top of the one held (not fetched whole).
+    public private(set) var updatesApplied = 0
 
     final class DoneBox: @unchecked Sendable {
         let lock = NSLock()
-        var value: WireMessage?
-        func put(_ m: WireMessage) { lock.lock(); value = m; lock.unlock() }
-        func take() -> WireMessage? { lock.lock(); defer { value = nil; lock.unlock() }; return value }
+        var value: (message: WireMessage, seconds: Double)?
+        func put(_ m: WireMessage, seconds: Double) { lock.lock(); value = (m, seconds); lock.unlock() }
+        func take() -> (message: WireMessage, seconds: Double)? { lock.lock(); defer { value = nil; lock.unlock() }; return value }
     }
 
     public init(id: String, connect endpoint: String, context: ZMQContext, settings: WorkerSettings = WorkerSettings(),
@@ -81,7 +92,7 @@ public final class WorkerClient: @unchecked Sendable {
         return s
     }
 
-    func send(_ m: WireMessage) throws { try socket.send(try Wire.encode(m), dontWait: true) }
+    func send(_ m: WireMessage) throws { try socket.send(try Wire.frames(m), dontWait: true) }
 
     /// The error a worker answers a task with while it still computes another.
     public static let busyMessage = "busy"
@@ -100,8 +111,9 @@ public final class WorkerClient: @unchecked Sendable {
                     try handle(frames)
                 }
             }
-            if let result = done.take() {
+            if let (result, handlerSeconds) = done.take() {
                 busy = false
+                let sendStart = clock.now()
                 tasksRun += 1
                 let fault = result.envelope.type == .result ? settings.faults?.fault(for: result.envelope.task) : nil
                 switch fault {
@@ -117,13 +129,20 @@ public final class WorkerClient: @unchecked Sendable {
                     usleep(20_000)
                     _exit(70)
                 default:
-                    log(result.envelope.type == .result ? "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): result sent"
-                                                        : "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): failed: \(result.envelope.error.message)")
                     try send(result)
+                    log(result.envelope.type == .result
+                        ? String(format: "task %@ attempt %u: result sent (%.2f s in the task, %.2f s of it compute; %.2f s to send)",
+                                 "\(TaskID(result.envelope.task))", result.envelope.task.attempt, handlerSeconds, result.envelope.result.seconds,
+                                 clock.now() - sendStart)
+                        : "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): failed: \(result.envelope.error.message)")
                 }
                 lastSent = clock.now()
             }
             let now = clock.now()
+            if !busy, let u = unstored, now - u.since >= settings.cacheQuietSeconds {
+                unstored = nil
+                if let v = models[u.hash] { store(v) }
+            }
             if now - lastSent >= settings.heartbeatInterval {
                 try send(Messages.heartbeat())
                 lastSent = now
@@ -167,20 +186,44 @@ public final class WorkerClient: @unchecked Sendable {
             }
             if models[env.taskSpec.modelHash] == nil {
                 waiting = (env.task, env.taskSpec, message.tensors)
-                var e = Messages.envelope(.modelRequest)
-                var r = Ptl_V1_ModelRequest()
-                r.modelHash = env.taskSpec.modelHash
-                e.modelRequest = r
-                try send(WireMessage(envelope: e))
+                try requestModel(env.taskSpec.modelHash, base: models.keys.first)
             } else {
                 start(env.task, env.taskSpec, message.tensors)
             }
         case .modelResponse:
-            guard let w = message.tensor("weights")?.floats else { log("model response without weights"); return }
             let r = env.modelResponse
+            var w: [Float]
+            if r.baseModelHash.isEmpty {
+                guard let whole = message.tensor("weights")?.floats else { log("model response without weights"); return }
+                w = whole
+            } else {
+                // An update on top of the version we hold: applied, then checked against the new hash.
+                guard models[r.baseModelHash] != nil else {
+                    log("model update on top of \(r.baseModelHash), which we do not hold: fetching \(r.modelHash) whole")
+                    try requestModel(r.modelHash, base: nil)
+                    return
+                }
+                w = models.removeValue(forKey: r.baseModelHash)!.weights   // its storage becomes the new version's: no copy
+                models = [:]
+                do {
+                    try ModelDelta.apply(message.tensors, to: &w)
+                    let hash = w.withUnsafeBufferPointer { modelHash(configJSON: r.configJson, weights: $0) }
+                    guard hash == r.modelHash else {
+                        throw WireError(kind: .checksum, message: "the update gave version \(hash), not \(r.modelHash)")
+                    }
+                } catch {
+                    log("model update to \(r.modelHash) rejected (\(error)): fetching it whole")
+                    try requestModel(r.modelHash, base: nil)
+                    return
+                }
+                updatesApplied += 1
+            }
             let version = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
             models = [r.modelHash: version]   // keep one version
-            store(version)
+            let mb = Double(message.tensors.reduce(0) { $0 + $1.bytes.count }) / 1e6
+            log(String(format: "model %@ received %@ (%.1f MB) in %.2f s", r.modelHash,
+                       r.baseModelHash.isEmpty ? "whole" : "as an update on \(r.baseModelHash)", mb, clock.now() - requestedAt))
+            if settings.cacheDirectory != nil { unstored = (r.modelHash, clock.now()) }
             if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash {
                 waiting = nil
                 start(t.key, t.spec, t.inputs)
@@ -193,14 +236,36 @@ public final class WorkerClient: @unchecked Sendable {
         }
     }
 
+    /// Asks for model version `hash`, as an update on top of `base` when we hold one.
+    func requestModel(_ hash: String, base: String?) throws {
+        var e = Messages.envelope(.modelRequest)
+        var r = Ptl_V1_ModelRequest()
+        r.modelHash = hash
+        if let base { r.baseModelHash = base }
+        e.modelRequest = r
+        requestedAt = clock.now()
+        try send(WireMessage(envelope: e))
+    }
+
     /// The hash of the model version in the disk cache, if any.
     var cachedHash: String? {
         guard let dir = settings.cacheDirectory else { return nil }
         return (try? FileManager.default.contentsOfDirectory(atPath: dir))?.first { $0.hasSuffix(".model") }.map { String($0.dropLast(6)) }
     }
 
-    /// Keeps `version` as the only model in the disk cache (written to a temporary name, then renamed).
+    let storing = NSLock()
+
+    /// Keeps `version` as the only model in the disk cache (written to a temporary name, then
+    /// renamed) on a background thread; a version due while one is written is skipped.
     func store(_ version: ModelVersion) {
+        guard settings.cacheDirectory != nil, storing.try() else { return }
+        DispatchQueue.global(qos: .utility).async { [self] in
+            defer { storing.unlock() }
+            write(version)
+        }
+    }
+
+    func write(_ version: ModelVersion) {
         guard let dir = settings.cacheDirectory else { return }
         let fm = FileManager.default
         do {
@@ -242,6 +307,7 @@ public final class WorkerClient: @unchecked Sendable {
         let handler = self.handler, done = self.done, faults = settings.faults, log = self.log
         DispatchQueue.global().async {
             let reply: WireMessage
+            let t0 = Date()
             do {
                 if let f = faults, f.delayMilliseconds > 0 { usleep(UInt32(f.delayMilliseconds) * 1000) }
                 let (result, tensors) = try handler(key, spec, inputs, model)
@@ -256,7 +322,7 @@ public final class WorkerClient: @unchecked Sendable {
             } catch {
                 reply = Messages.error(key, "\(error)")
             }
-            done.put(reply)
+            done.put(reply, seconds: Date().timeIntervalSince(t0))
         }
     }
 }

@@ -4,13 +4,17 @@ import PTLTensor
 ///
 /// `forward` runs the causal model over `batch` rows of `seq` tokens and returns the summed
 /// cross-entropy over the non-ignored targets; `backward` adds the gradient of
-/// `scale · Σ losses` into a gradient buffer with the parameter layout.
+/// `scale · Σ losses` into a gradient buffer with the parameter layout. Buffers may be sized
+/// for a larger `capacity`, so that `reshape` lets one pass serve batches of any smaller
+/// shape (a worker's tasks) without allocating again.
 public final class TrainingPass: @unchecked Sendable {
     public let model: Model
-    public let batch: Int
-    public let seq: Int
+    public private(set) var batch: Int
+    public private(set) var seq: Int
+    /// The largest (batch, seq) the buffers hold.
+    public let capacity: (batch: Int, seq: Int)
     let rope: RoPETables
-    let shape: AttentionShape
+    var shape: AttentionShape
 
     // Saved activations, one slice per layer. (rows = batch·seq)
     let resid: FloatBuffer      // (layers+1, rows, hidden) residual stream entering each block
@@ -44,14 +48,20 @@ public final class TrainingPass: @unchecked Sendable {
     /// nil means 1 for every layer (plain HF semantics).
     public var branchScale: [Float]? = nil
 
-    public init(model: Model, batch: Int, seq: Int) {
+    public convenience init(model: Model, batch: Int, seq: Int) {
+        self.init(model: model, capacity: (batch, seq))
+    }
+
+    /// A pass whose buffers hold up to `capacity` (batch, seq), shaped to it until `reshape`.
+    public init(model: Model, capacity: (batch: Int, seq: Int)) {
         let c = model.config
-        precondition(seq <= max(c.maxPositionEmbeddings, seq))
+        let (batch, seq) = capacity
         self.model = model
+        self.capacity = capacity
         self.batch = batch
         self.seq = seq
         let L = c.numHiddenLayers, N = batch * seq, H = c.hiddenSize, I = c.intermediateSize
-        rope = model.ropeTables(positions: seq)
+        rope = model.ropeTables(positions: seq)   // (positions, headDim/2): a prefix serves shorter rows
         shape = AttentionShape(batch: batch, seq: seq, qHeads: c.numAttentionHeads,
                                kvHeads: c.numKeyValueHeads, headDim: c.headDim)
         resid = FloatBuffer(count: (L + 1) * N * H)
@@ -75,6 +85,22 @@ public final class TrainingPass: @unchecked Sendable {
         attScratch = FloatBuffer(count: attentionScratchCount(seq: seq, slots: attSlots))
         tokens = [Int32](repeating: 0, count: N)
         targets = [Int32](repeating: -1, count: N)
+    }
+
+    /// Whether the buffers hold a (batch, seq) pass.
+    public func fits(batch: Int, seq: Int) -> Bool { batch <= capacity.batch && seq <= capacity.seq }
+
+    /// Makes this a (batch, seq) pass within its capacity: every buffer is used from its start
+    /// with the new shape's strides (everything a pass reads is written first by the same pass).
+    public func reshape(batch: Int, seq: Int) {
+        precondition(fits(batch: batch, seq: seq), "a (\(batch), \(seq)) pass does not fit buffers for \(capacity)")
+        let c = model.config
+        self.batch = batch
+        self.seq = seq
+        shape = AttentionShape(batch: batch, seq: seq, qHeads: c.numAttentionHeads,
+                               kvHeads: c.numKeyValueHeads, headDim: c.headDim)
+        tokens = [Int32](repeating: 0, count: batch * seq)
+        targets = [Int32](repeating: -1, count: batch * seq)
     }
 
     /// Runs the model on `tokens` (batch·seq ids, row-major) and scores `targets` (same shape;

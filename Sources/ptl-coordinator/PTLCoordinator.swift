@@ -147,6 +147,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "Largest tensor frame accepted from a worker, in bytes (bigger messages are refused).")
     var maxTensorBytes: Int = 1 << 31
 
+    @Option(help: "How a worker holding the previous model version gets the next: auto (as an update — the XOR of the two versions, about half the bytes — to workers on other hosts, the whole weights over loopback), always (updates), never (the whole weights).")
+    var modelUpdates: String = "auto"
+
     @Option(help: "Local workers keep their last model version under OUT/workers/ID (a restarted worker need not fetch it).")
     var localWorkerCache = true
 
@@ -175,6 +178,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
         if steps < 1 { throw ValidationError("--steps must be at least 1") }
         if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
         if localWorkers < 0 { throw ValidationError("--local-workers must not be negative") }
+        if ModelUpdates(rawValue: modelUpdates) == nil {
+            throw ValidationError("--model-updates must be one of \(ModelUpdates.allCases.map(\.rawValue).joined(separator: ", ")), not '\(modelUpdates)'")
+        }
         if checkpointEvery < 1 { throw ValidationError("--checkpoint-every must be at least 1") }
         if method != "train" && PruneMethod(rawValue: method) == nil { throw ValidationError("--method must be ptl, prune-once, shortgpt or train") }
         if PruneOrder(rawValue: order) == nil { throw ValidationError("--order must be neurons-first, layers-first or alternate") }
@@ -196,6 +202,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     func say(_ s: String) { FileHandle.standardError.write(Data("[coordinator] \(s)\n".utf8)) }
 
     func run() throws {
+        reexecWithHugePages()
         installStopSignals { terminateRequested = true }
         // tokenizer.json is read (or, for GGUF, rebuilt) once: the loop also sends its text to workers.
         let tokenizerJSON = try ModelSource.tokenizerJSON(model)
@@ -204,7 +211,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         // Data and models are prepared before any worker starts: a large corpus or model takes
         // long enough to load that waiting workers would think the coordinator gone.
         let job: (Coordinator) throws -> Void = method == "train"
-            ? { try train(coordinator: $0, tokenizer: tokenizer) }
+            ? try prepareTrain(tokenizer: tokenizer)
             : try prepareLoop(tokenizer: tokenizer, tokenizerJSON: tokenizerJSON)
         let context = try ZMQContext()
         var cs = CoordinatorSettings()
@@ -212,6 +219,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         cs.liveness = liveness
         cs.leaseSeconds = lease
         cs.maxTensorBytes = maxTensorBytes
+        cs.modelUpdates = ModelUpdates(rawValue: modelUpdates)!
         Checkpoint.killDuringWrite = faultKillInCheckpoint
         var authenticator: CurveAuthenticator? = nil
         var localKey: (pub: String, secret: String)? = nil
@@ -264,8 +272,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
         try job(coordinator)
     }
 
-    /// --method train: continual pre-training over the cluster.
-    func train(coordinator: Coordinator, tokenizer: Tokenizer) throws {
+    /// --method train: continual pre-training over the cluster (data, model and checkpoint
+    /// loaded now; the returned job trains).
+    func prepareTrain(tokenizer: Tokenizer) throws -> (Coordinator) throws -> Void {
         let records: [CorpusRecord]
         if let data {
             records = try Corpus.load(path: data).records
@@ -287,6 +296,13 @@ struct PTLCoordinatorCommand: ParsableCommand {
         }
         let m = try start?.0 ?? ModelSource.loadModel(model)
         say("\(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
+        return { coordinator in try train(coordinator: coordinator, model: m, sequences: sequences, settings: settings,
+                                          start: start, ledger: ledger) }
+    }
+
+    func train(coordinator: Coordinator, model m: Model, sequences: [[Int]], settings: TrainingSettings,
+               start: (Model, AdamW, Checkpoint.State)?, ledger: [LedgerEntry]) throws {
+        let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
         let trainer = try DistributedTrainer(coordinator: coordinator, model: m, sequences: sequences, settings: settings, shards: shards)
         if let (_, opt, state) = start { trainer.resume(optimizer: opt, step: state.step, ledger: ledger) }
         let metricsURL = URL(fileURLWithPath: out).appendingPathComponent("metrics.jsonl")
@@ -309,6 +325,11 @@ struct PTLCoordinatorCommand: ParsableCommand {
             var row: [String: Any] = ["step": trainer.step, "loss": r.loss, "grad_norm": r.gradNorm, "tokens": r.tokens,
                                       "workers": coordinator.scheduler.workers.count, "seconds": Date().timeIntervalSince(t0)]
             for (k, v) in coordinator.counters { row[k] = v }
+            let t = coordinator.lastStepTiming
+            row["coordinator_seconds"] = t.coordinatorBusy
+            row["profile"] = coordinator.profile
+            row["timing"] = ["publish": t.publish, "phase": t.phase, "idle": t.idle, "reduce": t.reduce, "update": t.update,
+                             "worker_compute": t.workerCompute]
             metrics.write(try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]) + Data("\n".utf8))
             say(String(format: "step %d/%d loss %.4f (%d workers)", trainer.step, steps, r.loss, coordinator.scheduler.workers.count))
             if trainer.step % checkpointEvery == 0 || trainer.step == steps || terminateRequested { try save() }

@@ -49,11 +49,13 @@ struct PTLWorkerCommand: ParsableCommand {
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let id, id.isEmpty || id.utf8.count > 255 { throw ValidationError("--id must be 1 to 255 bytes (it is the ZeroMQ routing id)") }
         if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
         if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
     }
 
     func run() throws {
+        reexecWithHugePages()
         ComputeThreads.set(threads)
         installStopSignals { stopRequested = true }
         var settings = WorkerSettings()

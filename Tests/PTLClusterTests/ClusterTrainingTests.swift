@@ -31,13 +31,14 @@ func clusterSettings() -> TrainingSettings {
     return s
 }
 
-/// Trains 3 steps over `workers` in-process workers (real sockets on loopback); `sabotage`
+/// Trains 3 steps over `workers` in-process workers (real sockets on loopback); `vanishingWorker`
 /// makes worker 0 vanish after its first task.
-func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = false) throws -> (weights: [Float], losses: [Double], dropped: Int) {
+func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = false, updates: ModelUpdates = .always) throws -> (weights: [Float], losses: [Double], dropped: Int, fullSends: Int, updateSends: Int) {
     let ctx = try ZMQContext()
     var cs = CoordinatorSettings()
     cs.heartbeatInterval = 0.05
     cs.liveness = 4
+    cs.modelUpdates = updates
     let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
     let stop = StopFlag()
     let group = DispatchGroup()
@@ -54,7 +55,11 @@ func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = fal
             return try handler(key, spec, inputs, model)
         }
         DispatchQueue.global().async(group: group) {
-            try? client.run(shouldStop: { stop.isStopped || (vanish && tasks.value > 1) })
+            // The vanishing worker's loop hangs too (no heartbeat, no goodbye) until the test ends.
+            try? client.run(shouldStop: {
+                if vanish && tasks.value > 1 { while !stop.isStopped { usleep(10_000) } }
+                return stop.isStopped
+            })
         }
     }
     let model = try clusterModel()
@@ -63,7 +68,8 @@ func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = fal
     let losses = try (0..<3).map { _ in try trainer.runStep().loss }
     stop.stop()
     _ = group.wait(timeout: .now() + 2)
-    return (model.parameters.array(), losses, coordinator.scheduler.expiredWorkers)
+    let c = coordinator.counters
+    return (model.parameters.array(), losses, coordinator.scheduler.expiredWorkers, c["model_sends_full"]!, c["model_sends_update"]!)
 }
 
 final class Counter: @unchecked Sendable {
@@ -80,6 +86,9 @@ final class Counter: @unchecked Sendable {
         let three = try trainOverCluster(workers: 3)
         #expect(one.weights == two.weights && one.losses == two.losses)
         #expect(one.weights == three.weights && one.losses == three.losses)
+        // The weights travel whole once; each later step's version goes as an update.
+        #expect(one.fullSends == 1 && one.updateSends == 2, "\(one.fullSends) whole, \(one.updateSends) updates")
+        #expect(three.updateSends >= 1)
         // Single-process `ptl train` on the same batches: the same losses up to float summation
         // order; weights within a quarter of the learning rate (Adam magnifies last-bit gradient
         // differences of near-zero gradients, as in the PyTorch golden test).
@@ -91,6 +100,17 @@ final class Counter: @unchecked Sendable {
         let worst = zip(single, one.weights).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
         #expect(worst <= clusterSettings().learningRate / 4, "largest difference \(worst)")
         #expect(one.weights != (try clusterModel().parameters.array()))      // training did move the weights
+    }
+
+    /// Over loopback `auto` sends the whole weights every step (copying beats coding there);
+    /// the weights are the same either way.
+    @Test func theWholeWeightsAndUpdatesGiveTheSameRun() throws {
+        let updates = try trainOverCluster(workers: 1, updates: .always)
+        let whole = try trainOverCluster(workers: 1, updates: .auto)
+        #expect(whole.fullSends == 3 && whole.updateSends == 0, "\(whole.fullSends) whole, \(whole.updateSends) updates")
+        #expect(whole.weights == updates.weights && whole.losses == updates.losses)
+        #expect(ModelUpdates.auto.updates(peer: "10.1.2.3") && !ModelUpdates.auto.updates(peer: "127.0.0.1")
+                && !ModelUpdates.auto.updates(peer: nil) && !ModelUpdates.never.updates(peer: "10.1.2.3"))
     }
 
     @Test func aWorkerThatVanishesChangesNothing() throws {

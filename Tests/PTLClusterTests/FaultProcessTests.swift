@@ -41,7 +41,7 @@ enum FaultRun {
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-log-\(UUID().uuidString).txt")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         let p = Process()
-        p.executableURL = executable(binary)
+        p.executableURL = binary.hasPrefix("/") ? URL(fileURLWithPath: binary) : executable(binary)
         p.arguments = args
         p.standardError = try FileHandle(forWritingTo: log)
         p.standardOutput = FileHandle.nullDevice
@@ -94,10 +94,24 @@ enum FaultRun {
 @Suite(.serialized) struct FaultProcessTests {
     /// Workers die before computing, while computing and right after sending; drop results and
     /// send them twice — each at points a seed picks. Local workers that die are restarted.
+    /// The seed stages every kind at least 4 times on first attempts alone (checked below), so
+    /// every kind happens however the tasks interleave (a first attempt leased to a worker that
+    /// is dying is lost and the task's later attempts meet other faults).
     @Test func faultsAtEveryProtocolPointChangeNothing() throws {
+        let seed: UInt64 = 178, rate = 0.5
+        let plan = FaultPlan(seed: seed, rate: rate)
+        var firstAttempts: [FaultPlan.Kind: Int] = [:]
+        for step in 0..<FaultRun.steps {
+            for shard in 0..<FaultRun.shards {
+                var key = Ptl_V1_TaskKey()
+                key.phase = .grad; key.step = UInt64(step); key.shard = UInt32(shard); key.attempt = 1
+                if let kind = plan.fault(for: key) { firstAttempts[kind, default: 0] += 1 }
+            }
+        }
+        #expect(FaultPlan.Kind.allCases.allSatisfy { firstAttempts[$0, default: 0] >= 4 }, "\(firstAttempts)")
         let out = FaultRun.tempDir("faults")
         let run = try FaultRun.start(FaultRun.args(out: out, extra: ["--local-workers", "2", "--lease", "1",
-                                                                      "--worker-fault-seed", "1", "--worker-fault-rate", "0.5"]))
+                                                                      "--worker-fault-seed", "\(seed)", "--worker-fault-rate", "\(rate)"]))
         run.process.waitUntilExit()
         #expect(run.process.terminationStatus == 0, "\(run.text.suffix(2000))")
         let log = run.text

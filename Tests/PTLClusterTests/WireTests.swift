@@ -1,3 +1,4 @@
+import CPTLKernels
 import Foundation
 import Testing
 @testable import PTLCluster
@@ -28,6 +29,15 @@ func sampleResult() -> WireMessage {
         let long = (0..<10_000).map { UInt8($0 % 256) }
         let split = long.withUnsafeBytes { raw in CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[5000...]), crc: CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[..<5000]))) }
         #expect(split == CRC32C.checksum(long))
+        // The hardware path agrees with the tables at every length and alignment.
+        long.withUnsafeBytes { raw in
+            for start in 0..<9 {
+                for n in [0, 1, 7, 8, 9, 63, 4097] {
+                    let part = UnsafeRawBufferPointer(rebasing: raw[start..<(start + n)])
+                    #expect(CRC32C.checksum(part, crc: 0x1234_5678) == ptl_crc32c_portable(0x1234_5678, part.baseAddress, n))
+                }
+            }
+        }
     }
 
     @Test func roundTripsEnvelopeAndRawTensorFrames() throws {

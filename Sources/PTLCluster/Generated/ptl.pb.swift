@@ -414,6 +414,9 @@ public nonisolated struct Ptl_V1_ModelRequest: Sendable {
 
   public var modelHash: String = String()
 
+  /// the version the worker holds: an update on top of it will do
+  public var baseModelHash: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -429,7 +432,8 @@ public nonisolated struct Ptl_V1_ModelResponse: Sendable {
   /// HF config.json of this version
   public var configJson: String = String()
 
-  /// set when the frames are an update on top of this version
+  /// Set when the frames are an update on top of this version (delta_tags, delta_offsets,
+  /// delta_payload: the XOR of the two versions' weights, see ModelDelta.swift).
   public var baseModelHash: String = String()
 
   /// the tokenizer.json of the model (EVAL decodes and stops on text)
@@ -909,7 +913,7 @@ nonisolated extension Ptl_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension Ptl_V1_ModelRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ModelRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{3}base_model_hash\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -918,6 +922,7 @@ nonisolated extension Ptl_V1_ModelRequest: SwiftProtobuf.Message, SwiftProtobuf.
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.modelHash) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.baseModelHash) }()
       default: break
       }
     }
@@ -927,11 +932,15 @@ nonisolated extension Ptl_V1_ModelRequest: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.modelHash.isEmpty {
       try visitor.visitSingularStringField(value: self.modelHash, fieldNumber: 1)
     }
+    if !self.baseModelHash.isEmpty {
+      try visitor.visitSingularStringField(value: self.baseModelHash, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ptl_V1_ModelRequest, rhs: Ptl_V1_ModelRequest) -> Bool {
     if lhs.modelHash != rhs.modelHash {return false}
+    if lhs.baseModelHash != rhs.baseModelHash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
