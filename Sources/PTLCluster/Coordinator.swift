@@ -70,7 +70,7 @@ public final class Coordinator: @unchecked Sendable {
     public private(set) var currentModel: String?
     /// MODEL_RESPONSE frames by (version, base: "" for the whole weights), encoded (and
     /// checksummed) once however many workers ask for them.
-    var encodedModels: [ModelKey: [OutFrame]] = [:]
+    var encodedModels: [ModelKey: [Frame]] = [:]
     struct ModelKey: Hashable { var hash: String; var base: String }
     /// Bytes of model versions sent: whole weights and updates (tensor frames), and their counts.
     public private(set) var modelTraffic = (fullBytes: 0, fullCount: 0, updateBytes: 0, updateCount: 0)
@@ -109,12 +109,25 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Makes `hash` (config JSON, fp32 weights as raw bytes) the version tasks run on, keeping
     /// the previous one so that workers holding it can be sent an update instead of the weights.
-    public func serve(_ hash: String, config: String, weights: @autoclosure () -> [UInt8]) {
+    /// The storage of the version that drops out is reused for the new one: a fresh array of
+    /// the model's size costs more in page faults here than the copy itself.
+    public func serve(_ hash: String, config: String, weights raw: UnsafeRawBufferPointer) {
         guard hash != currentModel else { return }
-        var kept: [String: (config: String, weights: [UInt8])] = [:]
-        if let c = currentModel, let m = models[c] { kept[c] = m }
-        kept[hash] = models[hash] ?? (config, weights())
-        models = kept
+        if let m = models[hash] {
+            models = models.filter { $0.key == currentModel }
+            models[hash] = m
+        } else {
+            var recycled = models.first { $0.key != currentModel }?.value.weights
+            models = models.filter { $0.key == currentModel }   // drops the evicted version's encoded frames too
+            var w = recycled ?? []
+            recycled = nil
+            if w.count == raw.count {
+                w.withUnsafeMutableBytes { $0.copyMemory(from: raw) }   // in place unless ZeroMQ still sends the old frames
+            } else {
+                w = Array(raw)
+            }
+            models[hash] = (config, w)
+        }
         currentModel = hash
     }
 
@@ -146,7 +159,7 @@ public final class Coordinator: @unchecked Sendable {
         if ready {
             while true {
                 let r0 = clock.now()
-                guard let frames = try socket.receive(dontWait: true) else { break }
+                guard let frames = try socket.receiveFrames(dontWait: true) else { break }
                 let r1 = clock.now()
                 handle(frames, peer: socket.lastPeerAddress)
                 profile["receive", default: 0] += r1 - r0
@@ -174,7 +187,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     func send(to worker: String, _ message: WireMessage) throws {
-        try socket.send([OutFrame(Array(worker.utf8))] + Wire.frames(message), dontWait: true)
+        try socket.send([Frame(Array(worker.utf8))] + Wire.frames(message), dontWait: true)
     }
 
     func reject(_ kind: String, _ detail: String) {
@@ -205,23 +218,24 @@ public final class Coordinator: @unchecked Sendable {
         return c
     }
 
-    func handle(_ frames: [[UInt8]], peer: String? = nil) {
+    func handle(_ frames: [Frame], peer: String? = nil) {
         guard frames.count >= 2 else { reject("malformed_envelope", "no envelope frame"); return }
         // A worker that reconnects takes its routing id over (ROUTER_HANDOVER) and libzmq renames
         // the replaced connection to a generated id (a zero byte, then 4 bytes): what that one
         // still delivers was queued on a connection the worker has dropped.
-        if frames[0].first == 0 {
+        let routingID = frames[0].array
+        if routingID.first == 0 {
             rejected["replaced_connection", default: 0] += 1
             return
         }
-        let worker = String(decoding: frames[0], as: UTF8.self)
+        let worker = String(decoding: routingID, as: UTF8.self)
         let message: WireMessage
         do {
-            message = try Wire.decode(Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
+            message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
         } catch let e as WireError {
             reject(e.kind.rawValue, "from \(worker): \(e)")
             // A result that fails its checks is a failed attempt: run it again elsewhere.
-            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1]), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
+            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
             return
         } catch {
             reject("malformed_envelope", "from \(worker): \(error)")
@@ -275,7 +289,7 @@ public final class Coordinator: @unchecked Sendable {
             let bytes = frames.dropFirst().reduce(0) { $0 + $1.count }
             if update { modelTraffic.updateBytes += bytes; modelTraffic.updateCount += 1 }
             else { modelTraffic.fullBytes += bytes; modelTraffic.fullCount += 1 }
-            try? socket.send([OutFrame(Array(worker.utf8))] + frames, dontWait: true)
+            try? socket.send([Frame(Array(worker.utf8))] + frames, dontWait: true)
         default:
             break
         }

@@ -23,8 +23,8 @@ public enum GradPhase {
     static func decodeSequences(_ inputs: [WireTensor]) throws -> [[Int]] {
         guard let l = inputs.first(where: { $0.name == "lengths" }), let i = inputs.first(where: { $0.name == "ids" }),
               l.dtype == .i32, i.dtype == .i32 else { throw WireError(kind: .descriptorMismatch, message: "grad task needs I32 lengths and ids") }
-        let lengths = l.bytes.withUnsafeBytes { r in (0..<(l.bytes.count / 4)).map { Int(r.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) } }
-        let ids = i.bytes.withUnsafeBytes { r in (0..<(i.bytes.count / 4)).map { Int(r.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) } }
+        let lengths = l.values(Int32.self).map { Int($0) }
+        let ids = i.values(Int32.self).map { Int($0) }
         guard lengths.allSatisfy({ $0 >= 0 }), lengths.reduce(0, +) == ids.count else {
             throw WireError(kind: .descriptorMismatch, message: "grad task: lengths do not add up to the ids")
         }
@@ -130,15 +130,6 @@ public enum GradPhase {
             return m
         }
     }
-}
-
-/// Calls `body` with the base addresses of `frames`, all pinned for the call.
-func withPointers<R>(_ frames: [[UInt8]], _ body: (UnsafePointer<UnsafeRawPointer?>) -> R) -> R {
-    func pin(_ i: Int, _ acc: [UnsafeRawPointer?]) -> R {
-        if i == frames.count { return acc.withUnsafeBufferPointer { body($0.baseAddress!) } }
-        return frames[i].withUnsafeBytes { pin(i + 1, acc + [$0.baseAddress]) }
-    }
-    return pin(0, [])
 }
 
 /// Where a data-parallel step's wall time went on the coordinator.
@@ -248,7 +239,7 @@ extension GradPhase {
         let config = String(decoding: model.config.jsonData(), as: UTF8.self)
         let n = model.parameters.count
         let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
-        coordinator.serve(hash, config: config, weights: Array(UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n)))
+        coordinator.serve(hash, config: config, weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
         return hash
     }
 
@@ -285,17 +276,17 @@ extension GradPhase {
         let n = grads.count
         var lossSum = 0.0, workerSeconds = 0.0
         var tokens = 0
-        var frames: [[UInt8]] = []
+        var frames: [Frame] = []
         for (_, message) in results {
             workerSeconds += message.envelope.result.seconds
-            guard let g = message.tensor("grad"), g.dtype == .f32, g.bytes.count == 4 * n else {
+            guard let g = message.tensor("grad"), g.dtype == .f32, g.byteCount == 4 * n else {
                 throw WireError(kind: .descriptorMismatch, message: "a grad result without a full gradient")
             }
-            frames.append(g.bytes)
+            frames.append(g.frame)
             lossSum += message.envelope.result.lossSum
             tokens += Int(message.envelope.result.tokenCount)
         }
-        let bad = withPointers(frames) { ptl_reduce_f32_shards(grads.pointer, $0, frames.count, n) }
+        let bad = frames.map(\.base).withUnsafeBufferPointer { ptl_reduce_f32_shards(grads.pointer, $0.baseAddress, frames.count, n) }   // the frames hold their bytes
         guard bad == n else {
             throw WireError(kind: .descriptorMismatch, message: "the reduced gradient has a NaN or infinite entry (step \(base.step)); the weights were not updated")
         }

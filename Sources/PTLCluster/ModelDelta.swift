@@ -76,10 +76,10 @@ public enum ModelDelta {
         let tags = try frame("delta_tags", .u8), offsetFrame = try frame("delta_offsets", .i64), payload = try frame("delta_payload", .u8)
         let n = weights.count
         let blocks = (n + block - 1) / block
-        let offsets = offsetFrame.bytes.withUnsafeBytes { r in (0..<(r.count / 8)).map { Int(r.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) } }
-        guard tags.bytes.count == (n + 3) / 4, offsets.count == blocks + 1, offsets.first == 0, offsets.last == payload.bytes.count,
+        let offsets = offsetFrame.values(Int64.self).map { Int($0) }
+        guard tags.byteCount == (n + 3) / 4, offsets.count == blocks + 1, offsets.first == 0, offsets.last == payload.byteCount,
               zip(offsets, offsets.dropFirst()).allSatisfy({ $0 <= $1 }) else {
-            throw WireError(kind: .descriptorMismatch, message: "model update: frames (\(tags.bytes.count) tag bytes, \(offsets.count) offsets, \(payload.bytes.count) payload bytes) do not fit \(n) weights")
+            throw WireError(kind: .descriptorMismatch, message: "model update: frames (\(tags.byteCount) tag bytes, \(offsets.count) offsets, \(payload.byteCount) payload bytes) do not fit \(n) weights")
         }
         guard n > 0 else { return }
         var used = [Int](repeating: 0, count: blocks)
@@ -87,11 +87,11 @@ public enum ModelDelta {
             let wp = UncheckedSendable(w.baseAddress!)
             used.withUnsafeMutableBufferPointer { u in
                 let up = UncheckedSendable(u.baseAddress!)
-                tags.bytes.withUnsafeBufferPointer { t in
-                    payload.bytes.withUnsafeBufferPointer { p in
+                tags.withBytes { t in
+                    payload.withBytes { p in
                         parallelChunks(blocks) { lo, hi in
                             for k in lo..<hi {
-                                up.value[k] = ptl_delta_apply(wp.value, t.baseAddress, p.baseAddress.map { $0 + offsets[k] },
+                                up.value[k] = ptl_delta_apply(wp.value, t.baseAddress?.assumingMemoryBound(to: UInt8.self), p.baseAddress.map { $0.assumingMemoryBound(to: UInt8.self) + offsets[k] },
                                                               offsets[k + 1] - offsets[k], k * block, min(n, (k + 1) * block))
                             }
                         }

@@ -116,14 +116,14 @@ public final class ZMQSocket: @unchecked Sendable {
         }
     }
 
-    /// Sends `frames` as one multipart message; frames of `OutFrame.zeroCopyBytes` or more go
+    /// Sends `frames` as one multipart message; frames of `Frame.zeroCopyBytes` or more go
     /// without a copy (ZeroMQ holds their owner until its I/O thread has sent them).
-    public func send(_ frames: [OutFrame], dontWait: Bool = false) throws {
+    public func send(_ frames: [Frame], dontWait: Bool = false) throws {
         precondition(!frames.isEmpty)
         for (i, f) in frames.enumerated() {
             var flags: Int32 = i + 1 < frames.count ? ZMQ_SNDMORE : 0
             if dontWait { flags |= ZMQ_DONTWAIT }
-            if f.count >= OutFrame.zeroCopyBytes, let base = f.base {
+            if f.count >= Frame.zeroCopyBytes, let base = f.base {
                 var msg = zmq_msg_t()
                 let hint = Unmanaged.passRetained(f.owner).toOpaque()
                 guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), f.count, releaseOwner, hint) == 0 else {
@@ -146,7 +146,13 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// Receives one multipart message, or nil when `dontWait` and nothing is queued.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
-        var frames: [[UInt8]] = []
+        try receiveFrames(dontWait: dontWait)?.map(\.array)
+    }
+
+    /// Receives one multipart message as frames: large parts stay in their ZeroMQ message (no
+    /// copy into fresh memory, which is slow to fault in on this kind of machine).
+    public func receiveFrames(dontWait: Bool = false) throws -> [Frame]? {
+        var frames: [Frame] = []
         var msg = zmq_msg_t()
         zmq_msg_init(&msg)
         defer { zmq_msg_close(&msg) }
@@ -160,12 +166,15 @@ public final class ZMQSocket: @unchecked Sendable {
             if frames.isEmpty { lastPeerAddress = nil }
             if lastPeerAddress == nil, let peer = zmq_msg_gets(&msg, "Peer-Address") { lastPeerAddress = String(cString: peer) }
             let size = zmq_msg_size(&msg)
-            if let data = zmq_msg_data(&msg), size > 0 {
-                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            let more = zmq_msg_more(&msg) != 0
+            if size >= Frame.zeroCopyBytes {
+                frames.append(Frame(Frame.ReceivedMessage(moving: &msg)))
+            } else if let data = zmq_msg_data(&msg), size > 0 {
+                frames.append(Frame(Array(UnsafeRawBufferPointer(start: data, count: size))))
             } else {
-                frames.append([])
+                frames.append(Frame([]))
             }
-            if zmq_msg_more(&msg) == 0 { return frames }
+            if !more { return frames }
         }
     }
 
@@ -223,10 +232,12 @@ private let releaseOwner: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutabl
     if let hint { Unmanaged<AnyObject>.fromOpaque(hint).release() }
 }
 
-/// One frame to send: `count` bytes at `base`, kept alive and unchanged by `owner` (an array's
-/// storage or a buffer) until ZeroMQ is done with them.
-public struct OutFrame: @unchecked Sendable {
-    /// Frames this large are handed to ZeroMQ in place; smaller ones are copied.
+/// One frame's bytes: `count` bytes at `base`, kept where they are and unchanged by `owner` —
+/// an array's storage, a buffer being sent, or a received ZeroMQ message — so large frames
+/// travel in and out without a copy.
+public struct Frame: @unchecked Sendable {
+    /// Frames this large are handed to ZeroMQ in place, and kept in their message on receipt;
+    /// smaller ones are copied.
     public static let zeroCopyBytes = 1 << 16
     public let base: UnsafeRawPointer?
     public let count: Int
@@ -241,6 +252,20 @@ public struct OutFrame: @unchecked Sendable {
         base = UnsafeRawPointer(buffer.pointer); count = 4 * buffer.count; owner = buffer
     }
 
+    init(_ message: ReceivedMessage) {
+        base = message.base; count = message.count; owner = message
+    }
+
+    /// The bytes (no copy when the frame is an array).
+    public var array: [UInt8] {
+        if let box = owner as? ArrayBox { return box.bytes }
+        return withBytes { Array($0) }
+    }
+
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: count > 0 ? base : nil, count: count))
+    }
+
     /// Holds an array so that its storage (never mutated again) stays where it is.
     final class ArrayBox {
         let bytes: [UInt8]
@@ -249,5 +274,18 @@ public struct OutFrame: @unchecked Sendable {
             self.bytes = bytes
             base = bytes.withUnsafeBytes { $0.baseAddress }   // a native array's storage does not move while it is held
         }
+    }
+
+    /// A received ZeroMQ message part, closed when the last frame using it goes.
+    final class ReceivedMessage {
+        let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
+        var base: UnsafeRawPointer? { UnsafeRawPointer(zmq_msg_data(msg)) }
+        var count: Int { zmq_msg_size(msg) }
+        /// Takes over `source` (which is left empty).
+        init(moving source: UnsafeMutablePointer<zmq_msg_t>) {
+            zmq_msg_init(msg)
+            zmq_msg_move(msg, source)
+        }
+        deinit { zmq_msg_close(msg); msg.deallocate() }
     }
 }

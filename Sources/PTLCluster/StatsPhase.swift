@@ -10,7 +10,7 @@ public enum StatsPhase {
 
     static func doubles(_ t: WireTensor?) throws -> [Double] {
         guard let t, t.dtype == .f64 else { throw WireError(kind: .descriptorMismatch, message: "stats result lacks an F64 tensor") }
-        return t.bytes.withUnsafeBytes { r in (0..<(t.bytes.count / 8)).map { r.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self) } }
+        return t.values(Double.self)
     }
 
     /// Statistics as tensor frames.

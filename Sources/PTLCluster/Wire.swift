@@ -8,35 +8,15 @@ public struct WireTensor: Sendable, Equatable {
     public var name: String
     public var dtype: Ptl_V1_DType
     public var shape: [Int]
-    /// The frame's bytes (empty when `buffer` holds them).
-    public var bytes: [UInt8]
-    /// An fp32 buffer sent as the frame without a copy (outgoing tensors only; the sender must
-    /// not change it until ZeroMQ lets it go: see `ModelCache.gradients`).
-    public var buffer: FloatBuffer?
+    /// The frame's bytes: an array, a buffer sent in place, or a received message.
+    public var frame: Frame
+
+    public init(name: String, dtype: Ptl_V1_DType, shape: [Int], frame: Frame) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.frame = frame
+    }
 
     public init(name: String, dtype: Ptl_V1_DType, shape: [Int], bytes: [UInt8]) {
-        self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
-    }
-
-    /// An fp32 tensor whose frame is `buffer` itself.
-    public init(name: String, buffer: FloatBuffer) {
-        self.init(name: name, dtype: .f32, shape: [buffer.count], bytes: [])
-        self.buffer = buffer
-    }
-
-    /// The frame's bytes, wherever they are.
-    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        if let buffer { return try body(UnsafeRawBufferPointer(start: buffer.pointer, count: 4 * buffer.count)) }
-        return try bytes.withUnsafeBytes(body)
-    }
-
-    public var byteCount: Int { buffer.map { 4 * $0.count } ?? bytes.count }
-
-    /// The frame to send: the bytes themselves, kept alive by this tensor's storage.
-    var frame: OutFrame { buffer.map { OutFrame($0) } ?? OutFrame(bytes) }
-
-    public static func == (a: WireTensor, b: WireTensor) -> Bool {
-        a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.withBytes { x in b.withBytes { y in x.elementsEqual(y) } }
+        self.init(name: name, dtype: dtype, shape: shape, frame: Frame(bytes))
     }
 
     /// An fp32 tensor.
@@ -45,21 +25,41 @@ public struct WireTensor: Sendable, Equatable {
         self.init(name: name, dtype: .f32, shape: shape, bytes: floats.withUnsafeBytes { Array($0) })
     }
 
-    /// An fp32 tensor copied once from memory.
-    public init(name: String, f32 pointer: UnsafePointer<Float>, count: Int) {
-        self.init(name: name, dtype: .f32, shape: [count], bytes: Array(UnsafeRawBufferPointer(start: pointer, count: 4 * count)))
+    /// An fp32 tensor whose frame is `buffer` itself (the sender must not change it until
+    /// ZeroMQ lets it go: see `ModelCache.gradients`).
+    public init(name: String, buffer: FloatBuffer) {
+        self.init(name: name, dtype: .f32, shape: [buffer.count], frame: Frame(buffer))
     }
+
+    /// The bytes as an array (a copy unless the frame is one).
+    public var bytes: [UInt8] {
+        get { frame.array }
+        set { frame = Frame(newValue) }
+    }
+
+    public var byteCount: Int { frame.count }
+
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try frame.withBytes(body) }
 
     /// The values of an F32 frame.
     public var floats: [Float]? {
-        guard dtype == .f32, bytes.count % 4 == 0 else { return nil }
-        let n = bytes.count / 4
+        guard dtype == .f32, byteCount % 4 == 0 else { return nil }
+        let n = byteCount / 4
         return [Float](unsafeUninitializedCapacity: n) { out, count in
-            bytes.withUnsafeBytes { raw in
+            withBytes { raw in
                 if n > 0 { UnsafeMutableRawPointer(out.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: 4 * n) }
             }
             count = n
         }
+    }
+
+    /// The values of a frame of fixed-size elements (I32, I64, F64 …), read unaligned.
+    public func values<T>(_ type: T.Type) -> [T] {
+        withBytes { r in (0..<(r.count / MemoryLayout<T>.size)).map { r.loadUnaligned(fromByteOffset: MemoryLayout<T>.size * $0, as: T.self) } }
+    }
+
+    public static func == (a: WireTensor, b: WireTensor) -> Bool {
+        a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.withBytes { x in b.withBytes { y in x.elementsEqual(y) } }
     }
 }
 
@@ -105,13 +105,13 @@ public enum Wire {
 
     /// The frames of `message`: the envelope gets the protocol version and a descriptor per tensor.
     public static func encode(_ message: WireMessage) throws -> [[UInt8]] {
-        try [envelope(message)] + message.tensors.map { t in t.buffer == nil ? t.bytes : t.withBytes { Array($0) } }
+        try frames(message).map(\.array)
     }
 
     /// The same frames for a socket: tensors are not copied (ZeroMQ sends large ones from
     /// where they are).
-    public static func frames(_ message: WireMessage) throws -> [OutFrame] {
-        try [OutFrame(envelope(message))] + message.tensors.map(\.frame)
+    public static func frames(_ message: WireMessage) throws -> [Frame] {
+        try [Frame(envelope(message))] + message.tensors.map(\.frame)
     }
 
     static func envelope(_ message: WireMessage) throws -> [UInt8] {
@@ -131,7 +131,12 @@ public enum Wire {
 
     /// Decodes and checks frames; `maxTensorBytes` bounds each frame.
     public static func decode(_ frames: [[UInt8]], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
-        guard let head = frames.first else { throw WireError(kind: .malformedEnvelope, message: "empty message") }
+        try decode(frames: frames.map { Frame($0) }, maxTensorBytes: maxTensorBytes, requireFinite: requireFinite)
+    }
+
+    /// Decodes and checks frames as a socket received them (tensors keep their frames: no copy).
+    public static func decode(frames: [Frame], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
+        guard let head = frames.first?.array else { throw WireError(kind: .malformedEnvelope, message: "empty message") }
         let env: Ptl_V1_Envelope
         do { env = try Ptl_V1_Envelope(serializedBytes: head) } catch {
             throw WireError(kind: .malformedEnvelope, message: "frame 0 (\(head.count) bytes) is not an Envelope: \(error)")
@@ -147,7 +152,8 @@ public enum Wire {
             throw WireError(kind: .descriptorMismatch, message: "\(env.tensors.count) descriptors for \(frames.count - 1) tensor frames")
         }
         var tensors: [WireTensor] = []
-        for (d, bytes) in zip(env.tensors, frames.dropFirst()) {
+        for (d, frame) in zip(env.tensors, frames.dropFirst()) {
+            let bytes = UnsafeRawBufferPointer(start: frame.count > 0 ? frame.base : nil, count: frame.count)   // held by `frames`
             guard bytes.count <= maxTensorBytes else {
                 throw WireError(kind: .oversized, message: "tensor \(d.name): \(bytes.count) bytes > limit \(maxTensorBytes)")
             }
@@ -163,7 +169,7 @@ public enum Wire {
             let crc: UInt32
             if requireFinite, d.dtype == .f32, bytes.count >= 4 {
                 var first = 0
-                crc = bytes.withUnsafeBytes { ptl_crc32c_finite_f32($0.baseAddress!, bytes.count / 4, &first) }
+                crc = ptl_crc32c_finite_f32(bytes.baseAddress!, bytes.count / 4, &first)
                 bad = first < bytes.count / 4 ? first : .max
             } else {
                 crc = CRC32C.checksum(bytes)
@@ -172,10 +178,10 @@ public enum Wire {
                 throw WireError(kind: .checksum, message: "tensor \(d.name): CRC-32C mismatch")
             }
             if bad != .max {
-                let v = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4 * bad, as: Float.self) }
+                let v = bytes.loadUnaligned(fromByteOffset: 4 * bad, as: Float.self)
                 throw WireError(kind: .nonFinite, message: "tensor \(d.name): non-finite value \(v) at index \(bad)")
             }
-            let t = WireTensor(name: d.name, dtype: d.dtype, shape: d.shape.map { Int($0) }, bytes: bytes)
+            let t = WireTensor(name: d.name, dtype: d.dtype, shape: d.shape.map { Int($0) }, frame: frame)
             tensors.append(t)
         }
         return WireMessage(envelope: env, tensors: tensors)

@@ -105,7 +105,7 @@ public final class WorkerClient: @unchecked Sendable {
         while !shouldStop() {
             // While a task computes, wake often so its result leaves as soon as it is ready.
             if try socket.poll(milliseconds: busy ? 2 : Int(settings.heartbeatInterval * 1000 / 4)) {
-                while let frames = try socket.receive(dontWait: true) {
+                while let frames = try socket.receiveFrames(dontWait: true) {
                     lastHeard = clock.now()
                     backoff = settings.minBackoff
                     try handle(frames)
@@ -165,9 +165,9 @@ public final class WorkerClient: @unchecked Sendable {
         try? send(WireMessage(envelope: Messages.envelope(.disconnect)))
     }
 
-    func handle(_ frames: [[UInt8]]) throws {
+    func handle(_ frames: [Frame]) throws {
         let message: WireMessage
-        do { message = try Wire.decode(frames) } catch {
+        do { message = try Wire.decode(frames: frames) } catch {
             log("bad message from the coordinator: \(error)")
             return
         }
@@ -194,8 +194,15 @@ public final class WorkerClient: @unchecked Sendable {
             let r = env.modelResponse
             var w: [Float]
             if r.baseModelHash.isEmpty {
-                guard let whole = message.tensor("weights")?.floats else { log("model response without weights"); return }
-                w = whole
+                guard let t = message.tensor("weights"), t.dtype == .f32, t.byteCount % 4 == 0 else { log("model response without weights"); return }
+                // Into the held version's storage when the size matches (no fresh model-sized array).
+                w = models.count == 1 && models.first!.value.weights.count == t.byteCount / 4 ? models.removeValue(forKey: models.first!.key)!.weights : []
+                models = [:]
+                if w.count == t.byteCount / 4 {
+                    w.withUnsafeMutableBytes { dst in t.withBytes { dst.copyMemory(from: $0) } }
+                } else {
+                    w = t.floats!
+                }
             } else {
                 // An update on top of the version we hold: applied, then checked against the new hash.
                 guard models[r.baseModelHash] != nil else {
@@ -220,7 +227,7 @@ public final class WorkerClient: @unchecked Sendable {
             }
             let version = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
             models = [r.modelHash: version]   // keep one version
-            let mb = Double(message.tensors.reduce(0) { $0 + $1.bytes.count }) / 1e6
+            let mb = Double(message.tensors.reduce(0) { $0 + $1.byteCount }) / 1e6
             log(String(format: "model %@ received %@ (%.1f MB) in %.2f s", r.modelHash,
                        r.baseModelHash.isEmpty ? "whole" : "as an update on \(r.baseModelHash)", mb, clock.now() - requestedAt))
             if settings.cacheDirectory != nil { unstored = (r.modelHash, clock.now()) }

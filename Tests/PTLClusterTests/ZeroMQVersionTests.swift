@@ -66,12 +66,14 @@ import Testing
         func openFiles() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0 }
         for _ in 0..<5 { _ = try ZMQSocket(context: try ZMQContext(), type: .dealer) }
         let before = openFiles()
-        for _ in 0..<50 {
+        // 200 rounds: a leak of one descriptor a round shows as 200+, while the other tests
+        // running beside this one (processes, log files) move the count by a few.
+        for _ in 0..<200 {
             let ctx = try ZMQContext()
             let s = try ZMQSocket(context: ctx, type: .router)
             try s.bind("tcp://127.0.0.1:*")
         }
-        #expect(openFiles() <= before + 2)
+        #expect(openFiles() <= before + 30)
         #expect(throws: ZMQError.self) { try ZMQSocket(context: try ZMQContext(), type: .router).bind("nonsense://x") }
     }
 }
