@@ -55,24 +55,6 @@ uint32_t ptl_crc32c(uint32_t crc, const void *data, size_t n) {
     return ~crc_tables(c, p, n);
 }
 
-void ptl_accumulate_f32(double *acc, const void *src, size_t n) {
-    const uint8_t *p = (const uint8_t *)src;
-    for (size_t i = 0; i < n; i++) {
-        float v;
-        memcpy(&v, p + 4 * i, 4);
-        acc[i] += (double)v;
-    }
-}
-
-void ptl_store_f32_as_f64(double *acc, const void *src, size_t n) {
-    const uint8_t *p = (const uint8_t *)src;
-    for (size_t i = 0; i < n; i++) {
-        float v;
-        memcpy(&v, p + 4 * i, 4);
-        acc[i] = (double)v;
-    }
-}
-
 size_t ptl_first_nonfinite_f32(const void *src, size_t n) {
     const uint8_t *p = (const uint8_t *)src;
     size_t i = 0;

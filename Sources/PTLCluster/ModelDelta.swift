@@ -61,9 +61,6 @@ public enum ModelDelta {
                 WireTensor(name: "delta_payload", dtype: .u8, shape: [payload.count], bytes: payload)]
     }
 
-    /// Whether `tensors` are an update (rather than whole weights).
-    public static func isUpdate(_ tensors: [WireTensor]) -> Bool { tensors.contains { $0.name == "delta_tags" } }
-
     /// Applies the update `tensors` to `weights` in place. Throws, naming what is wrong, when the
     /// frames do not fit weights of this size (nothing is promised about `weights` then).
     public static func apply(_ tensors: [WireTensor], to weights: inout [Float]) throws {

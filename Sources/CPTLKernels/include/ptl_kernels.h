@@ -10,12 +10,6 @@ uint32_t ptl_crc32c(uint32_t crc, const void *data, size_t n);
 /// The same by the tables alone (the oracle of the SSE4.2 path in the tests).
 uint32_t ptl_crc32c_portable(uint32_t crc, const void *data, size_t n);
 
-/// acc[i] += (double)src[i] for n fp32 values read from possibly unaligned little-endian bytes.
-void ptl_accumulate_f32(double *acc, const void *src, size_t n);
-
-/// acc[i] = (double)src[i] (the first shard of a reduce: no zeroing pass).
-void ptl_store_f32_as_f64(double *acc, const void *src, size_t n);
-
 /// The index of the first NaN or infinite fp32 value among n (possibly unaligned), or n.
 size_t ptl_first_nonfinite_f32(const void *src, size_t n);
 
