@@ -20,6 +20,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzmq3-dev).
@@ -48,7 +49,8 @@ let package = Package(
         .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor"], swiftSettings: optimizedAlways),
         // The ZeroMQ binding, the coordinator and worker, the phases and the Prune–Tune Loop.
         .target(name: "PTLCluster", dependencies: ["CZeroMQ", "CPTLKernels", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
-                                                   .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+                                                   .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                                                   .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(name: "ptl", dependencies: [
             "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster", "PTLPrune",
@@ -57,10 +59,12 @@ let package = Package(
         .executableTarget(name: "ptl-coordinator", dependencies: [
             "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer", "PTLPrune",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ptl-worker", dependencies: [
             "PTLCluster", "PTLTensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],
                           path: "bench/Sources/ptl-bench"),
@@ -72,7 +76,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "CPTLKernels", "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "CPTLKernels", .product(name: "Logging", package: "swift-log"), "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
         .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// A ZAP handler (ZeroMQ RFC 27): answers libzmq's authentication requests for CURVE
 /// connections in a context, accepting only client public keys on the allow-list. Runs on its
@@ -10,7 +11,7 @@ public final class CurveAuthenticator: @unchecked Sendable {
     let done = DispatchSemaphore(value: 0)
     public private(set) var accepted = 0
     public private(set) var denied = 0
-    public var log: @Sendable (String) -> Void = { _ in }
+    public var logger = Logger.silent
 
     /// Starts answering for `context`; `allowedPublicKeys` are Z85 keys. Bind CURVE server
     /// sockets only after this returns.
@@ -47,7 +48,12 @@ public final class CurveAuthenticator: @unchecked Sendable {
             let mechanism = String(decoding: request[5], as: UTF8.self)
             let key = request.count >= 7 ? request[6] : []
             let ok = mechanism == "CURVE" && allowed.contains(key)
-            if ok { accepted += 1 } else { denied += 1; log("denied a \(mechanism) client not on the allow-list") }
+            if ok { accepted += 1 } else {
+                denied += 1
+                let address = String(decoding: request[3], as: UTF8.self)
+                logger.warning("denied a \(mechanism) client at \(address) not on the allow-list",
+                               metadata: ["mechanism": .string(mechanism), "peer": .string(address)])
+            }
             try? socket.send([Array("1.0".utf8), requestID, Array((ok ? "200" : "400").utf8),
                               Array((ok ? "OK" : "not on the allow-list").utf8), [], []])
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PTLFormats
 import PTLModel
 import PTLTensor
@@ -99,7 +100,7 @@ public enum Checkpoint {
     /// The newest complete checkpoint of `dir`: `dir` itself, or the previous one kept while a
     /// newer was being put in place; nil when there is none. Throws when checkpoints exist but
     /// none verifies.
-    public static func newest(_ dir: String, log: (String) -> Void = { _ in }) throws -> String? {
+    public static func newest(_ dir: String, logger: Logger = .silent) throws -> String? {
         let (_, old, target) = siblings(dir)
         var problems: [String] = []
         for candidate in [target, old] where FileManager.default.fileExists(atPath: candidate.path) {
@@ -107,7 +108,7 @@ public enum Checkpoint {
                 try verify(candidate.path)
                 return candidate.path
             } catch {
-                log("checkpoint \(candidate.path) rejected: \(error)")
+                logger.warning("checkpoint \(candidate.path) rejected: \(error)", metadata: ["checkpoint": .string(candidate.path)])
                 problems.append("\(error)")
             }
         }

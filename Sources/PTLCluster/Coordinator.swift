@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// A phase that cannot finish: a task fails on every attempt.
 public struct PhaseError: Error, CustomStringConvertible, Sendable {
@@ -83,7 +84,14 @@ public final class Coordinator: @unchecked Sendable {
     /// tokenizer.json sent with every model version (the eval phase needs it).
     public var tokenizerJSON = ""
     public private(set) var rejected: [String: Int] = [:]
-    public var log: (String) -> Void = { _ in }
+    /// Records carry the worker and the task (`worker`, `task`, `phase`, `round`, `step`, `shard`, `attempt`).
+    public var logger = Logger.silent
+    /// Called as a phase starts, when a result is accepted, on every turn of the event loop
+    /// (at most once a heartbeat interval) and when the phase completes.
+    public var onProgress: (PhaseProgress) -> Void = { _ in }
+    /// The running phase's progress.
+    public private(set) var progress: PhaseProgress?
+    private var phaseStart = 0.0, lastProgress = 0.0
     /// Polled while a phase runs: true (e.g. after SIGTERM) abandons the phase with `Interrupted`.
     public var shouldStop: () -> Bool = { false }
     private var lastHeartbeat = 0.0
@@ -137,6 +145,13 @@ public final class Coordinator: @unchecked Sendable {
         specs = [:]; inputs = [:]
         for t in tasks { specs[TaskID(t.key)] = t.spec; inputs[TaskID(t.key)] = t.inputs }
         scheduler.startPhase(tasks.map(\.key))
+        phaseStart = clock.now()
+        if let k = tasks.first?.key {
+            progress = PhaseProgress(phase: k.phase, round: k.round, step: k.step, done: 0, total: tasks.count,
+                                     workers: scheduler.workers.count, tokens: 0, seconds: 0)
+            reportProgress()
+        }
+        defer { progress = nil }
         while !scheduler.isPhaseComplete {
             guard clock.now() < deadline else { throw ZMQError(operation: "phase timed out", code: ETIMEDOUT) }
             if shouldStop() { throw Interrupted() }
@@ -145,6 +160,7 @@ public final class Coordinator: @unchecked Sendable {
             }
             try pump(milliseconds: Int(settings.heartbeatInterval * 1000))
         }
+        if progress != nil { reportProgress() }
         return scheduler.orderedResults()!.map { ($0.key, $0.output) }
     }
 
@@ -166,9 +182,10 @@ public final class Coordinator: @unchecked Sendable {
                 profile["handle", default: 0] += clock.now() - r1
             }
         }
-        for w in scheduler.expire() { log("worker \(w) silent: dropped, its task requeued") }
+        for w in scheduler.expire() { logger.warning("worker \(w) silent: dropped, its task requeued", metadata: ["worker": .string(w)]) }
         try dispatch()
         let now = clock.now()
+        if progress != nil && now - lastProgress >= settings.heartbeatInterval { reportProgress() }
         if now - lastHeartbeat >= settings.heartbeatInterval {
             lastHeartbeat = now
             for w in scheduler.workers.keys.sorted() { try send(to: w, Messages.heartbeat()) }
@@ -176,6 +193,17 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     /// Leases pending tasks to idle workers.
+    func reportProgress() {
+        guard var p = progress else { return }
+        let now = clock.now()
+        p.done = scheduler.results.count
+        p.workers = scheduler.workers.count
+        p.seconds = now - phaseStart
+        progress = p
+        lastProgress = now
+        onProgress(p)
+    }
+
     func dispatch() throws {
         for (worker, key) in scheduler.assign() {
             let id = TaskID(key)
@@ -190,16 +218,25 @@ public final class Coordinator: @unchecked Sendable {
         try socket.send([Frame(Array(worker.utf8))] + Wire.frames(message), dontWait: true)
     }
 
-    func reject(_ kind: String, _ detail: String) {
+    func reject(_ kind: String, _ detail: String, worker: String? = nil) {
         rejected[kind, default: 0] += 1
-        log("rejected message: \(detail)")
+        var m: Logger.Metadata = ["kind": .string(kind)]
+        if let worker { m["worker"] = .string(worker) }
+        logger.warning("rejected message: \(detail)", metadata: m)
     }
 
     func take(_ key: Ptl_V1_TaskKey, from worker: String, _ message: WireMessage) {
+        var m = key.logMetadata
+        m["worker"] = .string(worker)
         switch scheduler.complete(key, from: worker, output: message) {
-        case .accepted: break
-        case .duplicate: log("duplicate result \(TaskID(key)) attempt \(key.attempt) from \(worker) dropped")
-        case .stale: log("stale result \(TaskID(key)) from \(worker): attempt \(key.attempt) holds no valid lease; rejected")
+        case .accepted:
+            if progress != nil {
+                progress!.tokens += Int(message.envelope.result.tokenCount)
+                reportProgress()
+            }
+            logger.debug("result \(TaskID(key)) from \(worker) accepted", metadata: m)
+        case .duplicate: logger.notice("duplicate result \(TaskID(key)) attempt \(key.attempt) from \(worker) dropped", metadata: m)
+        case .stale: logger.warning("stale result \(TaskID(key)) from \(worker): attempt \(key.attempt) holds no valid lease; rejected", metadata: m)
         }
     }
 
@@ -233,12 +270,12 @@ public final class Coordinator: @unchecked Sendable {
         do {
             message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
         } catch let e as WireError {
-            reject(e.kind.rawValue, "from \(worker): \(e)")
+            reject(e.kind.rawValue, "from \(worker): \(e)", worker: worker)
             // A result that fails its checks is a failed attempt: run it again elsewhere.
             if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
             return
         } catch {
-            reject("malformed_envelope", "from \(worker): \(error)")
+            reject("malformed_envelope", "from \(worker): \(error)", worker: worker)
             return
         }
         let env = message.envelope
@@ -251,16 +288,19 @@ public final class Coordinator: @unchecked Sendable {
         scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
         switch env.type {
         case .ready:
-            log("worker \(worker) ready (\(env.ready.threads) threads)")
+            logger.info("worker \(worker) ready (\(env.ready.threads) threads)",
+                        metadata: ["worker": .string(worker), "threads": "\(env.ready.threads)", "worker_version": .string(env.ready.version)])
         case .result:
             take(env.task, from: worker, message)
         case .disconnect:
-            log("worker \(worker) left")
+            logger.info("worker \(worker) left", metadata: ["worker": .string(worker)])
             scheduler.remove(worker)
         case .error where env.error.message == WorkerClient.busyMessage:
             scheduler.busy(env.task, on: worker)
         case .error:
-            log("worker \(worker) failed \(TaskID(env.task)): \(env.error.message)")
+            var m = env.task.logMetadata
+            m["worker"] = .string(worker)
+            logger.warning("worker \(worker) failed \(TaskID(env.task)): \(env.error.message)", metadata: m)
             scheduler.failed(env.task, on: worker, reason: env.error.message)
         case .modelRequest:
             let hash = env.modelRequest.modelHash

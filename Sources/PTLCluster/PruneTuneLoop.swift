@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PTLData
 import PTLEval
 import PTLModel
@@ -141,7 +142,8 @@ public final class PruneTuneLoop {
     let original: ModelCost
     let originalModel: Model
     let order: EpochOrder
-    public var log: (String) -> Void = { _ in }
+    /// The coordinator's logger unless set otherwise.
+    public var logger = Logger.silent
     /// Progress: (round, rounds, phase, fraction of the phase done).
     public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
     public var run = "ptl"
@@ -154,6 +156,7 @@ public final class PruneTuneLoop {
     public init(coordinator: Coordinator, model start: Model, data: LoopData, settings: LoopSettings, out: String,
                 tokenizerSource: String?, fresh: Bool) throws {
         self.coordinator = coordinator
+        logger = coordinator.logger
         self.out = out
         self.data = data
         self.tokenizerSource = tokenizerSource
@@ -165,7 +168,7 @@ public final class PruneTuneLoop {
         original = ModelCost(config: start.config)
         var adam = AdamWSettings()
         adam.weightDecay = settings.weightDecay
-        let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"))
+        let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"), logger: logger)
         if let found {
             let stateFile = (found as NSString).appendingPathComponent("loop.json")
             let s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
@@ -190,7 +193,7 @@ public final class PruneTuneLoop {
         grads = FloatBuffer(count: model.layout.count)
         order = EpochOrder(count: data.tune.count, seed: settings.seed)
         if state.totalSteps * settings.batchSize > data.tune.count {
-            log("note: \(state.totalSteps) steps × \(settings.batchSize) lines need more than the \(data.tune.count) tuning lines; later lines repeat")
+            logger.info("note: \(state.totalSteps) steps × \(settings.batchSize) lines need more than the \(data.tune.count) tuning lines; later lines repeat")
         }
     }
 
@@ -247,7 +250,8 @@ public final class PruneTuneLoop {
         let (acc, tps) = try accuracyAndSpeed(model)
         state.rows.append(row("eval", seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps,
                               detail: "original"))
-        log(String(format: "round 0 (original): accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s", acc * 100, state.lossBefore, tps))
+        logger.info("\(String(format: "round 0 (original): accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s", acc * 100, state.lossBefore, tps))",
+                    metadata: ["round": "0", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore), "tokens_per_second": .stringConvertible(tps)])
         state.round = 1
         state.stage = .prune
         try checkpoint()
@@ -345,7 +349,7 @@ public final class PruneTuneLoop {
                 let trial = try trialCutDamage(chosen, from: after)
                 state.doomed.append(DoomedLayers(removeAtRound: removeAt, windowStart: r, layers: chosen,
                                                  scores: chosen.map { keptScores[$0] }, trialDamage: trial))
-                log("round \(r): layer(s) \(chosen) will be annealed to zero over rounds \(r)–\(removeAt - 1) (cutting them now would add \(String(format: "%.3f", trial)) to the loss)")
+                logger.info("round \(r): layer(s) \(chosen) will be annealed to zero over rounds \(r)–\(removeAt - 1) (cutting them now would add \(String(format: "%.3f", trial)) to the loss)")
             }
         }
         if plan.neurons > 0 { state.neuronDamagePerNeuron = max(0, damage) / Double(plan.neurons) }
@@ -356,8 +360,8 @@ public final class PruneTuneLoop {
         let shape = "\(model.config.numHiddenLayers) blocks × FFN \(model.config.intermediateSize)"
         state.rows.append(row("prune", seconds: Date().timeIntervalSince(t1), loss: after, steps: state.roundSteps,
                               detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", damage))"))
-        log(String(format: "round %d: pruned to %@ (%.1f%% of the parameters); held-out loss %.4f → %.4f; %d tune steps",
-                   r, shape, 100 * Double(model.parameterCount) / Double(original.parameters), state.lossBefore, after, state.roundSteps))
+        logger.info("\(String(format: "round %d: pruned to %@ (%.1f%% of the parameters); held-out loss %.4f → %.4f; %d tune steps", r, shape, 100 * Double(model.parameterCount) / Double(original.parameters), state.lossBefore, after, state.roundSteps))",
+                    metadata: ["round": "\(r)", "parameters": "\(model.parameterCount)", "tune_steps": "\(state.roundSteps)"])
         state.stage = .tune
         try checkpoint()
     }
@@ -483,8 +487,9 @@ public final class PruneTuneLoop {
         state.lossBefore = try heldOutLoss(model, scale: scale)
         let (acc, tps) = try accuracyAndSpeed(model)
         state.rows.append(row("eval", seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps))
-        log(String(format: "round %d/%d: accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s, %.1f%% of the parameters",
-                   r, rounds, acc * 100, state.lossBefore, tps, 100 * Double(model.parameterCount) / Double(original.parameters)))
+        logger.info("\(String(format: "round %d/%d: accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s, %.1f%% of the parameters", r, rounds, acc * 100, state.lossBefore, tps, 100 * Double(model.parameterCount) / Double(original.parameters)))",
+                    metadata: ["round": "\(r)", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore),
+                               "tokens_per_second": .stringConvertible(tps), "parameters": "\(model.parameterCount)"])
         let roundDir = (out as NSString).appendingPathComponent(String(format: "rounds/round-%02d", r))
         try HFModel.save(model.foldingBranchScales(scale), to: roundDir, copyFrom: tokenizerSource)
         if r == rounds {

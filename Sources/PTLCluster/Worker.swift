@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// What a worker computes for one task: the model version it needs, given as (config, weights).
 public typealias TaskHandler = @Sendable (_ key: Ptl_V1_TaskKey, _ spec: Ptl_V1_Task, _ inputs: [WireTensor],
@@ -55,7 +56,8 @@ public final class WorkerClient: @unchecked Sendable {
     var unstored: (hash: String, since: Double)?
     /// When the pending model request went out.
     var requestedAt = 0.0
-    public var log: @Sendable (String) -> Void = { _ in }
+    /// Records carry the task (`task`, `phase`, `round`, `step`, `shard`, `attempt`) where there is one.
+    public var logger = Logger.silent
     public private(set) var reconnects = 0
     public private(set) var tasksRun = 0
     /// Model versions received as updates on top of the one held (not fetched whole).
@@ -118,23 +120,30 @@ public final class WorkerClient: @unchecked Sendable {
                 let fault = result.envelope.type == .result ? settings.faults?.fault(for: result.envelope.task) : nil
                 switch fault {
                 case .dropResult:
-                    log("fault injection: dropping the result of \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt & 0xFFF)")
+                    logger.notice("fault injection: dropping the result of \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt & 0xFFF)",
+                                  metadata: result.envelope.task.logMetadata)
                 case .duplicateResult:
-                    log("fault injection: sending the result of \(TaskID(result.envelope.task)) twice")
+                    logger.notice("fault injection: sending the result of \(TaskID(result.envelope.task)) twice", metadata: result.envelope.task.logMetadata)
                     try send(result)
                     try send(result)
                 case .dieAfterSend:
                     try send(result)
-                    log("fault injection: dying right after sending the result of \(TaskID(result.envelope.task))")
+                    logger.notice("fault injection: dying right after sending the result of \(TaskID(result.envelope.task))", metadata: result.envelope.task.logMetadata)
                     usleep(20_000)
                     _exit(70)
                 default:
                     try send(result)
-                    log(result.envelope.type == .result
-                        ? String(format: "task %@ attempt %u: result sent (%.2f s in the task, %.2f s of it compute; %.2f s to send)",
-                                 "\(TaskID(result.envelope.task))", result.envelope.task.attempt, handlerSeconds, result.envelope.result.seconds,
-                                 clock.now() - sendStart)
-                        : "task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): failed: \(result.envelope.error.message)")
+                    var m = result.envelope.task.logMetadata
+                    if result.envelope.type == .result {
+                        let send = clock.now() - sendStart
+                        m["seconds"] = .stringConvertible(handlerSeconds)
+                        m["compute_seconds"] = .stringConvertible(result.envelope.result.seconds)
+                        m["send_seconds"] = .stringConvertible(send)
+                        m["tokens"] = "\(result.envelope.result.tokenCount)"
+                        logger.info("\(String(format: "task %@ attempt %u: result sent (%.2f s in the task, %.2f s of it compute; %.2f s to send)", "\(TaskID(result.envelope.task))", result.envelope.task.attempt, handlerSeconds, result.envelope.result.seconds, send))", metadata: m)
+                    } else {
+                        logger.warning("task \(TaskID(result.envelope.task)) attempt \(result.envelope.task.attempt): failed: \(result.envelope.error.message)", metadata: m)
+                    }
                 }
                 lastSent = clock.now()
             }
@@ -149,7 +158,7 @@ public final class WorkerClient: @unchecked Sendable {
             }
             if now - lastHeard > settings.heartbeatInterval * settings.liveness {
                 // The coordinator is gone: wait, reconnect, register again.
-                log("coordinator silent for \(Int(now - lastHeard)) s: reconnecting in \(Int(backoff)) s")
+                logger.warning("coordinator silent for \(Int(now - lastHeard)) s: reconnecting in \(Int(backoff)) s")
                 let until = clock.now() + backoff
                 while clock.now() < until && !shouldStop() { usleep(20_000) }
                 backoff = min(settings.maxBackoff, backoff * 2)
@@ -168,7 +177,7 @@ public final class WorkerClient: @unchecked Sendable {
     func handle(_ frames: [Frame]) throws {
         let message: WireMessage
         do { message = try Wire.decode(frames: frames) } catch {
-            log("bad message from the coordinator: \(error)")
+            logger.warning("bad message from the coordinator: \(error)")
             return
         }
         let env = message.envelope
@@ -178,7 +187,7 @@ public final class WorkerClient: @unchecked Sendable {
         case .task:
             guard !busy else { try send(Messages.error(env.task, WorkerClient.busyMessage)); return }
             if settings.faults?.fault(for: env.task) == .dieBeforeCompute {
-                log("fault injection: dying before computing \(TaskID(env.task))")
+                logger.notice("fault injection: dying before computing \(TaskID(env.task))", metadata: env.task.logMetadata)
                 _exit(70)
             }
             if models[env.taskSpec.modelHash] == nil, let cached = loadCached(env.taskSpec.modelHash) {
@@ -194,7 +203,7 @@ public final class WorkerClient: @unchecked Sendable {
             let r = env.modelResponse
             var w: [Float]
             if r.baseModelHash.isEmpty {
-                guard let t = message.tensor("weights"), t.dtype == .f32, t.byteCount % 4 == 0 else { log("model response without weights"); return }
+                guard let t = message.tensor("weights"), t.dtype == .f32, t.byteCount % 4 == 0 else { logger.warning("model response without weights"); return }
                 // Into the held version's storage when the size matches (no fresh model-sized array).
                 w = models.count == 1 && models.first!.value.weights.count == t.byteCount / 4 ? models.removeValue(forKey: models.first!.key)!.weights : []
                 models = [:]
@@ -206,7 +215,7 @@ public final class WorkerClient: @unchecked Sendable {
             } else {
                 // An update on top of the version we hold: applied, then checked against the new hash.
                 guard models[r.baseModelHash] != nil else {
-                    log("model update on top of \(r.baseModelHash), which we do not hold: fetching \(r.modelHash) whole")
+                    logger.notice("model update on top of \(r.baseModelHash), which we do not hold: fetching \(r.modelHash) whole")
                     try requestModel(r.modelHash, base: nil)
                     return
                 }
@@ -219,7 +228,7 @@ public final class WorkerClient: @unchecked Sendable {
                         throw WireError(kind: .checksum, message: "the update gave version \(hash), not \(r.modelHash)")
                     }
                 } catch {
-                    log("model update to \(r.modelHash) rejected (\(error)): fetching it whole")
+                    logger.warning("model update to \(r.modelHash) rejected (\(error)): fetching it whole")
                     try requestModel(r.modelHash, base: nil)
                     return
                 }
@@ -228,15 +237,15 @@ public final class WorkerClient: @unchecked Sendable {
             let version = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
             models = [r.modelHash: version]   // keep one version
             let mb = Double(message.tensors.reduce(0) { $0 + $1.byteCount }) / 1e6
-            log(String(format: "model %@ received %@ (%.1f MB) in %.2f s", r.modelHash,
-                       r.baseModelHash.isEmpty ? "whole" : "as an update on \(r.baseModelHash)", mb, clock.now() - requestedAt))
+            logger.info("\(String(format: "model %@ received %@ (%.1f MB) in %.2f s", r.modelHash, r.baseModelHash.isEmpty ? "whole" : "as an update on \(r.baseModelHash)", mb, clock.now() - requestedAt))",
+                        metadata: ["model": .string(r.modelHash), "update": "\(!r.baseModelHash.isEmpty)"])
             if settings.cacheDirectory != nil { unstored = (r.modelHash, clock.now()) }
             if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash {
                 waiting = nil
                 start(t.key, t.spec, t.inputs)
             }
         case .error:
-            log("coordinator error: \(env.error.message)")
+            logger.warning("coordinator error: \(env.error.message)")
             if let t = waiting { waiting = nil; try send(Messages.error(t.key, env.error.message)) }
         default:
             break
@@ -287,7 +296,7 @@ public final class WorkerClient: @unchecked Sendable {
             for old in try fm.contentsOfDirectory(atPath: dir) where old.hasSuffix(".model") { try? fm.removeItem(at: url.appendingPathComponent(old)) }
             try fm.moveItem(at: temp, to: url.appendingPathComponent("\(version.hash).model"))
         } catch {
-            log("could not cache model \(version.hash) in \(dir): \(error)")
+            logger.warning("could not cache model \(version.hash) in \(dir): \(error)")
         }
     }
 
@@ -300,18 +309,18 @@ public final class WorkerClient: @unchecked Sendable {
               let raw = try? Data(contentsOf: url.appendingPathComponent("weights.f32")), raw.count % 4 == 0 else { return nil }
         let weights = raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         guard weights.withUnsafeBufferPointer({ modelHash(configJSON: config, weights: $0) }) == hash else {
-            log("cached model \(hash) is damaged: fetching it again")
+            logger.warning("cached model \(hash) is damaged: fetching it again")
             return nil
         }
-        log("model \(hash) loaded from the cache \(dir)")
+        logger.info("model \(hash) loaded from the cache \(dir)", metadata: ["model": .string(hash)])
         return ModelVersion(hash: hash, config: config, weights: weights, tokenizer: tokenizer)
     }
 
     func start(_ key: Ptl_V1_TaskKey, _ spec: Ptl_V1_Task, _ inputs: [WireTensor]) {
         busy = true
-        log("task \(TaskID(key)) attempt \(key.attempt): computing")
+        logger.info("task \(TaskID(key)) attempt \(key.attempt): computing", metadata: key.logMetadata)
         let model = models[spec.modelHash]!
-        let handler = self.handler, done = self.done, faults = settings.faults, log = self.log
+        let handler = self.handler, done = self.done, faults = settings.faults, logger = self.logger
         DispatchQueue.global().async {
             let reply: WireMessage
             let t0 = Date()
@@ -319,7 +328,7 @@ public final class WorkerClient: @unchecked Sendable {
                 if let f = faults, f.delayMilliseconds > 0 { usleep(UInt32(f.delayMilliseconds) * 1000) }
                 let (result, tensors) = try handler(key, spec, inputs, model)
                 if faults?.fault(for: key) == .dieMidCompute {
-                    log("fault injection: dying while computing \(TaskID(key))")
+                    logger.notice("fault injection: dying while computing \(TaskID(key))", metadata: key.logMetadata)
                     _exit(70)
                 }
                 var e = Messages.envelope(.result, run: key.run)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import PTLCluster
 import PTLData
 import PTLModel
@@ -174,6 +175,15 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
     var allowKeys: String?
 
+    @Option(help: "Log records on standard error: text (a line each) | json (an object a line, with the metadata as fields). Local workers log the same way.")
+    var logFormat: String = "text"
+
+    @Option(help: "Least level logged: trace | debug | info | notice | warning | error | critical.")
+    var logLevel: String = "info"
+
+    @Option(help: "Off a terminal, the per-phase status (tasks done/total, workers alive, tokens/s) is logged at most every this many seconds (0: on every change). On a terminal it is one line redrawn in place.")
+    var statusInterval: Double = 10
+
     func validate() throws {
         if steps < 1 { throw ValidationError("--steps must be at least 1") }
         if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
@@ -197,9 +207,16 @@ struct PTLCoordinatorCommand: ParsableCommand {
         }
         if !(liveness >= 1) || !(lease > 0) || maxTensorBytes < 1024 { throw ValidationError("--liveness must be ≥ 1, --lease > 0, --max-tensor-bytes ≥ 1024") }
         if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
+        if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not '\(logLevel)'")
+        }
+        if !(statusInterval >= 0) { throw ValidationError("--status-interval must not be negative") }
     }
 
-    func say(_ s: String) { FileHandle.standardError.write(Data("[coordinator] \(s)\n".utf8)) }
+    var logger: Logger { Logger.ptl("coordinator", format: LogFormat(rawValue: logFormat)!, level: Logger.Level(rawValue: logLevel)!) }
+
+    func say(_ s: String) { logger.info("\(s)") }
 
     func run() throws {
         reexecWithHugePages()
@@ -210,7 +227,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         // Data and models are prepared before any worker starts: a large corpus or model takes
         // long enough to load that waiting workers would think the coordinator gone.
-        let job: (Coordinator) throws -> Void = method == "train"
+        let job: (Coordinator, StatusLine) throws -> Void = method == "train"
             ? try prepareTrain(tokenizer: tokenizer)
             : try prepareLoop(tokenizer: tokenizer, tokenizerJSON: tokenizerJSON)
         let context = try ZMQContext()
@@ -233,13 +250,16 @@ struct PTLCoordinatorCommand: ParsableCommand {
                 allowed.append(k.publicKey)
             }
             authenticator = try CurveAuthenticator(context: context, allowedPublicKeys: allowed)
-            authenticator?.log = { s in FileHandle.standardError.write(Data("[coordinator] \(s)\n".utf8)) }
+            authenticator?.logger = logger
             cs.curveSecretKey = secret
         }
         defer { authenticator?.stop() }
         let coordinator = try Coordinator(context: context, bind: bind, settings: cs)
-        coordinator.log = { say($0) }
+        coordinator.logger = logger
         coordinator.shouldStop = { terminateRequested }
+        let status = StatusLine(logger: logger, interval: statusInterval)
+        defer { status.finish() }
+        coordinator.onProgress = { status.show($0) }
         say("bound \(coordinator.endpoint)")
         // The endpoint actually bound (a port 0 or * bind picks one), for scripts and tests.
         try Data((coordinator.endpoint + "\n").utf8).write(to: URL(fileURLWithPath: out).appendingPathComponent("endpoint"), options: .atomic)
@@ -253,7 +273,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         var arguments: [[String]] = []
         for i in 0..<localWorkers {
             var a = ["--connect", coordinator.endpoint, "--threads", "\(threadsPerWorker)", "--id", "local-\(i)", "--heartbeat", "\(heartbeat)",
-                     "--parent-pid", "\(getpid())"]
+                     "--parent-pid", "\(getpid())", "--log-format", logFormat, "--log-level", logLevel]
             if localWorkerCache { a += ["--cache", URL(fileURLWithPath: out).appendingPathComponent("workers/local-\(i)").path] }
             if localKey != nil {
                 a += ["--curve-server-key", keyDir.appendingPathComponent("coordinator.pub").path,
@@ -264,17 +284,17 @@ struct PTLCoordinatorCommand: ParsableCommand {
             }
             arguments.append(a)
         }
-        let supervisor = LocalWorkers(executable: workerExe, arguments: arguments, log: { say($0) })
+        let supervisor = LocalWorkers(executable: workerExe, arguments: arguments, logger: logger)
         defer { supervisor.stopAll() }
         try supervisor.startAll()
         // A local worker that dies is started again, as the compose file's restart policy does.
         coordinator.onPump = { if !terminateRequested { supervisor.restartDead() } }
-        try job(coordinator)
+        try job(coordinator, status)
     }
 
     /// --method train: continual pre-training over the cluster (data, model and checkpoint
     /// loaded now; the returned job trains).
-    func prepareTrain(tokenizer: Tokenizer) throws -> (Coordinator) throws -> Void {
+    func prepareTrain(tokenizer: Tokenizer) throws -> (Coordinator, StatusLine) throws -> Void {
         let records: [CorpusRecord]
         if let data {
             records = try Corpus.load(path: data).records
@@ -289,18 +309,18 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
         var start: (Model, AdamW, Checkpoint.State)? = nil
         var ledger: [LedgerEntry] = []
-        if !fresh, let found = try Checkpoint.newest(checkpointDir, log: { say($0) }) {
+        if !fresh, let found = try Checkpoint.newest(checkpointDir, logger: logger) {
             start = try Checkpoint.load(from: found, settings: settings.adamW)
             ledger = try LedgerEntry.parse(Data(contentsOf: URL(fileURLWithPath: found).appendingPathComponent("ledger.jsonl")))
             say("resuming from \(found) at step \(start!.2.step)")
         }
         let m = try start?.0 ?? ModelSource.loadModel(model)
         say("\(sequences.count) lines, \(steps) steps of \(batchSize) lines in \(shards) shards")
-        return { coordinator in try train(coordinator: coordinator, model: m, sequences: sequences, settings: settings,
-                                          start: start, ledger: ledger) }
+        return { coordinator, status in try train(coordinator: coordinator, status: status, model: m, sequences: sequences, settings: settings,
+                                                  start: start, ledger: ledger) }
     }
 
-    func train(coordinator: Coordinator, model m: Model, sequences: [[Int]], settings: TrainingSettings,
+    func train(coordinator: Coordinator, status: StatusLine, model m: Model, sequences: [[Int]], settings: TrainingSettings,
                start: (Model, AdamW, Checkpoint.State)?, ledger: [LedgerEntry]) throws {
         let checkpointDir = (out as NSString).appendingPathComponent("checkpoint")
         let trainer = try DistributedTrainer(coordinator: coordinator, model: m, sequences: sequences, settings: settings, shards: shards)
@@ -317,6 +337,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         }
         while trainer.step < steps && !terminateRequested {
             let t0 = Date()
+            status.context = "train step \(trainer.step + 1)/\(steps)"
             let r: (loss: Double, gradNorm: Double, tokens: Int)
             do { r = try trainer.runStep() } catch is Interrupted {
                 try save()
@@ -331,7 +352,10 @@ struct PTLCoordinatorCommand: ParsableCommand {
             row["timing"] = ["publish": t.publish, "phase": t.phase, "idle": t.idle, "reduce": t.reduce, "update": t.update,
                              "worker_compute": t.workerCompute]
             metrics.write(try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]) + Data("\n".utf8))
-            say(String(format: "step %d/%d loss %.4f (%d workers)", trainer.step, steps, r.loss, coordinator.scheduler.workers.count))
+            logger.info("\(String(format: "step %d/%d loss %.4f (%d workers)", trainer.step, steps, r.loss, coordinator.scheduler.workers.count))",
+                        metadata: ["step": "\(trainer.step)", "loss": .stringConvertible(r.loss), "grad_norm": .stringConvertible(r.gradNorm),
+                                   "tokens": "\(r.tokens)", "workers": "\(coordinator.scheduler.workers.count)",
+                                   "seconds": .stringConvertible(Date().timeIntervalSince(t0))])
             if trainer.step % checkpointEvery == 0 || trainer.step == steps || terminateRequested { try save() }
         }
         if terminateRequested { say("terminated after step \(trainer.step); checkpoint written"); return }
@@ -342,7 +366,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     }
 
     /// The Prune–Tune Loop (or a baseline) over the cluster.
-    func prepareLoop(tokenizer: Tokenizer, tokenizerJSON: String) throws -> (Coordinator) throws -> Void {
+    func prepareLoop(tokenizer: Tokenizer, tokenizerJSON: String) throws -> (Coordinator, StatusLine) throws -> Void {
         var ls = LoopSettings()
         ls.method = PruneMethod(rawValue: method)!
         ls.target = targetParams
@@ -411,16 +435,14 @@ struct PTLCoordinatorCommand: ParsableCommand {
             try ModelSource.writeTokenizerFiles(model, to: source)
         }
         let savedSource = source
-        return { coordinator in
+        return { coordinator, status in
             let loop = try PruneTuneLoop(coordinator: coordinator, model: start, data: loopData, settings: ls, out: out,
                                          tokenizerSource: savedSource, fresh: fresh)
-            loop.log = { say($0) }
-            let view = ProgressView()
-            loop.progress = { view.show(round: $0, of: $1, phase: $2, fraction: $3, workers: coordinator.scheduler.workers.count) }
+            loop.progress = { round, rounds, activity, _ in status.context = "round \(round)/\(rounds) \(activity)" }
             say("\(ls.method.rawValue): \(loop.rounds) round(s), \(tune.count) tuning lines, \(calibration.count) calibration, \(heldOut.count) held-out, \(eval.count) eval")
             let finished: Bool
             do { finished = try loop.runLoop { terminateRequested } } catch is Interrupted { finished = false }
-            view.finish()
+            status.finish()
             if !finished { say("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return }
             say("done: \(out)/report.md, \(out)/final")
         }
@@ -431,14 +453,14 @@ struct PTLCoordinatorCommand: ParsableCommand {
 final class LocalWorkers {
     let executable: URL
     let arguments: [[String]]
-    let log: (String) -> Void
+    let logger: Logger
     var processes: [Process?]
     private(set) var restarts = 0
 
-    init(executable: URL, arguments: [[String]], log: @escaping (String) -> Void) {
+    init(executable: URL, arguments: [[String]], logger: Logger) {
         self.executable = executable
         self.arguments = arguments
-        self.log = log
+        self.logger = logger
         processes = Array(repeating: nil, count: arguments.count)
     }
 
@@ -454,9 +476,10 @@ final class LocalWorkers {
 
     func restartDead() {
         for (i, p) in processes.enumerated() where p.map({ !$0.isRunning }) ?? false {
-            log("local worker \(i) exited (status \(p!.terminationStatus)): starting it again")
+            logger.warning("local worker \(i) exited (status \(p!.terminationStatus)): starting it again",
+                           metadata: ["worker": "local-\(i)", "status": "\(p!.terminationStatus)"])
             restarts += 1
-            do { try start(i) } catch { log("could not restart local worker \(i): \(error)") }
+            do { try start(i) } catch { logger.error("could not restart local worker \(i): \(error)", metadata: ["worker": "local-\(i)"]) }
         }
     }
 
@@ -464,25 +487,6 @@ final class LocalWorkers {
         for case let p? in processes where p.isRunning { p.terminate() }
         for case let p? in processes { p.waitUntilExit() }
     }
-}
-
-/// A one-line progress view on a terminal (plain lines otherwise).
-final class ProgressView {
-    let tty = isatty(2) != 0
-    var last = ""
-    func show(round: Int, of rounds: Int, phase: String, fraction: Double, workers: Int) {
-        let width = 24
-        let filled = Int((fraction * Double(width)).rounded())
-        let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
-        let line = "round \(round)/\(rounds) \(bar) \(phase) (\(workers) workers)"
-        if tty {
-            FileHandle.standardError.write(Data("\r\u{1B}[2K\(line)".utf8))
-        } else {
-            let key = "\(round) \(phase.split(separator: " ").first ?? "")"
-            if key != last { FileHandle.standardError.write(Data("[progress] \(line)\n".utf8)); last = key }
-        }
-    }
-    func finish() { if tty { FileHandle.standardError.write(Data("\n".utf8)) } }
 }
 
 /// The first line of a key file (Z85).

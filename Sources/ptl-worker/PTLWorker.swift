@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import PTLCluster
 import PTLTensor
 
@@ -45,7 +46,17 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Fault injection: milliseconds every task waits before computing (with --fault-seed).")
     var faultDelayMs: Int = 0
 
+    @Option(help: "Log records on standard error: text (a line each) | json (an object a line, with the metadata as fields).")
+    var logFormat: String = "text"
+
+    @Option(help: "Least level logged: trace | debug | info | notice | warning | error | critical.")
+    var logLevel: String = "info"
+
     func validate() throws {
+        if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not '\(logLevel)'")
+        }
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -75,8 +86,10 @@ struct PTLWorkerCommand: ParsableCommand {
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
         let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
                                       handler: GradPhase.handler())
-        worker.log = { FileHandle.standardError.write(Data("[\(name)] \($0)\n".utf8)) }
-        FileHandle.standardError.write(Data("[\(name)] connecting to \(connect) with \(threads) thread(s)\n".utf8))
+        var logger = Logger.ptl(name, format: LogFormat(rawValue: logFormat)!, level: Logger.Level(rawValue: logLevel)!)
+        logger[metadataKey: "worker"] = .string(name)
+        worker.logger = logger
+        logger.info("connecting to \(connect) with \(threads) thread(s)", metadata: ["endpoint": .string(connect), "threads": "\(threads)"])
         let parent = parentPid
         try worker.run(shouldStop: { stopRequested || (parent != nil && getppid() != parent) })
     }
