@@ -86,8 +86,8 @@ public final class Coordinator: @unchecked Sendable {
     public private(set) var rejected: [String: Int] = [:]
     /// Records carry the worker and the task (`worker`, `task`, `phase`, `round`, `step`, `shard`, `attempt`).
     public var logger = Logger.silent
-    /// Called as a phase starts, when a result is accepted, on every turn of the event loop
-    /// (at most once a heartbeat interval) and when the phase completes.
+    /// Called as a phase starts, when a result is accepted (the last one completes the phase) and
+    /// on turns of the event loop at most once a heartbeat interval.
     public var onProgress: (PhaseProgress) -> Void = { _ in }
     /// The running phase's progress.
     public private(set) var progress: PhaseProgress?
@@ -160,7 +160,6 @@ public final class Coordinator: @unchecked Sendable {
             }
             try pump(milliseconds: Int(settings.heartbeatInterval * 1000))
         }
-        if progress != nil { reportProgress() }
         return scheduler.orderedResults()!.map { ($0.key, $0.output) }
     }
 

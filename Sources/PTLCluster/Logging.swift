@@ -93,8 +93,15 @@ public struct PTLLogHandler: LogHandler {
         let ts = PTLLogHandler.timestamp(date)
         switch format {
         case .text:
+            // The label already names the worker; seconds and the like to 4 significant digits.
             var line = "\(ts) \(level) [\(label)] \(message)"
-            for key in metadata.keys.sorted() { line += " \(key)=\(metadata[key]!)" }
+            for key in metadata.keys.sorted() where !(key == "worker" && metadata[key] == .string(label)) {
+                if case .stringConvertible(let d as Double) = metadata[key]! {
+                    line += " \(key)=\(String(format: "%.4g", d))"
+                } else {
+                    line += " \(key)=\(metadata[key]!)"
+                }
+            }
             return line
         case .json:
             var object: [String: Any] = ["ts": ts, "level": "\(level)", "label": label, "message": message]
@@ -194,9 +201,8 @@ public struct PhaseProgress: Sendable, CustomStringConvertible {
 }
 
 /// The per-phase status of the coordinator: redrawn in place on a terminal; elsewhere logged
-/// (message `status: …` with the progress as metadata) at most once per `interval` seconds —
-/// and when a phase completes after the interval has passed — so a log file gets a steady
-/// trickle rather than a line per task.
+/// (message `status: …` with the progress as metadata) at most once per `interval` seconds, so
+/// a log file gets a steady trickle rather than a line per task (0: every change).
 public final class StatusLine: @unchecked Sendable {
     let logger: Logger
     let output: LogOutput
