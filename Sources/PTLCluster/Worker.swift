@@ -17,7 +17,12 @@ public struct ModelVersion: Sendable {
 /// Settings of a worker's loop.
 public struct WorkerSettings: Sendable {
     public var heartbeatInterval: Double = 1
-    public var liveness: Double = 3
+    /// Heartbeat intervals the coordinator may be silent before we reconnect (while no task of
+    /// ours computes: a busy worker waits for its result, which a restarted coordinator answers
+    /// with DISCONNECT anyway). Ten, not the ZeroMQ Guide's three: between steps the coordinator
+    /// reduces and updates without listening, and on a loaded machine its messages queue behind
+    /// half-gigabyte frames.
+    public var liveness: Double = 10
     /// Reconnect back-off: starts here, doubles to `maxBackoff`.
     public var minBackoff: Double = 1
     public var maxBackoff: Double = 32
@@ -156,7 +161,7 @@ public final class WorkerClient: @unchecked Sendable {
                 try send(Messages.heartbeat())
                 lastSent = now
             }
-            if now - lastHeard > settings.heartbeatInterval * settings.liveness {
+            if !busy && now - lastHeard > settings.heartbeatInterval * settings.liveness {
                 // The coordinator is gone: wait, reconnect, register again.
                 logger.warning("coordinator silent for \(Int(now - lastHeard)) s: reconnecting in \(Int(backoff)) s")
                 let until = clock.now() + backoff

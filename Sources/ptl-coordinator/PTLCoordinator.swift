@@ -140,7 +140,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
     var heartbeat: Double = 1
 
     @Option(help: "Heartbeats a worker may miss before it is dropped and its task requeued.")
-    var liveness: Double = 3
+    var liveness: Double = 10
 
     @Option(help: "Seconds a task may run before it is leased to another worker.")
     var lease: Double = 600

@@ -25,6 +25,9 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Heartbeat interval in seconds.")
     var heartbeat: Double = 1
 
+    @Option(help: "Heartbeats the coordinator may miss (while no task computes) before this worker reconnects.")
+    var liveness: Double = 10
+
     @Option(help: "Exit when this process (the coordinator that started us) is gone.")
     var parentPid: Int32?
 
@@ -61,6 +64,7 @@ struct PTLWorkerCommand: ParsableCommand {
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let id, id.isEmpty || id.utf8.count > 255 { throw ValidationError("--id must be 1 to 255 bytes (it is the ZeroMQ routing id)") }
+        if !(liveness >= 1) { throw ValidationError("--liveness must be at least 1") }
         if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
         if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
     }
@@ -72,6 +76,7 @@ struct PTLWorkerCommand: ParsableCommand {
         var settings = WorkerSettings()
         settings.threads = threads
         settings.heartbeatInterval = heartbeat
+        settings.liveness = liveness
         settings.minBackoff = heartbeat          // back-off: one heartbeat, doubling to 32 s
         settings.cacheDirectory = cache
         if let faultSeed { settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs) }

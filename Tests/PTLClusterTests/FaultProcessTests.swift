@@ -129,7 +129,7 @@ enum FaultRun {
     /// token gets rejected.
     @Test func aZombieWorkersResultIsRejected() throws {
         let out = FaultRun.tempDir("zombie")
-        let run = try FaultRun.start(FaultRun.args(out: out))
+        let run = try FaultRun.start(FaultRun.args(out: out, extra: ["--liveness", "3"]))
         defer { if run.process.isRunning { run.process.terminate() } }
         // Workers that wait 200 ms before each task are almost always inside one.
         let slow = ["--fault-seed", "0", "--fault-rate", "0", "--fault-delay-ms", "200"]
