@@ -146,7 +146,9 @@ public final class Coordinator: @unchecked Sendable {
                          until deadline: Double = .infinity) throws -> [(key: Ptl_V1_TaskKey, result: WireMessage)] {
         specs = [:]; inputs = [:]
         for t in tasks { specs[TaskID(t.key)] = t.spec; inputs[TaskID(t.key)] = t.inputs }
-        scheduler.startPhase(tasks.map(\.key))
+        // The tasks with the most input (tokens) first, so that no worker starts a long task
+        // while the others run out of work.
+        scheduler.startPhase(tasks.map(\.key), costs: tasks.map { Double($0.inputs.reduce(0) { $0 + $1.byteCount }) })
         phaseStart = clock.now()
         if let k = tasks.first?.key {
             progress = PhaseProgress(phase: k.phase, round: k.round, step: k.step, done: 0, total: tasks.count,

@@ -76,12 +76,19 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         self.leaseSeconds = leaseSeconds
     }
 
-    /// Starts a phase: these tasks, none finished.
-    public func startPhase(_ tasks: [Ptl_V1_TaskKey]) {
+    /// Starts a phase: these tasks, none finished. With `costs` (one per task, e.g. its tokens),
+    /// the costliest are leased first — longest-processing-time-first, which evens out the
+    /// workers' loads at the end of the phase; equal costs keep the given order. Only the order
+    /// of leasing changes: results are still returned and reduced in shard order.
+    public func startPhase(_ tasks: [Ptl_V1_TaskKey], costs: [Double]? = nil) {
         keys = [:]; pending = []; attempts = [:]; results = [:]; failures = [:]; hopeless = []; leases = [:]; acceptedFrom = [:]
-        for k in tasks {
-            let id = TaskID(k)
-            keys[id] = k
+        var order = Array(tasks.indices)
+        if let costs, costs.count == tasks.count {
+            order.sort { costs[$0] != costs[$1] ? costs[$0] > costs[$1] : $0 < $1 }
+        }
+        for i in order {
+            let id = TaskID(tasks[i])
+            keys[id] = tasks[i]
             pending.append(id)
         }
         for w in workers.keys { workers[w]?.task = nil }

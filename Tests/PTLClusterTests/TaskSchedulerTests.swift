@@ -23,6 +23,24 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(!s.isPhaseComplete)
     }
 
+    /// With costs, the costliest tasks go first (ties in shard order); results stay in shard order.
+    /// Shard costs 10, 6.7, 6.8, 10.3 s on two workers: shard order ends the phase at 20.6 s,
+    /// costliest-first at 17.1 s.
+    @Test func leasesTheCostliestTasksFirst() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
+        s.startPhase(keys(5), costs: [10, 6.7, 6.8, 10.3, 6.8])
+        s.seen("a", threads: 1); s.seen("b", threads: 1)
+        var order: [UInt32] = []
+        while !s.isPhaseComplete {
+            let leased = s.assign()
+            order += leased.map(\.key.shard)
+            for l in leased { _ = s.complete(l.key, from: l.worker, output: Int(l.key.shard)) }
+        }
+        #expect(order == [3, 0, 2, 4, 1])
+        #expect(s.orderedResults()!.map(\.output) == [0, 1, 2, 3, 4])
+    }
+
     /// A worker that reconnects says READY again: it forgot its task, which goes back at once
     /// (not after the lease); one that says "busy" gets no task until it reports; a task that
     /// fails on every attempt makes the phase hopeless instead of retrying forever.
