@@ -38,19 +38,3 @@ public struct FaultPlan: Sendable, Equatable {
         return z ^ (z >> 31)
     }
 }
-
-/// Gradients and model versions are hundreds of MB each step, allocated afresh; on a kernel whose
-/// transparent huge pages are on "madvise", glibc backs such allocations with huge pages only
-/// when its `glibc.malloc.hugetlb` tunable says so — otherwise page faults cost the SmolLM2 step
-/// about a sixth of its time (bench/cluster.sh). Re-executes this process once with the tunable
-/// set (ignored by other C libraries; PTL_NO_HUGEPAGES=1 opts out).
-public func reexecWithHugePages() {
-    #if os(Linux)
-    let key = "GLIBC_TUNABLES"
-    let current = ProcessInfo.processInfo.environment[key] ?? ""
-    guard !current.contains("glibc.malloc.hugetlb"), ProcessInfo.processInfo.environment["PTL_NO_HUGEPAGES"] == nil else { return }
-    setenv(key, current.isEmpty ? "glibc.malloc.hugetlb=1" : current + ":glibc.malloc.hugetlb=1", 1)
-    execv("/proc/self/exe", CommandLine.unsafeArgv)
-    unsetenv(key)   // exec failed: carry on as we are
-    #endif
-}

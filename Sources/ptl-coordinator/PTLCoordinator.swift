@@ -219,7 +219,6 @@ struct PTLCoordinatorCommand: ParsableCommand {
     func say(_ s: String) { logger.info("\(s)") }
 
     func run() throws {
-        reexecWithHugePages()
         installStopSignals { terminateRequested = true }
         // tokenizer.json is read (or, for GGUF, rebuilt) once: the loop also sends its text to workers.
         let tokenizerJSON = try ModelSource.tokenizerJSON(model)

@@ -70,7 +70,6 @@ struct PTLWorkerCommand: ParsableCommand {
     }
 
     func run() throws {
-        reexecWithHugePages()
         ComputeThreads.set(threads)
         installStopSignals { stopRequested = true }
         var settings = WorkerSettings()
