@@ -195,7 +195,7 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    /// Leases pending tasks to idle workers.
+    /// Brings the running phase's progress up to date and hands it to `onProgress`.
     func reportProgress() {
         guard var p = progress else { return }
         let now = clock.now()
@@ -207,6 +207,7 @@ public final class Coordinator: @unchecked Sendable {
         onProgress(p)
     }
 
+    /// Leases pending tasks to idle workers.
     func dispatch() throws {
         for (worker, key) in scheduler.assign() {
             let id = TaskID(key)
@@ -229,17 +230,17 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     func take(_ key: Ptl_V1_TaskKey, from worker: String, _ message: WireMessage) {
-        var m = key.logMetadata
-        m["worker"] = .string(worker)
+        // Built only when a record is written (swift-log takes metadata as an autoclosure).
+        func m() -> Logger.Metadata { key.logMetadata.merging(["worker": .string(worker)]) { $1 } }
         switch scheduler.complete(key, from: worker, output: message) {
         case .accepted:
             if progress != nil {
                 progress!.tokens += Int(message.envelope.result.tokenCount)
                 reportProgress()
             }
-            logger.debug("result \(TaskID(key)) from \(worker) accepted", metadata: m)
-        case .duplicate: logger.notice("duplicate result \(TaskID(key)) attempt \(key.attempt) from \(worker) dropped", metadata: m)
-        case .stale: logger.warning("stale result \(TaskID(key)) from \(worker): attempt \(key.attempt) holds no valid lease; rejected", metadata: m)
+            logger.debug("result \(TaskID(key)) from \(worker) accepted", metadata: m())
+        case .duplicate: logger.notice("duplicate result \(TaskID(key)) attempt \(key.attempt) from \(worker) dropped", metadata: m())
+        case .stale: logger.warning("stale result \(TaskID(key)) from \(worker): attempt \(key.attempt) holds no valid lease; rejected", metadata: m())
         }
     }
 

@@ -46,14 +46,15 @@ public final class LogOutput: @unchecked Sendable {
     }
 
     private func put(_ s: String) {
-        var bytes = Array(s.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Foundation.write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
-            off += n
+        var s = s
+        s.withUTF8 { bytes in
+            var off = 0
+            while off < bytes.count {
+                let n = Foundation.write(fd, bytes.baseAddress! + off, bytes.count - off)
+                if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
+                off += n
+            }
         }
-        bytes.removeAll()
     }
 }
 
@@ -141,6 +142,18 @@ public struct PTLLogHandler: LogHandler {
 }
 
 extension Logger {
+    /// The logger of a ptl binary from its `--log-format` and `--log-level` texts; nil and the
+    /// complaint when one of them is not a known value.
+    public static func ptl(_ label: String, format: String, level: String) -> (logger: Logger?, problem: String?) {
+        guard let f = LogFormat(rawValue: format) else {
+            return (nil, "--log-format must be \(LogFormat.allCases.map(\.rawValue).joined(separator: " or ")), not '\(format)'")
+        }
+        guard let l = Logger.Level(rawValue: level) else {
+            return (nil, "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not '\(level)'")
+        }
+        return (Logger.ptl(label, format: f, level: l), nil)
+    }
+
     /// A logger that drops everything: the default of library objects, so that tests and
     /// embedders see nothing unless they hand in a logger.
     public static let silent = Logger(label: "ptl.silent", factory: { _ in SwiftLogNoOpLogHandler() })

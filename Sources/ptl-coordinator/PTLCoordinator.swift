@@ -207,14 +207,11 @@ struct PTLCoordinatorCommand: ParsableCommand {
         }
         if !(liveness >= 1) || !(lease > 0) || maxTensorBytes < 1024 { throw ValidationError("--liveness must be ≥ 1, --lease > 0, --max-tensor-bytes ≥ 1024") }
         if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
-        if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
-        if Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not '\(logLevel)'")
-        }
+        if let problem = Logger.ptl("coordinator", format: logFormat, level: logLevel).problem { throw ValidationError(problem) }
         if !(statusInterval >= 0) { throw ValidationError("--status-interval must not be negative") }
     }
 
-    var logger: Logger { Logger.ptl("coordinator", format: LogFormat(rawValue: logFormat)!, level: Logger.Level(rawValue: logLevel)!) }
+    var logger: Logger { Logger.ptl("coordinator", format: logFormat, level: logLevel).logger! }
 
     func say(_ s: String) { logger.info("\(s)") }
 

@@ -56,10 +56,7 @@ struct PTLWorkerCommand: ParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
-        if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
-        if Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), not '\(logLevel)'")
-        }
+        if let problem = Logger.ptl("worker", format: logFormat, level: logLevel).problem { throw ValidationError(problem) }
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -90,7 +87,7 @@ struct PTLWorkerCommand: ParsableCommand {
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
         let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
                                       handler: GradPhase.handler())
-        var logger = Logger.ptl(name, format: LogFormat(rawValue: logFormat)!, level: Logger.Level(rawValue: logLevel)!)
+        var logger = Logger.ptl(name, format: logFormat, level: logLevel).logger!
         logger[metadataKey: "worker"] = .string(name)
         worker.logger = logger
         logger.info("connecting to \(connect) with \(threads) thread(s)", metadata: ["endpoint": .string(connect), "threads": "\(threads)"])
