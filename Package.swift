@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzmq3-dev).
@@ -34,7 +35,7 @@ let package = Package(
         // Kernels: forward/backward pairs over unsafe buffers and cblas_sgemm; a thread pool.
         .target(name: "PTLTensor", dependencies: ["COpenBLAS"], swiftSettings: optimizedAlways),
         // File formats: safetensors (read/write, strict), GGUF (read, dequantise).
-        .target(name: "PTLFormats", swiftSettings: optimizedAlways),
+        .target(name: "PTLFormats", dependencies: ["CPTLKernels"], swiftSettings: optimizedAlways),
         // Hugging Face tokenizer.json byte-level BPE.
         .target(name: "PTLTokenizer", swiftSettings: optimizedAlways),
         // Config, parameters, training pass, AdamW, schedule, KV-cached decoder, sampler.
@@ -47,22 +48,33 @@ let package = Package(
         .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"], swiftSettings: optimizedAlways),
         // Pruning: scores, plans, surgery on the flat layout (weights and optimizer moments), budgets, plots.
         .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor"], swiftSettings: optimizedAlways),
-        // The ZeroMQ binding, the coordinator and worker, the phases and the Prune–Tune Loop.
-        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "CPTLKernels", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
+        // The Prune–Tune Loop: settings, state, plans, budgets, anneal, report, checkpoints; the
+        // ComputeBackend protocol, the per-shard computation and the shard-order reduce; LocalBackend.
+        .target(name: "PTLLoop", dependencies: ["CPTLKernels", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune", "PTLFormats",
+                                                .product(name: "Logging", package: "swift-log")]),
+        // The ZeroMQ binding, the coordinator and worker, the wire, ClusterBackend.
+        .target(name: "PTLCluster", dependencies: ["CZeroMQ", "CPTLKernels", "PTLLoop", "PTLFormats", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune",
                                                    .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                                    .product(name: "Logging", package: "swift-log")]),
 
+        // What the binaries share: option groups, recipe files (YAML), the loop run, local workers.
+        .target(name: "PTLCommandLine", dependencies: ["PTLLoop", "PTLPrune",
+                                                       .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                       .product(name: "Logging", package: "swift-log"),
+                                                       .product(name: "Yams", package: "Yams")]),
+
         .executableTarget(name: "ptl", dependencies: [
-            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster", "PTLPrune",
+            "PTLModel", "PTLData", "PTLFormats", "PTLTokenizer", "PTLTune", "PTLEval", "PTLCluster", "PTLPrune", "PTLLoop", "PTLCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ptl-coordinator", dependencies: [
-            "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer", "PTLPrune",
+            "PTLCluster", "PTLModel", "PTLData", "PTLTune", "PTLTokenizer", "PTLPrune", "PTLLoop", "PTLCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ptl-worker", dependencies: [
-            "PTLCluster", "PTLTensor",
+            "PTLCluster", "PTLTensor", "PTLLoop", "PTLCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -76,7 +88,7 @@ let package = Package(
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "CPTLKernels", .product(name: "Logging", package: "swift-log"), "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLLoop", "PTLFormats", "CPTLKernels", .product(name: "Logging", package: "swift-log"), "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
         .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]

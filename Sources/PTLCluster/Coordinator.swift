@@ -1,16 +1,11 @@
 import Foundation
 import Logging
+import PTLLoop
 
 /// A phase that cannot finish: a task fails on every attempt.
 public struct PhaseError: Error, CustomStringConvertible, Sendable {
     public let message: String
     public var description: String { message }
-}
-
-/// A phase abandoned because the process was asked to stop.
-public struct Interrupted: Error, CustomStringConvertible, Sendable {
-    public init() {}
-    public var description: String { "interrupted" }
 }
 
 /// Settings of the coordinator's event loop.

@@ -1,4 +1,5 @@
 import Foundation
+import PTLFormats
 
 /// Builders for the envelopes both sides send.
 public enum Messages {

@@ -1,5 +1,6 @@
 import CPTLKernels
 import Foundation
+import PTLFormats
 import PTLTensor
 import SwiftProtobuf
 
@@ -26,7 +27,7 @@ public struct WireTensor: Sendable, Equatable {
     }
 
     /// An fp32 tensor whose frame is `buffer` itself (the sender must not change it until
-    /// ZeroMQ lets it go: see `ModelCache.gradients`).
+    /// ZeroMQ lets it go: see `ShardCompute.gradientBuffer`).
     public init(name: String, buffer: FloatBuffer) {
         self.init(name: name, dtype: .f32, shape: [buffer.count], frame: Frame(buffer))
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PTLCluster
+import PTLCommandLine
 import PTLTensor
 
 nonisolated(unsafe) var stopRequested = false
@@ -22,11 +23,7 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Worker id (default: host name and process id).")
     var id: String?
 
-    @Option(help: "Heartbeat interval in seconds.")
-    var heartbeat: Double = 1
-
-    @Option(help: "Heartbeats the coordinator may miss (while no task computes) before this worker reconnects.")
-    var liveness: Double = 10
+    @OptionGroup(title: "Heartbeats") var heartbeats: HeartbeatOptions
 
     @Option(help: "Exit when this process (the coordinator that started us) is gone.")
     var parentPid: Int32?
@@ -49,20 +46,13 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Fault injection: milliseconds every task waits before computing (with --fault-seed).")
     var faultDelayMs: Int = 0
 
-    @Option(help: "Log records on standard error: text (a line each) | json (an object a line, with the metadata as fields).")
-    var logFormat: String = "text"
-
-    @Option(help: "Least level logged: trace | debug | info | notice | warning | error | critical.")
-    var logLevel: String = "info"
+    @OptionGroup(title: "Logging") var log: LogOptions
 
     func validate() throws {
-        if let problem = Logger.ptl("worker", format: logFormat, level: logLevel).problem { throw ValidationError(problem) }
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let id, id.isEmpty || id.utf8.count > 255 { throw ValidationError("--id must be 1 to 255 bytes (it is the ZeroMQ routing id)") }
-        if !(liveness >= 1) { throw ValidationError("--liveness must be at least 1") }
-        if !(heartbeat > 0) { throw ValidationError("--heartbeat must be positive") }
         if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
     }
 
@@ -71,23 +61,18 @@ struct PTLWorkerCommand: ParsableCommand {
         installStopSignals { stopRequested = true }
         var settings = WorkerSettings()
         settings.threads = threads
-        settings.heartbeatInterval = heartbeat
-        settings.liveness = liveness
-        settings.minBackoff = heartbeat          // back-off: one heartbeat, doubling to 32 s
+        settings.heartbeatInterval = heartbeats.heartbeat
+        settings.liveness = heartbeats.liveness
+        settings.minBackoff = heartbeats.heartbeat          // back-off: one heartbeat, doubling to 32 s
         settings.cacheDirectory = cache
         if let faultSeed { settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs) }
         if let curveServerKey, let curveSecretKey {
-            func key(_ path: String) throws -> String {
-                guard let line = try? String(contentsOfFile: path, encoding: .utf8).split(whereSeparator: \.isNewline).first,
-                      line.utf8.count == 40 else { throw ValidationError("\(path): expected a 40-character Z85 CURVE key") }
-                return String(line)
-            }
-            settings.curve = (try key(curveServerKey), try key(curveSecretKey))
+            settings.curve = (try KeyFiles.read(curveServerKey), try KeyFiles.read(curveSecretKey))
         }
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
         let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
-                                      handler: GradPhase.handler())
-        var logger = Logger.ptl(name, format: logFormat, level: logLevel).logger!
+                                      handler: WorkerTasks.handler())
+        var logger = log.logger(name)
         logger[metadataKey: "worker"] = .string(name)
         worker.logger = logger
         logger.info("connecting to \(connect) with \(threads) thread(s)", metadata: ["endpoint": .string(connect), "threads": "\(threads)"])

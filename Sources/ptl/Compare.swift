@@ -1,16 +1,21 @@
 import ArgumentParser
 import Foundation
+import Logging
 import PTLCluster
+import PTLCommandLine
+import PTLLoop
 import PTLPrune
 
-/// `ptl compare`: PTL, its baselines and the schedule variants, each a `ptl-coordinator` run with
-/// the same model, data, target and total tune budget, at one or more seeds; one table.
+/// `ptl compare`: PTL, its baselines and the schedule variants, each a `ptl prune` run (in this
+/// process, or over local workers) with the same model, data, target and total tune budget, at
+/// one or more seeds; one table.
 struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run PTL, Prune-Once, ShortGPT and PTL's schedule variants to the same target; write one table.",
         discussion: """
-        Every variant is a ptl-coordinator run (OUT/<variant>-seed<k>/, resumable: a finished run is
-        not repeated). Arguments after `--` go to every run (e.g. -- --target-params 0.5 --tune-steps 20).
+        Every variant is a ptl prune run in this process, or over --local-workers ptl-worker processes
+        (OUT/<variant>-seed<k>/, resumable: a finished run is not repeated). Arguments after `--` go to
+        every run (e.g. -- --target-params 0.5 --tune-steps 20).
         Writes OUT/compare.md, OUT/compare.png and OUT/compare.json (every run's summary).
         """)
 
@@ -36,10 +41,10 @@ struct Compare: ParsableCommand {
     @Option(help: "Variants, comma-separated, from: ptl (= paper schedule + damage budget), prune-once, shortgpt, ptl-paper, ptl-anneal, ptl-carry, ptl-all.")
     var variants: String = "ptl,prune-once,shortgpt,ptl-paper,ptl-anneal,ptl-carry"
 
-    @Option(help: "Local worker processes per run.")
-    var localWorkers: Int = 2
+    @Option(help: "Run every variant on this many local ptl-worker processes (a coordinator in this process); 0 runs them in this process.")
+    var localWorkers: Int = 0
 
-    @Argument(parsing: .postTerminator, help: "Options passed to every ptl-coordinator run.")
+    @Argument(parsing: .postTerminator, help: "Options passed to every run (those of ptl prune).")
     var passthrough: [String] = []
 
     func run() throws {
@@ -50,28 +55,29 @@ struct Compare: ParsableCommand {
             guard let v = Compare.allVariants.first(where: { $0.name == n }) else { throw ValidationError("unknown variant \(n)") }
             return v
         }
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("ptl-coordinator")
-        guard FileManager.default.isExecutableFile(atPath: exe.path) else { throw ValidationError("\(exe.path) not found: build ptl-coordinator too") }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        installStopSignals { pruneStopRequested = true }
+        let logger = Logger.ptl("compare")
+        let cluster = localWorkers > 0 ? try CompareCluster(workers: localWorkers, logger: logger) : nil
+        defer { cluster?.stop() }
         var results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)] = []
         for v in chosen {
             for seed in seedList {
                 let dir = (out as NSString).appendingPathComponent("\(v.name)-seed\(seed)")
                 let summaryPath = (dir as NSString).appendingPathComponent("summary.json")
                 if let s = try? JSONDecoder().decode(LoopReport.Summary.self, from: Data(contentsOf: URL(fileURLWithPath: summaryPath))), s.done {
-                    FileHandle.standardError.write(Data("[compare] \(v.name) seed \(seed): done earlier\n".utf8))
+                    logger.info("\(v.name) seed \(seed): done earlier")
                     results.append((v.name, v.what, seed, s))
                     continue
                 }
-                FileHandle.standardError.write(Data("[compare] \(v.name) seed \(seed): \(v.what)\n".utf8))
-                let p = Process()
-                p.executableURL = exe
-                p.arguments = ["--model", model, "--local-workers", "\(localWorkers)", "--bind", "tcp://127.0.0.1:0", "--seed", "\(seed)",
-                               "--out", dir] + v.args + passthrough
-                try p.run()
-                p.waitUntilExit()
-                guard p.terminationStatus == 0 else { throw ValidationError("\(v.name) seed \(seed) failed (exit \(p.terminationStatus)); see above") }
+                logger.info("\(v.name) seed \(seed): \(v.what)")
+                // Every run is a `ptl prune` command line, parsed (and validated) as one.
+                let prune = try Prune.parse(["--model", model, "--seed", "\(seed)", "--out", dir] + v.args + passthrough)
+                let job = try LoopRun(loop: prune.loop, data: prune.data, run: prune.output, command: prune, commandName: "ptl prune",
+                                      logger: logger, runName: "\(v.name)-seed\(seed)")
+                let backend: ComputeBackend = cluster.map { ClusterBackend(coordinator: $0.coordinator, tokenizerJSON: job.inputs.tokenizerJSON) }
+                    ?? LocalBackend(tokenizer: job.inputs.tokenizer)
+                guard try job.run(backend: backend, stop: { pruneStopRequested }) else { throw ValidationError("stopped during \(v.name) seed \(seed); run again to resume") }
                 results.append((v.name, v.what, seed, try JSONDecoder().decode(LoopReport.Summary.self, from: Data(contentsOf: URL(fileURLWithPath: summaryPath)))))
             }
         }
@@ -141,4 +147,25 @@ struct Compare: ParsableCommand {
         }
         return md
     }
+}
+
+/// A coordinator in this process with local workers, shared by every run of a compare.
+final class CompareCluster {
+    let coordinator: Coordinator
+    let workers: LocalWorkers
+
+    init(workers n: Int, logger: Logger) throws {
+        let c = try Coordinator(context: try ZMQContext(), bind: "tcp://127.0.0.1:0")
+        c.logger = logger
+        c.shouldStop = { pruneStopRequested }
+        coordinator = c
+        let args = (0..<n).map { ["--connect", c.endpoint, "--threads", "1", "--id", "local-\($0)", "--parent-pid", "\(getpid())",
+                                   "--log-level", "warning"] }
+        workers = LocalWorkers(executable: LocalWorkers.workerExecutable, arguments: args, logger: logger)
+        try workers.startAll()
+        let w = workers
+        c.onPump = { if !pruneStopRequested { w.restartDead() } }
+    }
+
+    func stop() { workers.stopAll() }
 }

@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 import PTLModel
 import PTLTensor
@@ -47,7 +49,7 @@ func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = fal
         ws.heartbeatInterval = 0.05
         ws.liveness = 4
         ws.minBackoff = 0.05
-        let handler = GradPhase.handler()
+        let handler = WorkerTasks.handler()
         let vanish = vanishingWorker && w == 0
         let tasks = Counter()
         let client = try WorkerClient(id: "w\(w)", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, model in
@@ -132,11 +134,12 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
     for w in 0..<workers {
         var ws = WorkerSettings()
         ws.heartbeatInterval = 0.05
-        let client = try WorkerClient(id: "s\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+        let client = try WorkerClient(id: "s\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
         DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
     }
     defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
-    return try StatsPhase.run(coordinator: coordinator, model: try clusterModel(), sequences: clusterLines, shards: shards)
+    return try ClusterBackend(coordinator: coordinator, tokenizerJSON: "").statistics(model: try clusterModel(), sequences: clusterLines, shards: shards,
+                                                                                     branchScale: nil, key: WorkKey(run: "run")).statistics
 }
 
 @Suite(.serialized) struct StatsPhaseTests {
@@ -171,7 +174,7 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         let model = try HFModel.load(directory: demo)
         let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
         let lines = try ArithmeticTask().jsonl(seed: 77, count: 24).split(separator: "\n").map(String.init)
-        func overCluster(_ workers: Int) throws -> (correct: Int, total: Int, generatedTokens: Int, perExample: [Bool]) {
+        func overCluster(_ workers: Int) throws -> EvalCounts {
             let ctx = try ZMQContext()
             var cs = CoordinatorSettings()
             cs.heartbeatInterval = 0.05
@@ -181,12 +184,12 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
             for w in 0..<workers {
                 var ws = WorkerSettings()
                 ws.heartbeatInterval = 0.05
-                let client = try WorkerClient(id: "e\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+                let client = try WorkerClient(id: "e\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
                 DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
             }
             defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
-            return try EvalPhase.run(coordinator: coordinator, model: model, tokenizerJSON: tokenizerJSON, jsonlLines: lines,
-                                     shards: 3, maxNewTokens: 160)
+            return try ClusterBackend(coordinator: coordinator, tokenizerJSON: tokenizerJSON)
+                .evaluate(model: model, jsonlLines: lines, shards: 3, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "run"))
         }
         let one = try overCluster(1), three = try overCluster(3)
         #expect(one.total == 24 && one.correct == three.correct && one.generatedTokens == three.generatedTokens)

@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 @testable import PTLCluster
 
@@ -62,7 +64,7 @@ enum FaultRun {
             }
             usleep(20_000)
         }
-        throw CheckpointError(message: "the coordinator wrote no endpoint")
+        throw LoopError("the coordinator wrote no endpoint")
     }
 
     /// The metrics lines written so far.

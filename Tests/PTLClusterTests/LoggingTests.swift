@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Logging
 import Testing
 @testable import PTLCluster

@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 @testable import PTLCluster
 

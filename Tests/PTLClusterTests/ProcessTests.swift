@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 
 /// The built executables sit beside the test bundle.

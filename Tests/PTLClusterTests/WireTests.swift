@@ -1,5 +1,7 @@
 import CPTLKernels
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 @testable import PTLCluster
 

@@ -1,4 +1,6 @@
 import Foundation
+import PTLFormats
+import PTLLoop
 import Testing
 @testable import PTLCluster
 
@@ -93,7 +95,7 @@ import Testing
             var ws = WorkerSettings()
             ws.heartbeatInterval = 0.05
             ws.curve = (server.publicKey, key)
-            let w = try WorkerClient(id: name, connect: coordinator.endpoint, context: ctx, settings: ws, handler: GradPhase.handler())
+            let w = try WorkerClient(id: name, connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
             DispatchQueue.global().async(group: group) { try? w.run(shouldStop: { stop.isStopped }) }
         }
         let deadline = Date().addingTimeInterval(1.5)

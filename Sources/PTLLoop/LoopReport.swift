@@ -30,7 +30,7 @@ public enum LoopReport {
     static func atomicWrite(_ data: Data, to path: String) throws {
         let tmp = path + ".writing"
         try data.write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, path) == 0 else { throw ModelError("\(path): cannot write (errno \(errno))") }
+        guard rename(tmp, path) == 0 else { throw LoopError("\(path): cannot write (errno \(errno))") }
     }
 
     static func pct(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
@@ -44,17 +44,17 @@ public enum LoopReport {
         for r in rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
         try atomicWrite(lines, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
 
-        let evals = rows.filter { $0.phase == "eval" }
+        let evals = rows.filter { $0.phase == .eval }
         let first = evals.first, last = evals.last
         let summary = Summary(method: settings.method.rawValue, settings: settings, done: done, rounds: plan.rounds.count,
                               originalAccuracy: first?.accuracy, originalParams: original.parameters,
                               originalFlopsPerToken: original.forwardFlopsPerToken(context: context), originalDecodeTokensPerSecond: first?.decodeTokensPerSecond,
                               accuracy: last?.accuracy,
-                              lossAfterFirstPrune: rows.first { $0.phase == "prune" }?.loss,
+                              lossAfterFirstPrune: rows.first { $0.phase == .prune }?.loss,
                               params: last?.params ?? original.parameters, flopsPerToken: last?.flopsPerToken ?? original.forwardFlopsPerToken(context: context),
                               decodeTokensPerSecond: last?.decodeTokensPerSecond, layers: last?.layers ?? 0,
                               intermediate: last?.intermediate ?? 0,
-                              tuneSteps: rows.compactMap { $0.phase == "tune" ? $0.tuneSteps : nil }.reduce(0, +),
+                              tuneSteps: rows.compactMap { $0.phase == .tune ? $0.tuneSteps : nil }.reduce(0, +),
                               tuneSeconds: tuneSeconds, wallSeconds: rows.reduce(0) { $0 + $1.seconds })
         let pretty = JSONEncoder()
         pretty.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -85,9 +85,9 @@ public enum LoopReport {
         let byRound = Dictionary(grouping: rows, by: \.round)
         for r in byRound.keys.sorted() {
             let g = byRound[r]!
-            guard let e = g.last(where: { $0.phase == "eval" }) else { continue }
-            let p = g.first { $0.phase == "prune" }
-            let t = g.first { $0.phase == "tune" }
+            guard let e = g.last(where: { $0.phase == .eval }) else { continue }
+            let p = g.first { $0.phase == .prune }
+            let t = g.first { $0.phase == .tune }
             md += "| \(r == 0 ? "0 (original)" : "\(r)") | \(e.layers) × \(e.intermediate) | \(e.params) (\(pct(e.paramsFraction))) | "
             md += "\(e.flopsPerToken) (\(pct(Double(e.flopsPerToken) / Double(summary.originalFlopsPerToken)))) | "
             md += "\(p?.loss.map { String(format: "%.4f", $0) } ?? "–") | \(t?.tuneSteps.map(String.init) ?? "–") | "
@@ -106,12 +106,12 @@ public enum LoopReport {
             md += String(format: "| tune time | | %.0f s (%d steps) | |\n", summary.tuneSeconds, summary.tuneSteps)
         }
         md += "\n## Phases\n\n| round | phase | seconds | detail |\n|---|---|---|---|\n"
-        for r in rows { md += "| \(r.round) | \(r.phase) | \(String(format: "%.1f", r.seconds)) | \(r.detail ?? "") |\n" }
+        for r in rows { md += "| \(r.round) | \(r.phase.rawValue) | \(String(format: "%.1f", r.seconds)) | \(r.detail ?? "") |\n" }
         md += "\n## What was removed, with its score\n\n"
         for rec in removals {
             md += "### Round \(rec.round)\n\n"
             if !rec.layers.isEmpty {
-                md += "Blocks (\(rec.how)): " + rec.layers.map { "\($0.index) (score \(String(format: "%.4g", $0.score)))" }.joined(separator: ", ") + "\n\n"
+                md += "Blocks (\(rec.how.map(\.description) ?? "")): " + rec.layers.map { "\($0.index) (score \(String(format: "%.4g", $0.score)))" }.joined(separator: ", ") + "\n\n"
             }
             for (l, ns) in rec.neurons.enumerated() where !ns.isEmpty {
                 md += "- block \(l): " + ns.map { "\($0.index):\(String(format: "%.3g", $0.score))" }.joined(separator: " ") + "\n"

@@ -1,0 +1,118 @@
+import Foundation
+import PTLLoop
+import PTLModel
+import PTLTensor
+
+/// The loop's work on a cluster: every call is a phase of tasks, one per shard, leased to the
+/// coordinator's workers; results come back in shard order and are added as `LocalBackend` adds
+/// its shards (`ShardReduce`), so both give the same bits. Decode speed is measured here, on
+/// the coordinator's machine, while the workers wait.
+public final class ClusterBackend: ComputeBackend {
+    public let coordinator: Coordinator
+
+    /// `tokenizerJSON` travels with every model version (workers need it to evaluate).
+    public init(coordinator: Coordinator, tokenizerJSON: String) {
+        self.coordinator = coordinator
+        coordinator.tokenizerJSON = tokenizerJSON
+    }
+
+    /// The task key of shard `shard` of a phase of `key`.
+    static func taskKey(_ key: WorkKey, phase: Ptl_V1_Phase, shard: Int) -> Ptl_V1_TaskKey {
+        var k = Ptl_V1_TaskKey()
+        k.run = key.run
+        k.round = UInt32(truncatingIfNeeded: key.round)
+        k.phase = phase
+        k.step = key.measurement != 0 ? key.measurement : UInt64(key.step)
+        k.shard = UInt32(shard)
+        return k
+    }
+
+    /// Tasks over `sequences` cut into shards, each sized for the phase's longest sequence.
+    func sequenceTasks(_ sequences: [[Int]], shards: Int, key: WorkKey, phase: Ptl_V1_Phase, hash: String, lossScale: Double?,
+                       branchScale: [Float]?) -> [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] {
+        let longest = sequences.map(\.count).max() ?? 0
+        let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
+        return (0..<shards).map { s in
+            let part = Array(sequences[Shards.range(s, of: sequences.count, shards: shards)])
+            var spec = Ptl_V1_Task()
+            spec.modelHash = hash
+            if let lossScale { spec.lossScale = lossScale }
+            spec.batchSize = UInt32(part.count)
+            spec.seqLen = UInt32(longest)   // workers size one pass for every shard of the phase
+            return (Self.taskKey(key, phase: phase, shard: s), spec, TaskCoding.encode(part) + extra)
+        }
+    }
+
+    public func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
+                          into grads: FloatBuffer) throws -> GradientResult {
+        try Shards.check(shards, items: batch.count, what: "gradients of \(key)")
+        let total = batch.reduce(0) { $0 + max(0, $1.count - 1) }
+        guard total > 0 else { throw LoopError("gradients of \(key): the batch has no token to predict") }
+        let clock = SystemClock()
+        let t0 = clock.now(), wait0 = coordinator.waitSeconds
+        let hash = TaskCoding.publish(model, on: coordinator)
+        let t1 = clock.now()
+        let tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: 1 / Double(total), branchScale: branchScale)
+        let results = try coordinator.runPhase(tasks)
+        let t2 = clock.now()
+        let n = grads.count
+        var lossSum = 0.0, workerSeconds = 0.0, tokens = 0
+        var frames: [Frame] = []
+        for (k, message) in results {
+            guard let g = message.tensor("grad"), g.dtype == .f32, g.byteCount == 4 * n else {
+                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) lacks a gradient of \(n) floats")
+            }
+            frames.append(g.frame)
+            workerSeconds += message.envelope.result.seconds
+            lossSum += message.envelope.result.lossSum
+            tokens += Int(message.envelope.result.tokenCount)
+        }
+        try ShardReduce.sum(frames.map(\.base), into: grads, what: "step \(key.step)")   // the frames hold their bytes
+        let t3 = clock.now()
+        coordinator.lastStepTiming = StepTiming(publish: t1 - t0, phase: t2 - t1, idle: coordinator.waitSeconds - wait0,
+                                                reduce: t3 - t2, update: 0, workerCompute: workerSeconds)
+        return GradientResult(lossSum: lossSum, tokens: tokens, computeSeconds: workerSeconds)
+    }
+
+    public func statistics(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws
+        -> (statistics: ActivationStatistics, loss: Double) {
+        try Shards.check(shards, items: sequences.count, what: "statistics of \(key)")
+        let hash = TaskCoding.publish(model, on: coordinator)
+        let tasks = sequenceTasks(sequences, shards: shards, key: key, phase: .stats, hash: hash, lossScale: nil, branchScale: branchScale)
+        let c = model.config
+        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        var lossSum = 0.0
+        for (_, message) in try coordinator.runPhase(tasks) {
+            total.add(try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
+            lossSum += message.envelope.result.lossSum
+        }
+        return (total, lossSum / Double(max(1, total.tokens)))
+    }
+
+    public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
+        -> EvalCounts {
+        let hash = TaskCoding.publish(model, on: coordinator)
+        let tasks = (0..<shards).map { s -> (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor]) in
+            var spec = Ptl_V1_Task()
+            spec.modelHash = hash
+            spec.recordsJsonl = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)].joined(separator: "\n")
+            spec.maxNewTokens = UInt32(maxNewTokens)
+            spec.batchSize = UInt32(batchSize)
+            return (Self.taskKey(key, phase: .eval, shard: s), spec, [])
+        }
+        var counts = EvalCounts()
+        for (k, m) in try coordinator.runPhase(tasks) {
+            let r = m.envelope.result
+            let flags = (m.tensor("correct")?.bytes ?? []).map { $0 == 1 }
+            guard flags.count == Int(r.examples), r.correct <= r.examples else {
+                throw WireError(kind: .descriptorMismatch, message: "the eval result of \(TaskID(k)) has \(flags.count) flags for \(r.examples) examples")
+            }
+            counts.add(EvalCounts(correct: Int(r.correct), total: Int(r.examples), generatedTokens: Int(r.tokenCount), perExample: flags))
+        }
+        return counts
+    }
+
+    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
+        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import PTLLoop
+import PTLModel
+
+/// How the loop's work travels: token sequences and statistics as raw tensor frames, and model
+/// versions published under their content hash. Every decoder checks what it reads against the
+/// bytes present and throws `WireError` naming the problem.
+public enum TaskCoding {
+    /// Token sequences of a shard as two I32 frames: lengths and the concatenated ids.
+    public static func encode(_ sequences: [[Int]]) -> [WireTensor] {
+        let lengths = sequences.map { Int32($0.count) }
+        let ids = sequences.flatMap { $0.map { Int32($0) } }
+        return [WireTensor(name: "lengths", dtype: .i32, shape: [lengths.count], bytes: lengths.withUnsafeBytes { Array($0) }),
+                WireTensor(name: "ids", dtype: .i32, shape: [ids.count], bytes: ids.withUnsafeBytes { Array($0) })]
+    }
+
+    /// The sequences of a task: lengths non-negative and adding up to the ids present.
+    public static func decodeSequences(_ inputs: [WireTensor]) throws -> [[Int]] {
+        guard let l = inputs.first(where: { $0.name == "lengths" }), let i = inputs.first(where: { $0.name == "ids" }),
+              l.dtype == .i32, i.dtype == .i32, l.byteCount % 4 == 0, i.byteCount % 4 == 0 else {
+            throw WireError(kind: .descriptorMismatch, message: "the task needs I32 tensors lengths and ids")
+        }
+        let lengths = l.values(Int32.self).map { Int($0) }
+        let ids = i.values(Int32.self).map { Int($0) }
+        guard !lengths.isEmpty else { throw WireError(kind: .descriptorMismatch, message: "the task has no sequences") }
+        if let bad = lengths.first(where: { $0 < 0 }) {
+            throw WireError(kind: .descriptorMismatch, message: "the task has a sequence of negative length \(bad)")
+        }
+        guard lengths.reduce(0, +) == ids.count else {
+            throw WireError(kind: .descriptorMismatch, message: "the task's lengths add up to \(lengths.reduce(0, +)), not to its \(ids.count) ids")
+        }
+        var out: [[Int]] = []
+        out.reserveCapacity(lengths.count)
+        var at = 0
+        for n in lengths { out.append(Array(ids[at..<(at + n)])); at += n }
+        return out
+    }
+
+    /// Branch scales of a task, if it has them.
+    public static func decodeBranchScale(_ inputs: [WireTensor]) throws -> [Float]? {
+        guard let t = inputs.first(where: { $0.name == "branch_scale" }) else { return nil }
+        guard let v = t.floats else { throw WireError(kind: .descriptorMismatch, message: "branch_scale must be F32") }
+        return v
+    }
+
+    static func f64(_ name: String, _ xs: [Double]) -> WireTensor {
+        WireTensor(name: name, dtype: .f64, shape: [xs.count], bytes: xs.withUnsafeBytes { Array($0) })
+    }
+
+    static func doubles(_ t: WireTensor?, _ name: String) throws -> [Double] {
+        guard let t, t.dtype == .f64, t.byteCount % 8 == 0 else {
+            throw WireError(kind: .descriptorMismatch, message: "the stats result lacks the F64 tensor \(name)")
+        }
+        return t.values(Double.self)
+    }
+
+    /// Statistics as tensor frames.
+    public static func encode(_ s: ActivationStatistics) -> [WireTensor] {
+        [f64("abs_sum", s.absSum), f64("square_sum", s.squareSum),
+         WireTensor(name: "max_abs", shape: [s.maxAbs.count], floats: s.maxAbs),
+         f64("delta_norm_sum", s.deltaNormSum), f64("input_norm_sum", s.inputNormSum), f64("cosine_distance_sum", s.cosineDistanceSum)]
+    }
+
+    /// The statistics of a result, checked against the model's shape.
+    public static func decodeStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws -> ActivationStatistics {
+        var s = ActivationStatistics(layers: layers, intermediate: intermediate)
+        s.tokens = Int(m.envelope.result.tokenCount)
+        s.absSum = try doubles(m.tensor("abs_sum"), "abs_sum")
+        s.squareSum = try doubles(m.tensor("square_sum"), "square_sum")
+        guard let mx = m.tensor("max_abs")?.floats else { throw WireError(kind: .descriptorMismatch, message: "the stats result lacks max_abs") }
+        s.maxAbs = mx
+        s.deltaNormSum = try doubles(m.tensor("delta_norm_sum"), "delta_norm_sum")
+        s.inputNormSum = try doubles(m.tensor("input_norm_sum"), "input_norm_sum")
+        s.cosineDistanceSum = try doubles(m.tensor("cosine_distance_sum"), "cosine_distance_sum")
+        guard s.absSum.count == layers * intermediate, s.squareSum.count == s.absSum.count, s.maxAbs.count == s.absSum.count,
+              s.deltaNormSum.count == layers, s.inputNormSum.count == layers, s.cosineDistanceSum.count == layers else {
+            throw WireError(kind: .descriptorMismatch, message: "the stats result has the wrong sizes for \(layers) blocks × \(intermediate)")
+        }
+        return s
+    }
+
+    /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
+    /// holding it fetch an update) and returns its hash.
+    public static func publish(_ model: Model, on coordinator: Coordinator) -> String {
+        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
+        let n = model.parameters.count
+        let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
+        coordinator.serve(hash, config: config, weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
+        return hash
+    }
+}

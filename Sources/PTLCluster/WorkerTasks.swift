@@ -1,0 +1,91 @@
+import Foundation
+import PTLLoop
+import PTLModel
+import PTLTensor
+import PTLTokenizer
+
+/// The worker's side of the loop's phases: `stats`, `grad` and `eval` tasks computed by
+/// `ShardCompute` — the code `LocalBackend` runs — on the model version the task names. Every
+/// input from the network is checked first (sequences, token ids against the vocabulary, branch
+/// scales, eval sizes); a bad one fails the task with an error naming it, and the worker serves on.
+public enum WorkerTasks {
+    /// The handler of a worker; it keeps the last model version, its tokenizer, one training
+    /// pass and one gradient buffer across tasks.
+    public static func handler() -> TaskHandler {
+        let cache = ModelCache()
+        return { key, spec, inputs, version in
+            let m = try cache.model(hash: spec.modelHash, config: version.config, weights: version.weights)
+            switch key.phase {
+            case .eval:
+                let (counts, seconds) = try ShardCompute.evaluate(model: m, tokenizer: try cache.tokenizer(json: version.tokenizer),
+                                                                   jsonl: spec.recordsJsonl, maxNewTokens: Int(spec.maxNewTokens),
+                                                                   batchSize: Int(spec.batchSize))
+                var r = Ptl_V1_Result()
+                r.correct = UInt64(counts.correct)
+                r.examples = UInt64(counts.total)
+                r.tokenCount = UInt64(counts.generatedTokens)
+                r.seconds = seconds
+                let flags = counts.perExample.map { UInt8($0 ? 1 : 0) }
+                return (r, [WireTensor(name: "correct", dtype: .u8, shape: [flags.count], bytes: flags)])
+            case .stats:
+                let (out, stats) = try cache.compute.statistics(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
+                                                                branchScale: try TaskCoding.decodeBranchScale(inputs))
+                return (result(out), TaskCoding.encode(stats))
+            case .grad:
+                let grads = cache.compute.gradientBuffer(count: m.layout.count)
+                let out = try cache.compute.gradient(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
+                                                     lossScale: Float(spec.lossScale), branchScale: try TaskCoding.decodeBranchScale(inputs),
+                                                     into: grads)
+                return (result(out), [WireTensor(name: "grad", buffer: grads)])   // sent from the buffer itself
+            default:
+                throw WireError(kind: .unknownType, message: "phase \(key.phase.name) is not run by this worker")
+            }
+        }
+    }
+
+    static func result(_ out: ShardOutput) -> Ptl_V1_Result {
+        var r = Ptl_V1_Result()
+        r.lossSum = out.lossSum
+        r.tokenCount = UInt64(out.tokens)
+        r.examples = UInt64(out.examples)
+        r.seconds = out.seconds
+        return r
+    }
+
+    /// The worker's model of the current version, kept across tasks (tasks run one at a time):
+    /// a new version of the same shape is copied into the same parameter buffer, so a tuning step
+    /// allocates (and page-faults) nothing model-sized.
+    final class ModelCache: @unchecked Sendable {
+        let lock = NSLock()
+        var current: (hash: String, config: String, model: Model)?
+        var tokenizer: (source: String, tokenizer: Tokenizer)?
+        let compute = ShardCompute()
+
+        func tokenizer(json: String) throws -> Tokenizer {
+            lock.lock(); defer { lock.unlock() }
+            if let t = tokenizer, t.source == json { return t.tokenizer }
+            guard !json.isEmpty else { throw WireError(kind: .descriptorMismatch, message: "the model version came without a tokenizer") }
+            let t = try Tokenizer(data: Data(json.utf8), source: "tokenizer.json from the coordinator")
+            tokenizer = (json, t)
+            return t
+        }
+
+        func model(hash: String, config: String, weights: [Float]) throws -> Model {
+            lock.lock(); defer { lock.unlock() }
+            if let c = current, c.hash == hash { return c.model }
+            if let c = current, c.config == config, c.model.parameters.count == weights.count {
+                weights.withUnsafeBufferPointer { c.model.parameters.pointer.update(from: $0.baseAddress!, count: $0.count) }
+                current = (hash, config, c.model)
+                return c.model
+            }
+            let cfg = try ModelConfig(data: Data(config.utf8), source: "model \(hash)")
+            let layout = ParameterLayout(config: cfg)
+            guard weights.count == layout.count else {
+                throw WireError(kind: .descriptorMismatch, message: "model \(hash): \(weights.count) weights for a config of \(layout.count) parameters")
+            }
+            let m = Model(config: cfg, parameters: FloatBuffer(weights))
+            current = (hash, config, m)
+            return m
+        }
+    }
+}

@@ -1,0 +1,202 @@
+import ArgumentParser
+import Foundation
+import PTLLoop
+import PTLPrune
+
+/// What a job does: the Prune–Tune Loop, one of its baselines, or (ptl-coordinator only) plain
+/// continual pre-training.
+public enum JobMethod: String, Codable, Sendable, CaseIterable, ExpressibleByArgument {
+    case ptl
+    case pruneOnce = "prune-once"
+    case shortgpt
+    case train
+
+    /// The loop's method; nil for `train`.
+    public var pruneMethod: PruneMethod? { PruneMethod(rawValue: rawValue) }
+}
+
+extension PruneOrder: ExpressibleByArgument {}
+extension NeuronScore: ExpressibleByArgument {}
+extension LayerScore: ExpressibleByArgument {}
+extension BudgetKind: ExpressibleByArgument {}
+extension LayerRemoval: ExpressibleByArgument {}
+extension OptimizerCarry: ExpressibleByArgument {}
+extension CalibrationSource: ExpressibleByArgument {}
+
+/// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
+public struct LoopOptions: ParsableArguments {
+    public init() {}
+
+    @Option(help: "The job: the Prune–Tune Loop, a baseline with the same data, total tune steps and target, or (ptl-coordinator) plain training.")
+    public var method: JobMethod = .ptl
+
+    @Option(help: "Fraction of the original parameters to end at or below.")
+    public var targetParams: Double = 0.5
+
+    @Option(help: "Blocks PTL and Prune-Once delete (the FFN width shrinks until the target is met).")
+    public var removeLayers: Int = 1
+
+    @Option(help: "Fraction of the original FFN width removed per neuron round.")
+    public var step: Double = 0.05
+
+    @Option(help: "The FFN width stays a multiple of this.")
+    public var widthMultiple: Int = 32
+
+    @Option(help: "Blocks removed per layer round.")
+    public var layersPerRound: Int = 1
+
+    @Option(help: "Which kind of round comes first.")
+    public var order: PruneOrder = .neuronsFirst
+
+    @Option(help: "Neuron score (act-norm = E|a|·‖W_down[:,j]‖).")
+    public var score: NeuronScore = .magnitude
+
+    @Option(help: "Layer score: relative-change (E‖Δh‖/E‖h‖) or block-influence (ShortGPT).")
+    public var layerScore: LayerScore = .relativeChange
+
+    @Option(help: "damage: each round's tune steps follow its held-out loss increase; equal: the same every round.")
+    public var budget: BudgetKind = .damage
+
+    @Option(help: "With --budget damage: the fewest tune steps a round gets.")
+    public var minRoundSteps: Int = 1
+
+    @Option(help: "cut: a block is deleted at once; anneal: a doomed block's branches fall to 0 while tuning, then it is deleted.")
+    public var layerRemoval: LayerRemoval = .cut
+
+    @Option(help: "Rounds over which a doomed block is annealed.")
+    public var annealRounds: Int = 3
+
+    @Option(help: "carry: one AdamW state across rounds, sliced with the weights; reset: a new one every round.")
+    public var optimizer: OptimizerCarry = .reset
+
+    @Option(help: "Tune steps per PTL round; every method gets this × the PTL round count in total.")
+    public var tuneSteps: Int = 20
+
+    @Option(help: "Peak learning rate (per round, with a warm-up and cosine decay).")
+    public var lr: Float = 3e-4
+
+    @Option(help: "Lines per step.")
+    public var batchSize: Int = 16
+
+    @Option(help: "Shards (micro-batches) per step and per measurement: fixed by the job, not by the worker count.")
+    public var shards: Int = 4
+
+    @Option(help: "Seed of the line order (and of which tuning lines each step sees).")
+    public var seed: UInt64 = 0
+
+    @Option(help: "Write a checkpoint every K tune steps.")
+    public var checkpointEvery: Int = 10
+
+    @Option(help: "Largest answer length in tokens at eval.")
+    public var maxNewTokens: Int = 160
+
+    @Option(help: "Eval problems of the rounds in between (the original and the final model get --eval-count).")
+    public var roundEvalCount: Int = 200
+
+    public func validate() throws {
+        if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
+        if batchSize < 1 || batchSize > 1 << 16 { throw ValidationError("--batch-size must be between 1 and 65536") }
+        if checkpointEvery < 1 { throw ValidationError("--checkpoint-every must be at least 1") }
+        if !(targetParams > 0 && targetParams < 1) { throw ValidationError("--target-params must be between 0 and 1") }
+        if !(step > 0 && step < 1) { throw ValidationError("--step must be between 0 and 1") }
+        if tuneSteps < 1 || tuneSteps > 1 << 24 { throw ValidationError("--tune-steps must be between 1 and 16777216") }
+        if removeLayers < 0 || layersPerRound < 1 || widthMultiple < 1 || annealRounds < 1 || minRoundSteps < 0 {
+            throw ValidationError("--remove-layers must be ≥ 0; --layers-per-round, --width-multiple and --anneal-rounds ≥ 1; --min-round-steps ≥ 0")
+        }
+        if !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number") }
+        if maxNewTokens < 1 || maxNewTokens > 65536 { throw ValidationError("--max-new-tokens must be between 1 and 65536") }
+        if roundEvalCount < 1 { throw ValidationError("--round-eval-count must be at least 1") }
+    }
+
+    /// The loop's settings: built here and nowhere else.
+    public func settings() throws -> LoopSettings {
+        guard let m = method.pruneMethod else { throw ValidationError("--method \(method.rawValue) is not a pruning method") }
+        var ls = LoopSettings()
+        ls.method = m
+        ls.target = targetParams
+        ls.removeLayers = removeLayers
+        ls.step = step
+        ls.widthMultiple = widthMultiple
+        ls.layersPerRound = layersPerRound
+        ls.order = order
+        ls.neuronScore = score
+        ls.layerScore = layerScore
+        ls.budget = budget
+        ls.layerRemoval = layerRemoval
+        ls.minRoundSteps = minRoundSteps
+        ls.annealRounds = annealRounds
+        ls.optimizer = optimizer
+        ls.tuneSteps = tuneSteps
+        ls.learningRate = lr
+        ls.batchSize = batchSize
+        ls.shards = shards
+        ls.seed = seed
+        ls.checkpointEvery = checkpointEvery
+        ls.evalMaxNewTokens = maxNewTokens
+        ls.roundEvalCount = roundEvalCount
+        return ls
+    }
+}
+
+/// The model and data options of a loop run.
+public struct LoopDataOptions: ParsableArguments {
+    public init() {}
+
+    @Option(help: "The model to compress (HF directory or .gguf).")
+    public var model: String = "models/demo"
+
+    @Option(help: "JSONL training data (default: the arithmetic task, seed 0, generated in memory).")
+    public var data: String?
+
+    @Option(help: "JSONL eval set (default: the task's test split / the end of --data).")
+    public var evalData: String?
+
+    @Option(help: "Calibration lines for the stats phase.")
+    public var calibrationLines: Int = 128
+
+    @Option(help: "Calibrate on full lines (question + chain of thought) or the answer alone.")
+    public var calibrateOn: CalibrationSource = .full
+
+    @Option(help: "Held-out lines for the loss (damage) measurement.")
+    public var heldoutLines: Int = 128
+
+    @Option(help: "Eval problems (from --eval-data, else the task's test split / the end of --data).")
+    public var evalCount: Int = 500
+
+    @Option(help: "Tokens kept of each line.")
+    public var seqLen: Int = 256
+
+    public func validate() throws {
+        if calibrationLines < 1 || heldoutLines < 1 || evalCount < 1 {
+            throw ValidationError("--calibration-lines, --heldout-lines and --eval-count must be at least 1")
+        }
+        if seqLen < 2 || seqLen > ShardCompute.maxSequenceLength { throw ValidationError("--seq-len must be between 2 and \(ShardCompute.maxSequenceLength)") }
+    }
+
+    public var settings: DataSettings {
+        var d = DataSettings()
+        d.model = model
+        d.data = data
+        d.evalData = evalData
+        d.calibrationLines = calibrationLines
+        d.calibrateOn = calibrateOn
+        d.heldOutLines = heldoutLines
+        d.evalCount = evalCount
+        d.seqLen = seqLen
+        return d
+    }
+}
+
+/// Where a run writes, whether it starts over, and the recipe it came from.
+public struct RunOptions: ParsableArguments {
+    public init() {}
+
+    @Option(help: "A YAML recipe: the long options as keys (e.g. `target-params: 0.5`); options on the command line override it. Every run writes the settings it used to OUT/config.yaml.")
+    public var config: String?
+
+    @Option(help: "Output directory.")
+    public var out: String = "out/ptl"
+
+    @Flag(help: "Ignore an existing checkpoint and start over.")
+    public var fresh = false
+}

@@ -1,0 +1,91 @@
+import Foundation
+import PTLEval
+import PTLModel
+import PTLTensor
+import PTLTokenizer
+
+/// The loop's work in this process, on its compute threads: the same shards, the same
+/// per-shard code (`ShardCompute`) and the same shard-order reduce as the cluster, so a run gives
+/// the model a cluster run gives, bit for bit (the kernels' results do not depend on the thread
+/// count).
+public final class LocalBackend: ComputeBackend {
+    let tokenizer: Tokenizer
+    let compute = ShardCompute()
+    /// One gradient buffer per shard, kept across steps.
+    var shardGrads: [FloatBuffer] = []
+
+    public init(tokenizer: Tokenizer) {
+        self.tokenizer = tokenizer
+    }
+
+    /// The longest sequence of a phase: every shard's pass is sized for it, as on workers.
+    static func seqLen(_ sequences: [[Int]]) -> Int { sequences.map(\.count).max() ?? 0 }
+
+    public func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
+                          into grads: FloatBuffer) throws -> GradientResult {
+        try Shards.check(shards, items: batch.count, what: "gradients of \(key)")
+        let total = batch.reduce(0) { $0 + max(0, $1.count - 1) }
+        guard total > 0 else { throw LoopError("gradients of \(key): the batch has no token to predict") }
+        let n = model.layout.count
+        if shardGrads.count != shards || shardGrads.first?.count != n {
+            shardGrads = []   // free the old ones first
+            shardGrads = (0..<shards).map { _ in FloatBuffer(count: n) }
+        }
+        let longest = Self.seqLen(batch)
+        var lossSum = 0.0, tokens = 0, seconds = 0.0
+        for s in 0..<shards {
+            let g = shardGrads[s]
+            g.zero()
+            let out = try compute.gradient(model: model, sequences: Array(batch[Shards.range(s, of: batch.count, shards: shards)]),
+                                           seqLen: longest, lossScale: Float(1 / Double(total)), branchScale: branchScale, into: g)
+            lossSum += out.lossSum
+            tokens += out.tokens
+            seconds += out.seconds
+        }
+        try ShardReduce.sum(shardGrads.map { UnsafeRawPointer($0.pointer) }, into: grads, what: "step \(key.step)")
+        return GradientResult(lossSum: lossSum, tokens: tokens, computeSeconds: seconds)
+    }
+
+    public func statistics(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws
+        -> (statistics: ActivationStatistics, loss: Double) {
+        try Shards.check(shards, items: sequences.count, what: "statistics of \(key)")
+        let c = model.config
+        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        var lossSum = 0.0
+        let longest = Self.seqLen(sequences)
+        for s in 0..<shards {
+            var (out, stats) = try compute.statistics(model: model, sequences: Array(sequences[Shards.range(s, of: sequences.count, shards: shards)]),
+                                                      seqLen: longest, branchScale: branchScale)
+            stats.tokens = out.tokens
+            total.add(stats)
+            lossSum += out.lossSum
+        }
+        return (total, lossSum / Double(max(1, total.tokens)))
+    }
+
+    public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
+        -> EvalCounts {
+        var counts = EvalCounts()
+        for s in 0..<shards {
+            let part = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)]
+            counts.add(try ShardCompute.evaluate(model: model, tokenizer: tokenizer, jsonl: part.joined(separator: "\n"),
+                                                 maxNewTokens: maxNewTokens, batchSize: batchSize).0)
+        }
+        return counts
+    }
+
+    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
+        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
+    }
+}
+
+/// Decode speed as the report quotes it: greedy, batch 1, on one thread, the best of `reps`
+/// runs. The thread count is the process's, so it is set for the measurement and restored.
+public enum SpeedMeasurement {
+    public static func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) -> Double {
+        let threads = ComputeThreads.count
+        ComputeThreads.set(1)
+        defer { ComputeThreads.set(threads) }
+        return DecodeSpeed.tokensPerSecond(model: model, batch: 1, promptTokens: promptTokens, newTokens: newTokens, reps: reps, best: true)
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import PTLData
+import PTLModel
+import PTLPrune
+import PTLTokenizer
+
+/// What the stats phase calibrates on.
+public enum CalibrationSource: String, Codable, Sendable, CaseIterable {
+    /// Question and chain of thought, as tuned on.
+    case full
+    /// The chain of thought (the answer) alone.
+    case answer
+}
+
+/// Where a run's model and data come from, and how much of the data each use gets.
+public struct DataSettings: Sendable, Equatable {
+    /// An HF model directory or a .gguf file.
+    public var model = "models/demo"
+    /// JSONL training data (nil: the arithmetic task, generated in memory).
+    public var data: String?
+    /// JSONL eval set (nil: the task's test split, or the end of `data`).
+    public var evalData: String?
+    public var calibrationLines = 128
+    public var calibrateOn = CalibrationSource.full
+    public var heldOutLines = 128
+    public var evalCount = 500
+    /// Tokens kept of each line.
+    public var seqLen = 256
+    public init() {}
+}
+
+/// A loop run's inputs, loaded and tokenized: the model, its tokenizer (and where its files
+/// are copied from into every saved model), and the data split into tuning, calibration,
+/// held-out and eval parts that never overlap.
+public struct LoopInputs {
+    public var model: Model
+    public var tokenizer: Tokenizer
+    /// tokenizer.json's text (workers get it with every model version).
+    public var tokenizerJSON: String
+    /// A directory whose tokenizer files go beside every saved model.
+    public var tokenizerSource: String?
+    public var data: LoopData
+
+    /// Loads `settings.model` and the data. A GGUF's tokenizer is rebuilt into `out/tokenizer`.
+    public static func load(_ d: DataSettings, loop s: LoopSettings, out: String) throws -> LoopInputs {
+        let tokenizerJSON = try ModelSource.tokenizerJSON(d.model)
+        let tokenizer = try Tokenizer(data: Data(tokenizerJSON.utf8), source: "\(d.model) tokenizer")
+        let start = try ModelSource.loadModel(d.model)
+        guard tokenizer.vocabSize <= start.config.vocabSize else {
+            throw LoopError("\(d.model): the tokenizer has \(tokenizer.vocabSize) tokens, the model's vocab_size is \(start.config.vocabSize)")
+        }
+        // The PTL plan fixes the total tune budget of every method; enough fresh lines for it.
+        let ptlRounds = try PrunePlan.make(config: start.config, method: .ptl, target: s.target, removeLayers: s.removeLayers, step: s.step,
+                                           widthMultiple: s.widthMultiple, layersPerRound: s.layersPerRound, order: s.order).rounds.count
+        let needed = s.tuneSteps * ptlRounds * s.batchSize
+        let template = PromptTemplate.standard
+        func encode(_ r: CorpusRecord) -> [Int] { Array(tokenizer.encode(template.render(r)).prefix(d.seqLen)) }
+        func calib(_ r: CorpusRecord) -> [Int] {
+            if d.calibrateOn == .answer, case .qa(_, let a) = r { return Array(tokenizer.encode(a).prefix(d.seqLen)) }
+            return encode(r)
+        }
+        var tune: [CorpusRecord], calibration: [CorpusRecord], heldOut: [CorpusRecord], eval: [CorpusRecord]
+        if let data = d.data {
+            var records = try Corpus.load(path: data).records
+            if let evalData = d.evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(d.evalCount)) } else {
+                eval = Array(records.suffix(d.evalCount)); records.removeLast(eval.count)
+            }
+            calibration = Array(records.suffix(d.calibrationLines)); records.removeLast(calibration.count)
+            heldOut = Array(records.suffix(d.heldOutLines)); records.removeLast(heldOut.count)
+            tune = records
+        } else {
+            // The shipped task: fresh problems of other seeds than the demo model was trained on
+            // (seed 0); the eval set is the recipe's held-out test split.
+            let task = try ArithmeticTask()
+            func problems(_ seed: UInt64, _ n: Int) -> [CorpusRecord] {
+                (0..<n).map { let p = task.problem(seed: seed, index: $0); return .qa(question: p.question, answer: p.answer) }
+            }
+            tune = problems(1, needed)
+            calibration = problems(2, d.calibrationLines)
+            heldOut = problems(3, d.heldOutLines)
+            eval = problems(ArithmeticTask.testSeed(0), d.evalCount)
+            if let evalData = d.evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(d.evalCount)) }
+        }
+        let evalLines = try eval.map { r -> String in
+            guard case .qa(let q, let a) = r else { throw LoopError("eval records need a question and an answer") }
+            return String(decoding: try JSONSerialization.data(withJSONObject: ["question": q, "answer": a], options: [.sortedKeys]), as: UTF8.self)
+        }
+        var source: String? = d.model
+        if ModelSource.isGGUF(d.model) {
+            source = (out as NSString).appendingPathComponent("tokenizer")
+            try ModelSource.writeTokenizerFiles(d.model, to: source!)
+        }
+        return LoopInputs(model: start, tokenizer: tokenizer, tokenizerJSON: tokenizerJSON, tokenizerSource: source,
+                          data: LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
+                                         evalLines: evalLines))
+    }
+}

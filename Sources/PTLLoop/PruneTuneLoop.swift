@@ -1,0 +1,233 @@
+import Foundation
+import Logging
+import PTLData
+import PTLEval
+import PTLModel
+import PTLPrune
+import PTLTensor
+
+/// The Prune–Tune Loop (and its baselines) over a compute backend — this process
+/// (`LocalBackend`, `ptl prune`) or a cluster's workers (`ptl-coordinator`): round 0 measures the
+/// original model; every round then runs stats → prune → tune → eval and checkpoints, until the
+/// plan's final shape. Stopping the process and starting it again resumes from the last
+/// checkpoint and gives the same final model bit for bit, on either backend.
+public final class PruneTuneLoop {
+    public let backend: ComputeBackend
+    public let out: String
+    let data: LoopData
+    let tokenizerSource: String?
+    var model: Model
+    var optimizer: AdamW
+    var state: LoopState
+    var grads: FloatBuffer
+    let original: ModelCost
+    let originalModel: Model
+    let order: EpochOrder
+    public var logger = Logger.silent
+    /// Progress: (round, rounds, phase, fraction of the phase done).
+    public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
+    public var run = "ptl"
+
+    var checkpointDir: String { (out as NSString).appendingPathComponent("checkpoint") }
+    public var settings: LoopSettings { state.settings }
+    public var rounds: Int { state.plan.rounds.count }
+
+    /// Starts a run, or resumes the one checkpointed in OUT/checkpoint (unless `fresh`).
+    public init(backend: ComputeBackend, model start: Model, data: LoopData, settings: LoopSettings, out: String,
+                tokenizerSource: String?, fresh: Bool, logger: Logger = .silent) throws {
+        self.backend = backend
+        self.logger = logger
+        self.out = out
+        self.data = data
+        self.tokenizerSource = tokenizerSource
+        originalModel = start
+        guard !data.tune.isEmpty, !data.calibration.isEmpty, !data.heldOut.isEmpty, !data.evalLines.isEmpty else {
+            throw LoopError("the loop needs tuning, calibration, held-out and eval lines (one of them is empty)")
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        original = ModelCost(config: start.config)
+        var adam = AdamWSettings()
+        adam.weightDecay = settings.weightDecay
+        let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"), logger: logger)
+        if let found {
+            let stateFile = (found as NSString).appendingPathComponent("loop.json")
+            let s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
+            guard s.settings == settings else {
+                throw LoopError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
+            }
+            (model, optimizer, _) = try Checkpoint.load(from: found, settings: adam)
+            state = s
+        } else {
+            func plan(_ method: PruneMethod) throws -> PrunePlan {
+                try PrunePlan.make(config: start.config, method: method, target: settings.target, removeLayers: settings.removeLayers,
+                                   step: settings.step, widthMultiple: settings.widthMultiple,
+                                   layersPerRound: settings.layersPerRound, order: settings.order)
+            }
+            model = Model(config: start.config, parameters: FloatBuffer(start.parameters.array()))
+            optimizer = AdamW(layout: model.layout, settings: adam)
+            // Every method gets the PTL plan's total tune budget.
+            state = LoopState(settings: settings, plan: try plan(settings.method), totalSteps: settings.tuneSteps * (try plan(.ptl)).rounds.count,
+                              alpha: [Float](repeating: 1, count: start.config.numHiddenLayers))
+        }
+        grads = FloatBuffer(count: model.layout.count)
+        order = EpochOrder(count: data.tune.count, seed: settings.seed)
+        if state.totalSteps * settings.batchSize > data.tune.count {
+            logger.info("note: \(state.totalSteps) steps × \(settings.batchSize) lines need more than the \(data.tune.count) tuning lines; later lines repeat")
+        }
+    }
+
+    // MARK: - The run
+
+    /// Runs until done or until `stop()` says so (after a checkpoint). Returns true when done.
+    public func runLoop(stop: () -> Bool) throws -> Bool {
+        while state.stage != .done {
+            if stop() { try checkpoint(); return false }
+            switch state.stage {
+            case .original: try measureOriginal()
+            case .prune: try prune()
+            case .tune: if try !tune(stop: stop) { return false }
+            case .eval: try evaluate()
+            case .done: break
+            }
+        }
+        return true
+    }
+
+    /// The mean context of the decode measurement: FLOPs/token are reported at it.
+    var decodeContext: Int { settings.decodePromptTokens + settings.decodeNewTokens / 2 }
+
+    var scale: [Float]? { state.alpha.allSatisfy { $0 == 1 } ? nil : state.alpha }
+
+    /// Keys of measurements: unique within the process (on a cluster, a late result of an
+    /// earlier measurement can never answer a later one).
+    var serial: UInt64 = 0
+    func measurementKey() -> WorkKey { serial += 1; return WorkKey(run: run, round: state.round, measurement: serial) }
+
+    func heldOutLoss(_ m: Model, scale: [Float]?) throws -> Double {
+        try backend.statistics(model: m, sequences: data.heldOut, shards: settings.shards, branchScale: scale, key: measurementKey()).loss
+    }
+
+    func calibrationStatistics() throws -> ActivationStatistics {
+        try backend.statistics(model: model, sequences: data.calibration, shards: settings.shards, branchScale: scale,
+                               key: measurementKey()).statistics
+    }
+
+    func row(_ phase: LoopPhase, seconds: Double, accuracy: Double? = nil, loss: Double? = nil, tps: Double? = nil,
+             steps: Int? = nil, detail: String? = nil) -> PhaseRow {
+        let c = model.config, cost = ModelCost(config: c)
+        return PhaseRow(round: state.round, phase: phase, layers: c.numHiddenLayers, intermediate: c.intermediateSize,
+                        params: cost.parameters, paramsFraction: Double(cost.parameters) / Double(original.parameters),
+                        flopsPerToken: cost.forwardFlopsPerToken(context: decodeContext), accuracy: accuracy, loss: loss, decodeTokensPerSecond: tps,
+                        tuneSteps: steps, seconds: seconds, detail: detail)
+    }
+
+    func measureOriginal() throws {
+        progress(0, rounds, LoopPhase.eval.rawValue, 0)
+        let t0 = Date()
+        state.lossBefore = try heldOutLoss(model, scale: nil)
+        let (acc, tps) = try accuracyAndSpeed(model)
+        state.rows.append(row(.eval, seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps,
+                              detail: "original"))
+        logger.info("\(String(format: "round 0 (original): accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s", acc * 100, state.lossBefore, tps))",
+                    metadata: ["round": "0", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore), "tokens_per_second": .stringConvertible(tps)])
+        state.round = 1
+        state.stage = .prune
+        try checkpoint()
+    }
+
+    /// Accuracy on the eval set (all of it for the original and the final model, the first
+    /// `roundEvalCount` problems in between) and decode speed. The final model's speed is measured
+    /// interleaved with the original's, and the original's round-0 figure is replaced by that
+    /// measurement, so the speed-up compares like with like on a noisy machine.
+    func accuracyAndSpeed(_ m: Model) throws -> (Double, Double) {
+        let folded = m.foldingBranchScales(scale)
+        let full = state.round == 0 || state.round == rounds
+        let lines = full ? data.evalLines : Array(data.evalLines.prefix(settings.roundEvalCount))
+        let r = try backend.evaluate(model: folded, jsonlLines: lines, shards: max(settings.shards, 2), maxNewTokens: settings.evalMaxNewTokens,
+                                     batchSize: settings.evalBatchSize, key: WorkKey(run: run, round: state.round))
+        func speed(_ x: Model) throws -> Double {
+            try backend.decodeTokensPerSecond(model: x, promptTokens: settings.decodePromptTokens, newTokens: settings.decodeNewTokens, reps: 5)
+        }
+        var tps = try speed(folded)
+        if state.round == rounds, let i = state.rows.firstIndex(where: { $0.round == 0 && $0.phase == .eval }) {
+            var a = [state.rows[i].decodeTokensPerSecond ?? 0], b = [tps]
+            for _ in 0..<2 { a.append(try speed(originalModel)); b.append(try speed(folded)) }
+            state.rows[i].decodeTokensPerSecond = a.max()
+            state.rows[i].detail = "original; decode speed re-measured beside the final model"
+            tps = b.max()!
+        }
+        return (r.accuracy, tps)
+    }
+
+    func tune(stop: () -> Bool) throws -> Bool {
+        let s = settings, r = state.round
+        let n = state.roundSteps
+        let schedule = LearningRateSchedule(kind: .cosine, peak: s.learningRate, warmup: min(s.warmup, n / 4), total: max(1, n),
+                                            minRatio: s.minLearningRateRatio)
+        while state.stepInRound < n {
+            let i = state.stepInRound
+            let a = alpha(atStep: i + 1)
+            let t0 = Date()
+            let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
+            let res = try backend.gradients(model: model, batch: batch, shards: s.shards, branchScale: a.allSatisfy { $0 == 1 } ? nil : a,
+                                            key: WorkKey(run: run, round: r, step: state.stepsUsed), into: grads)
+            OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: schedule.rate(at: i), clip: s.clip)
+            state.alpha = a
+            state.stepInRound += 1
+            state.stepsUsed += 1
+            state.tuneLossSum += res.meanLoss
+            state.workerSeconds += res.computeSeconds
+            state.tuneSeconds += Date().timeIntervalSince(t0)
+            progress(r, rounds, String(format: "tune loss %.3f", res.meanLoss), Double(state.stepInRound) / Double(n))
+            if state.stepInRound % s.checkpointEvery == 0 && state.stepInRound < n { try checkpoint(report: false) }
+            if stop() { try checkpoint(report: false); return false }
+        }
+        // The round's end: annealed layers reach exactly their scheduled value even with 0 steps.
+        state.alpha = alpha(atStep: max(1, n))
+        let mean = n > 0 ? state.tuneLossSum / Double(n) : nil
+        let seconds = state.tuneSeconds - state.rows.filter { $0.phase == .tune }.reduce(0) { $0 + $1.seconds }
+        var detail = String(format: "compute %.1f s (summed over shards)", state.workerSeconds)
+        if let a = scale { detail += "; branch scales \(a.map { String(format: "%.2f", $0) })" }
+        state.workerSeconds = 0
+        state.rows.append(row(.tune, seconds: seconds, loss: mean, steps: n, detail: detail))
+        state.stage = .eval
+        try checkpoint()
+        return true
+    }
+
+    func evaluate() throws {
+        let r = state.round
+        progress(r, rounds, LoopPhase.eval.rawValue, 0)
+        let t0 = Date()
+        state.lossBefore = try heldOutLoss(model, scale: scale)
+        let (acc, tps) = try accuracyAndSpeed(model)
+        state.rows.append(row(.eval, seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps))
+        logger.info("\(String(format: "round %d/%d: accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s, %.1f%% of the parameters", r, rounds, acc * 100, state.lossBefore, tps, 100 * Double(model.parameterCount) / Double(original.parameters)))",
+                    metadata: ["round": "\(r)", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore),
+                               "tokens_per_second": .stringConvertible(tps), "parameters": "\(model.parameterCount)"])
+        let roundDir = (out as NSString).appendingPathComponent(String(format: "rounds/round-%02d", r))
+        try HFModel.save(model.foldingBranchScales(scale), to: roundDir, copyFrom: tokenizerSource)
+        if r == rounds {
+            guard scale == nil else { throw LoopError("internal: branch scales left at the end of the run: \(state.alpha)") }
+            try HFModel.save(model, to: (out as NSString).appendingPathComponent("final"), copyFrom: tokenizerSource)
+            state.stage = .done
+        } else {
+            state.round += 1
+            state.stage = .prune
+        }
+        try checkpoint()
+    }
+
+    // MARK: - Durable state
+
+    /// Writes the resumable state; `report` also rewrites the report files (only phases add rows).
+    func checkpoint(report: Bool = true) throws {
+        let loop = try JSONEncoder().encode(state)
+        try Checkpoint.save(model: model, optimizer: optimizer,
+                            state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
+                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: ["loop.json": loop])
+        guard report else { return }
+        try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
+                             original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out)
+    }
+}

@@ -1,0 +1,160 @@
+import CPTLKernels
+import Foundation
+import PTLData
+import PTLEval
+import PTLModel
+import PTLTensor
+import PTLTokenizer
+
+/// What one shard's computation returns besides its tensors.
+public struct ShardOutput: Sendable {
+    public var lossSum: Double
+    public var tokens: Int
+    public var examples: Int
+    public var seconds: Double
+}
+
+/// The computation of one shard — a gradient, statistics, or greedy answers — the same code in
+/// this process (`LocalBackend`) and on a worker, so both give the same bits. It keeps one
+/// training pass and one gradient buffer across calls (a new shape of the same model reuses
+/// them when it fits): a tuning step then allocates nothing model-sized.
+///
+/// Every input is checked before a kernel sees it (token ids against the vocabulary, lengths,
+/// branch scales), with a thrown `LoopError` naming what is wrong: on a worker these come from
+/// the network.
+public final class ShardCompute: @unchecked Sendable {
+    let lock = NSLock()
+    var trainingPass: TrainingPass?
+    var grads: FloatBuffer?
+
+    /// The longest sequence a shard may hold (tokens).
+    public static let maxSequenceLength = 1 << 16
+    /// The most tokens a shard may hold.
+    public static let maxShardTokens = 1 << 22
+
+    public init() {}
+
+    /// Checks a shard's sequences against `model`: non-empty, bounded, ids in the vocabulary.
+    public static func validate(_ sequences: [[Int]], model: Model, seqLen: Int) throws {
+        guard !sequences.isEmpty else { throw LoopError("a shard without sequences") }
+        guard seqLen >= 0, seqLen <= maxSequenceLength else { throw LoopError("seq_len \(seqLen) is outside 0…\(maxSequenceLength)") }
+        var total = 0
+        let vocab = model.config.vocabSize
+        for (i, s) in sequences.enumerated() {
+            guard s.count <= maxSequenceLength else { throw LoopError("sequence \(i) has \(s.count) tokens (at most \(maxSequenceLength))") }
+            total += s.count
+            guard total <= maxShardTokens else { throw LoopError("the shard holds more than \(maxShardTokens) tokens") }
+            if let bad = s.first(where: { $0 < 0 || $0 >= vocab }) {
+                throw LoopError("token id \(bad) in sequence \(i) is outside the vocabulary (0..<\(vocab))")
+            }
+        }
+    }
+
+    /// Checks branch scales: one finite value per block.
+    public static func validate(branchScale: [Float]?, model: Model) throws {
+        guard let a = branchScale else { return }
+        guard a.count == model.config.numHiddenLayers, a.allSatisfy({ $0.isFinite }) else {
+            throw LoopError("branch_scale needs one finite value per block (\(model.config.numHiddenLayers)), got \(a.count)")
+        }
+    }
+
+    /// A pass for a (batch, seq) shard on `model`: the kept one reshaped when it fits, else one
+    /// with room for rows of the phase's longest sequence `seqLen` (rounded up as batches are).
+    func pass(model: Model, batch: Int, seq: Int, seqLen: Int) -> TrainingPass {
+        if let p = trainingPass, p.model === model, p.fits(batch: batch, seq: seq) {
+            p.reshape(batch: batch, seq: seq)
+            return p
+        }
+        trainingPass = nil   // free the old buffers before allocating new ones
+        let p = TrainingPass(model: model, capacity: (batch, max(seq, (seqLen + 7) / 8 * 8)))
+        p.reshape(batch: batch, seq: seq)
+        trainingPass = p
+        return p
+    }
+
+    /// A zeroed gradient buffer of `count` floats: the last one when nothing else holds it any
+    /// more (a worker's socket keeps a result's buffer until it has been sent), else a new one.
+    public func gradientBuffer(count: Int) -> FloatBuffer {
+        lock.lock(); defer { lock.unlock() }
+        if grads?.count == count, isKnownUniquelyReferenced(&grads!) { grads!.zero(); return grads! }
+        let g = FloatBuffer(count: count)
+        grads = g
+        return g
+    }
+
+    func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?) throws -> (TrainingPass, ShardOutput) {
+        try Self.validate(sequences, model: model, seqLen: seqLen)
+        try Self.validate(branchScale: branchScale, model: model)
+        let batch = TokenBatch(sequences: sequences, multiple: 8)
+        let p = pass(model: model, batch: batch.batch, seq: batch.seq, seqLen: seqLen)
+        p.branchScale = branchScale
+        let t0 = Date()
+        let (sum, count) = p.forward(tokens: batch.tokens, targets: batch.targets)
+        return (p, ShardOutput(lossSum: sum, tokens: count, examples: sequences.count, seconds: Date().timeIntervalSince(t0)))
+    }
+
+    /// Adds the gradient of `lossScale × Σ losses` of `sequences` into `grads` (zeroed by the caller).
+    public func gradient(model: Model, sequences: [[Int]], seqLen: Int, lossScale: Float, branchScale: [Float]?,
+                         into grads: FloatBuffer) throws -> ShardOutput {
+        lock.lock(); defer { lock.unlock() }
+        guard grads.count == model.layout.count else { throw LoopError("gradient buffer of \(grads.count) floats for \(model.layout.count) parameters") }
+        guard lossScale.isFinite else { throw LoopError("loss scale \(lossScale) is not finite") }
+        let t0 = Date()
+        var (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale)
+        p.backward(into: grads, scale: lossScale)
+        out.seconds = Date().timeIntervalSince(t0)
+        return out
+    }
+
+    /// Activation statistics and the loss sum of `sequences`.
+    public func statistics(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?) throws
+        -> (ShardOutput, ActivationStatistics) {
+        lock.lock(); defer { lock.unlock() }
+        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale)
+        return (out, p.statistics())
+    }
+
+    /// Greedy answers to a shard of eval records (JSONL), counted.
+    public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int) throws
+        -> (EvalCounts, seconds: Double) {
+        guard (1...65536).contains(maxNewTokens), (1...4096).contains(batchSize) else {
+            throw LoopError("eval shard: max_new_tokens \(maxNewTokens) or batch size \(batchSize) out of range")
+        }
+        guard tokenizer.vocabSize <= model.config.vocabSize else {
+            throw LoopError("the tokenizer has \(tokenizer.vocabSize) tokens, the model's vocabulary only \(model.config.vocabSize)")
+        }
+        let records = try Corpus.parse(Data(jsonl.utf8), source: "eval shard").records
+        var settings = EvalSettings()
+        settings.maxNewTokens = maxNewTokens
+        settings.batchSize = batchSize
+        let t0 = Date()
+        let (report, predictions) = Evaluator.run(model: model, tokenizer: tokenizer, records: records, settings: settings)
+        return (EvalCounts(correct: report.correct, total: report.total, generatedTokens: report.generatedTokens,
+                           perExample: predictions.map(\.correct)), Date().timeIntervalSince(t0))
+    }
+}
+
+/// The shard-order reduce every backend uses: Σ over shards in Double, rounded once.
+public enum ShardReduce {
+    /// `out[i] = Float(Σ_s shard_s[i])`, adding in shard order; each pointer holds `out.count`
+    /// little-endian floats. Throws when an entry of the sum is not finite.
+    public static func sum(_ shards: [UnsafeRawPointer?], into out: FloatBuffer, what: String) throws {
+        let n = out.count
+        guard !shards.isEmpty else { throw LoopError("\(what): nothing to reduce") }
+        let bad = shards.withUnsafeBufferPointer { ptl_reduce_f32_shards(out.pointer, $0.baseAddress, shards.count, n) }
+        guard bad == n else {
+            throw LoopError("\(what): the reduced gradient has a NaN or infinite entry (index \(bad)); the weights were not updated")
+        }
+    }
+}
+
+/// One optimizer step on reduced gradients: clip to `clip`, then AdamW at `lr`.
+public enum OptimizerStep {
+    /// Returns the gradient norm before clipping.
+    @discardableResult
+    public static func apply(model: Model, optimizer: AdamW, grads: FloatBuffer, lr: Float, clip: Float) -> Double {
+        let norm = GradientClipping.clip(grads, maxNorm: clip)
+        optimizer.update(params: model.parameters, grads: grads, lr: lr)
+        return norm
+    }
+}

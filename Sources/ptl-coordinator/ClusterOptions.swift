@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import PTLCluster
+import PTLCommandLine
+
+extension ModelUpdates: ExpressibleByArgument {}
+
+/// The coordinator's socket, its workers and how they are kept.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Endpoint to bind.")
+    var bind: String = "tcp://127.0.0.1:5555"
+
+    @Option(help: "Start this many ptl-worker processes on loopback.")
+    var localWorkers: Int = 0
+
+    @Option(help: "Threads of each local worker.")
+    var threadsPerWorker: Int = 1
+
+    @Option(help: "Local workers keep their last model version under OUT/workers/ID (a restarted worker need not fetch it).")
+    var localWorkerCache = true
+
+    @Option(help: "Seconds a task may run before it is leased to another worker.")
+    var lease: Double = 600
+
+    @Option(help: "Largest tensor frame accepted from a worker, in bytes (bigger messages are refused).")
+    var maxTensorBytes: Int = 1 << 31
+
+    @Option(help: "How a worker holding the previous model version gets the next: auto (as an update — the XOR of the two versions, about half the bytes — to workers on other hosts, the whole weights over loopback), always (updates), never (the whole weights).")
+    var modelUpdates: ModelUpdates = .auto
+
+    @Option(help: "CURVE: a file holding the coordinator's secret key (Z85, from `ptl keys generate`). Enables encryption.")
+    var curveSecretKey: String?
+
+    @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
+    var allowKeys: String?
+
+    func validate() throws {
+        if localWorkers < 0 || localWorkers > 256 { throw ValidationError("--local-workers must be between 0 and 256") }
+        if threadsPerWorker < 1 { throw ValidationError("--threads-per-worker must be at least 1") }
+        if !(lease > 0) || maxTensorBytes < 1024 { throw ValidationError("--lease must be > 0 and --max-tensor-bytes ≥ 1024") }
+        if (curveSecretKey == nil) != (allowKeys == nil) { throw ValidationError("--curve-secret-key and --allow-keys go together") }
+    }
+}
+
+/// Fault injection, for the tests that prove nothing is lost.
+struct CoordinatorFaultOptions: ParsableArguments {
+    @Option(help: "Fault injection (tests): the local workers stage faults with this seed (see ptl-worker --fault-seed).")
+    var workerFaultSeed: UInt64?
+
+    @Option(help: "Fault injection: the local workers' fault rate.")
+    var workerFaultRate: Double = 0.3
+
+    @Option(help: "Fault injection: the local workers' delay before computing, ms.")
+    var workerFaultDelayMs: Int = 0
+
+    @Option(help: "Fault injection (tests): SIGKILL this process in the middle of its Nth checkpoint write.")
+    var faultKillInCheckpoint: Int?
+
+    /// Arguments of a local worker that stages these faults.
+    var workerArguments: [String] {
+        guard let workerFaultSeed else { return [] }
+        return ["--fault-seed", "\(workerFaultSeed)", "--fault-rate", "\(workerFaultRate)", "--fault-delay-ms", "\(workerFaultDelayMs)"]
+    }
+}
