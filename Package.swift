@@ -41,7 +41,7 @@ let package = Package(
         // Config, parameters, training pass, AdamW, schedule, KV-cached decoder, sampler.
         .target(name: "PTLModel", dependencies: ["PTLTensor", "PTLFormats", "PTLTokenizer"], swiftSettings: optimizedAlways),
         // Corpus (JSONL), prompt template, batches.
-        .target(name: "PTLData", dependencies: ["PTLTokenizer"]),
+        .target(name: "PTLData", dependencies: ["PTLTokenizer", "PTLTensor"]),
         // Continual pre-training (trainer loop) and loss evaluation over token sequences.
         .target(name: "PTLTune", dependencies: ["PTLModel", "PTLData"]),
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.

@@ -1,4 +1,5 @@
 import Foundation
+import PTLTensor
 
 /// Fault injection for the fault-tolerance tests: a worker given a seed and a rate misbehaves
 /// at every protocol point, deterministically per (seed, task, attempt): it dies before
@@ -31,10 +32,5 @@ public struct FaultPlan: Sendable, Equatable {
         return Kind.allCases[Int(mix(h) % UInt64(Kind.allCases.count))]
     }
 
-    func mix(_ x: UInt64) -> UInt64 {   // splitmix64's finaliser
-        var z = x &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    func mix(_ x: UInt64) -> UInt64 { SplitMix64.mix(x &+ 0x9E37_79B9_7F4A_7C15) }
 }

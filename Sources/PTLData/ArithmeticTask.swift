@@ -1,4 +1,5 @@
 import Foundation
+import PTLTensor
 
 /// Settings of the procedural arithmetic word-problem task.
 public struct ArithmeticTaskSettings: Sendable, Equatable, Codable {
@@ -37,7 +38,7 @@ public struct ArithmeticTask: Sendable {
     /// Problem `index` of the stream seeded by `seed` (each problem has its own generator, so
     /// any slice of the stream can be produced independently).
     public func problem(seed: UInt64, index: Int) -> (question: String, answer: String, result: Int) {
-        var rng = TaskRNG(seed: seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
+        var rng = SplitMix64(seed: seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
         let s = settings
         let name = ArithmeticTask.names[rng.below(ArithmeticTask.names.count)]
         let object = ArithmeticTask.objects[rng.below(ArithmeticTask.objects.count)]
@@ -89,19 +90,4 @@ public struct ArithmeticTask: Sendable {
 func jsonQuote(_ s: String) -> String {
     let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
     return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
-}
-
-/// SplitMix64 for the task generator.
-struct TaskRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in 0..<n.
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(1, n))) }
 }

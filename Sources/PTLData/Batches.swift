@@ -1,3 +1,4 @@
+import PTLTensor
 /// A padded batch of next-token examples: `tokens[b·seq + t]` predicts `targets[b·seq + t]`.
 public struct TokenBatch: Sendable, Equatable {
     public var batch: Int
@@ -56,17 +57,10 @@ public struct EpochOrder: Sendable {
     /// Fisher–Yates with SplitMix64 seeded by (seed, epoch).
     public func permutation(epoch: Int) -> [Int] {
         var p = Array(0..<count)
-        var state = seed ^ (UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = SplitMix64(seed: seed ^ (UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15))
         if count > 1 {
             for i in stride(from: count - 1, to: 0, by: -1) {
-                let j = Int(next() % UInt64(i + 1))
+                let j = Int(rng.next() % UInt64(i + 1))
                 p.swapAt(i, j)
             }
         }

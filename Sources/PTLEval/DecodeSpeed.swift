@@ -1,3 +1,4 @@
+import PTLTensor
 import Foundation
 import PTLModel
 

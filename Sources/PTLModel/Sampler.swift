@@ -1,3 +1,4 @@
+import PTLTensor
 import Foundation
 
 /// How the next token is chosen from logits.

@@ -1,4 +1,5 @@
 import Foundation
+import PTLTensor
 import PTLFormats
 import PTLLoop
 import Testing
@@ -172,7 +173,7 @@ enum FaultRun {
         #expect(!FileManager.default.fileExists(atPath: out + "/.checkpoint.writing/manifest.json"))
         try Checkpoint.verify(out + "/checkpoint")
         // SIGKILL at random moments (seeded), restarting each time.
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var kills = 0
         while kills < 4 {
             let run = try FaultRun.start(FaultRun.args(out: out, extra: common))
@@ -323,18 +324,5 @@ enum FaultRun {
         #expect(try finalWeights(out) == FaultRun.reference)
         let ledger = try FaultRun.expectLedgerExactlyOnce(out)
         #expect(ledger.allSatisfy { $0.worker == "allowed" })
-    }
-}
-
-/// splitmix64, for the seeded kill times.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -108,3 +108,106 @@ func waitForRows(_ out: String, _ n: Int) {
         #expect(try rows(coordKilled).prefix(beforeKill.count).map(\.seconds) == beforeKill.map(\.seconds))
     }
 }
+
+/// Runs `ptl` with `args`; returns the exit status and standard error.
+func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
+    let p = Process()
+    p.executableURL = executable("ptl")
+    p.arguments = args
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    let data = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// `ptl prune` (one process, no sockets) and `ptl-coordinator` (1 or 2 local workers) are the
+/// same job: the same final model, bit for bit; recipes reproduce runs and name bad keys.
+@Suite(.serialized) struct PruneCommandTests {
+    func finalWeights(_ out: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) }
+
+    @Test func prunesToTheSameModelAsTheCoordinatorWithOneAndTwoWorkers() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-prune-\(UUID().uuidString)").path
+        let args = Array(loopArgs(out: base + "/prune").filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+        let local = try runPTL(["prune"] + args)
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: ["--local-workers", "1"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/two", extra: ["--local-workers", "2"])) == 0)
+        let w = try finalWeights(base + "/prune")
+        #expect(try w == finalWeights(base + "/one"))
+        #expect(try w == finalWeights(base + "/two"))
+        #expect(try rows(base + "/prune").map(\.accuracy) == rows(base + "/two").map(\.accuracy))
+    }
+
+    @Test func theRecipeAndConfigYAMLReproduceARunAndFlagsOverrideThem() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-recipe-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let recipe = """
+        # a short run of the demo model
+        model: \(clusterPackageRoot.appendingPathComponent("models/demo").path)
+        target-params: 0.8
+        step: 0.1
+        tune-steps: 2
+        batch-size: 4
+        shards: 2
+        calibration-lines: 8
+        heldout-lines: 8
+        eval-count: 8
+        max-new-tokens: 48
+        out: \(base)/first
+        fresh: false
+        eval-data: ~
+        """
+        try recipe.write(toFile: base + "/run.yaml", atomically: true, encoding: .utf8)
+        let first = try runPTL(["prune", "--config", base + "/run.yaml"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let written = try String(contentsOfFile: base + "/first/config.yaml", encoding: .utf8)
+        #expect(written.contains("tune-steps: 2\n") && written.contains("order: neurons-first\n") && !written.contains("fresh"))
+        // OUT/config.yaml runs the same job again (to another directory).
+        let again = try runPTL(["prune", "--config", base + "/first/config.yaml", "--out", base + "/again"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try finalWeights(base + "/first") == finalWeights(base + "/again"))
+        // A flag given on the command line overrides the recipe, and the new config says so.
+        let over = try runPTL(["prune", "--config", base + "/run.yaml", "--out", base + "/over", "--seed", "1"])
+        #expect(over.status == 0, "\(over.stderr)")
+        #expect(try String(contentsOfFile: base + "/over/config.yaml", encoding: .utf8).contains("seed: 1\n"))
+        #expect(try finalWeights(base + "/first") != finalWeights(base + "/over"))
+    }
+
+    @Test(arguments: [
+        ("tune-steps: 2\nbogus-key: 3\n", "unknown key 'bogus-key'"),
+        ("tune-steps: abc\n", "'--tune-steps"),
+        ("target-params: 1.5\n", "--target-params must be between 0 and 1"),
+        ("order: sideways\n", "'--order"),
+        ("fresh: maybe\n", "key 'fresh' is a switch"),
+        ("shards: [1, 2]\n", "key 'shards' needs one value"),
+        ("a: [1\n", "not valid YAML"),
+        ("- 1\n- 2\n", "a recipe is a mapping"),
+    ])
+    func aBadRecipeIsOneLineNamingTheKey(_ recipe: String, _ expected: String) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-bad-\(UUID().uuidString).yaml").path
+        try recipe.write(toFile: path, atomically: true, encoding: .utf8)
+        for command in [["prune"], []] {
+            let r: (status: Int32, stderr: String)
+            if command.isEmpty {
+                let p = Process()
+                p.executableURL = executable("ptl-coordinator")
+                p.arguments = ["--config", path]
+                let err = Pipe()
+                p.standardError = err
+                try p.run()
+                let data = err.fileHandleForReading.readDataToEndOfFile()
+                p.waitUntilExit()
+                r = (p.terminationStatus, String(decoding: data, as: UTF8.self))
+            } else {
+                r = try runPTL(command + ["--config", path])
+            }
+            let lines = r.stderr.split(separator: "\n")
+            #expect(r.status != 0)
+            #expect(lines.count == 1, "one line: \(r.stderr)")
+            #expect(r.stderr.contains(path) && r.stderr.contains(expected), "\(r.stderr)")
+        }
+    }
+}
