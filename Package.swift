@@ -81,15 +81,19 @@ let package = Package(
         .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],
                           path: "bench/Sources/ptl-bench"),
 
+        // Test support (test targets only): a manual clock, random models, the package root.
+        .target(name: "PTLTestSupport", dependencies: ["PTLCluster", "PTLModel", "PTLTensor"]),
+
         .testTarget(name: "PTLTensorTests", dependencies: ["PTLTensor"]),
         .testTarget(name: "PTLFormatsTests", dependencies: ["PTLFormats"]),
         .testTarget(name: "PTLTokenizerTests", dependencies: ["PTLTokenizer"]),
-        .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData"]),
+        .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData", "PTLTestSupport"]),
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
         .testTarget(name: "PTLTuneTests", dependencies: ["PTLTune"]),
         .testTarget(name: "PTLEvalTests", dependencies: ["PTLEval"]),
-        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLLoop", "PTLFormats", "CPTLKernels", .product(name: "Logging", package: "swift-log"), "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
-        .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData"]),
+        .testTarget(name: "PTLClusterTests", dependencies: ["PTLCluster", "PTLTestSupport", "PTLLoop", "PTLFormats", "CPTLKernels", .product(name: "Logging", package: "swift-log"), "PTLModel", "PTLTune", "PTLData", "PTLEval", "PTLTokenizer"]),
+        .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData", "PTLTestSupport"]),
+        .testTarget(name: "PTLLoopTests", dependencies: ["PTLLoop", "PTLCommandLine", "PTLModel", "PTLPrune", "PTLData", "PTLTokenizer", "PTLTensor", "PTLTestSupport"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
     ]
 )

@@ -2,6 +2,7 @@ import Foundation
 import PTLFormats
 import PTLLoop
 import Testing
+import PTLTestSupport
 import PTLModel
 import PTLTensor
 import PTLTune
@@ -170,7 +171,7 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
 
 @Suite(.serialized) struct EvalPhaseTests {
     @Test func evalCountsAreTheSameForOneAndThreeWorkersAndLocally() throws {
-        let demo = clusterPackageRoot.appendingPathComponent("models/demo").path
+        let demo = packageRoot.appendingPathComponent("models/demo").path
         let model = try HFModel.load(directory: demo)
         let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
         let lines = try ArithmeticTask().jsonl(seed: 77, count: 24).split(separator: "\n").map(String.init)

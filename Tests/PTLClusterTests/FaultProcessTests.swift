@@ -3,6 +3,7 @@ import PTLTensor
 import PTLFormats
 import PTLLoop
 import Testing
+import PTLTestSupport
 @testable import PTLCluster
 
 /// The fault-tolerance acceptance tests of the cluster, with the real binaries: `--method train`
@@ -13,7 +14,7 @@ enum FaultRun {
     static let steps = 8, shards = 4
 
     static func args(out: String, extra: [String] = []) -> [String] {
-        let fixtures = clusterPackageRoot.appendingPathComponent("Tests/Fixtures")
+        let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures")
         return ["--method", "train", "--model", fixtures.appendingPathComponent("tiny-llama").path,
                 "--data", fixtures.appendingPathComponent("golden/perplexity.jsonl").path,
                 "--steps", "\(steps)", "--batch-size", "4", "--shards", "\(shards)", "--lr", "1e-3",

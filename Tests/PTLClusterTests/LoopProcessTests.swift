@@ -2,12 +2,13 @@ import Foundation
 import PTLFormats
 import PTLLoop
 import Testing
+import PTLTestSupport
 import PTLModel
 
 /// The Prune–Tune Loop with the real binaries on the shipped demo model, in a short config:
 /// two rounds (64 neurons per block, then one block) of two tune steps each, eval on 8 problems.
 func loopArgs(out: String, bind: String = "tcp://127.0.0.1:0", extra: [String] = []) -> [String] {
-    ["--model", clusterPackageRoot.appendingPathComponent("models/demo").path,
+    ["--model", packageRoot.appendingPathComponent("models/demo").path,
      "--target-params", "0.8", "--step", "0.1", "--remove-layers", "1", "--tune-steps", "2", "--batch-size", "4", "--shards", "2",
      "--calibration-lines", "8", "--heldout-lines", "8", "--eval-count", "8", "--max-new-tokens", "48", "--checkpoint-every", "1",
      "--heartbeat", "0.5", "--bind", bind] + extra + ["--out", out]
@@ -146,7 +147,7 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         let recipe = """
         # a short run of the demo model
-        model: \(clusterPackageRoot.appendingPathComponent("models/demo").path)
+        model: \(packageRoot.appendingPathComponent("models/demo").path)
         target-params: 0.8
         step: 0.1
         tune-steps: 2

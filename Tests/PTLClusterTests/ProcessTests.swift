@@ -2,6 +2,7 @@ import Foundation
 import PTLFormats
 import PTLLoop
 import Testing
+import PTLTestSupport
 
 /// The built executables sit beside the test bundle.
 func executable(_ name: String) -> URL {
@@ -11,7 +12,7 @@ func executable(_ name: String) -> URL {
 }
 
 func coordinatorArgs(out: String, steps: Int = 6) -> [String] {
-    let fixtures = clusterPackageRoot.appendingPathComponent("Tests/Fixtures")
+    let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures")
     return ["--method", "train", "--model", fixtures.appendingPathComponent("tiny-llama").path,
             "--data", fixtures.appendingPathComponent("golden/perplexity.jsonl").path,
             "--steps", "\(steps)", "--batch-size", "4", "--shards", "3", "--lr", "1e-3",
@@ -72,7 +73,7 @@ func finalWeights(_ out: String) throws -> Data {
     func theComposeFileIsValid() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/docker-compose")
-        p.arguments = ["-f", clusterPackageRoot.appendingPathComponent("docker/docker-compose.yml").path, "config", "-q"]
+        p.arguments = ["-f", packageRoot.appendingPathComponent("docker/docker-compose.yml").path, "config", "-q"]
         let err = Pipe()
         p.standardError = err
         try p.run()

@@ -1,4 +1,5 @@
 import Testing
+import PTLTestSupport
 @testable import PTLCluster
 
 func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {

@@ -3,9 +3,9 @@ import Foundation
 import PTLFormats
 import PTLLoop
 import Testing
+import PTLTestSupport
 @testable import PTLCluster
 
-let clusterPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 func sampleResult() -> WireMessage {
     var env = Ptl_V1_Envelope()
@@ -94,10 +94,10 @@ func sampleResult() -> WireMessage {
             p.waitUntilExit()
             return (p.terminationStatus, String(decoding: out, as: UTF8.self))
         }
-        let proto = clusterPackageRoot.appendingPathComponent("Proto")
+        let proto = packageRoot.appendingPathComponent("Proto")
         let gen = try run(["protoc-c", "--proto_path=\(proto.path)", "--c_out=\(dir.path)", proto.appendingPathComponent("ptl.proto").path])
         #expect(gen.0 == 0, "protoc-c: \(gen.1) (install protobuf-c-compiler libprotobuf-c-dev: scripts/setup.sh)")
-        let source = clusterPackageRoot.appendingPathComponent("Tests/Fixtures/c/decode_envelope.c").path
+        let source = packageRoot.appendingPathComponent("Tests/Fixtures/c/decode_envelope.c").path
         let cc = try run(["cc", "-O1", "-I", dir.path, source, dir.appendingPathComponent("ptl.pb-c.c").path, "-lprotobuf-c",
                           "-o", dir.appendingPathComponent("decode").path])
         #expect(cc.0 == 0, "cc: \(cc.1)")

@@ -1,4 +1,5 @@
 import Testing
+import PTLTestSupport
 import PTLTensor
 @testable import PTLModel
 

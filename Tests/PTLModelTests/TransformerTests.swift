@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import PTLTestSupport
 import PTLTensor
 @testable import PTLModel
 
@@ -13,17 +14,6 @@ func tinyConfig(type: String = "llama", tied: Bool = false, scaling: Bool = fals
     return c
 }
 
-func randomModel(_ config: ModelConfig, seed: UInt64, std: Float = 0.3) -> Model {
-    let m = Model(config: config)
-    m.initializeRandomly(seed: seed, std: std)
-    // Make norms and biases non-trivial so their gradients are checked too.
-    var rng = SplitMix64(seed: seed &+ 1)
-    for e in m.layout.entries where e.shape.count == 1 {
-        let p = m.parameters.at(e.offset)
-        for i in 0..<e.count { p[i] += 0.2 * rng.nextGaussian() }
-    }
-    return m
-}
 
 @Suite struct TransformerTests {
     @Test(arguments: ["llama", "qwen2", "tied", "llama3-rope"])

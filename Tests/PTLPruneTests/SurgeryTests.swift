@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import PTLTestSupport
 import PTLTensor
 @testable import PTLModel
 @testable import PTLPrune
@@ -10,16 +11,6 @@ func config(_ type: String, layers: Int = 3, width: Int = 24) throws -> ModelCon
                     maxPositionEmbeddings: 64, tieWordEmbeddings: type == "qwen2")
 }
 
-func randomModel(_ c: ModelConfig, seed: UInt64) -> Model {
-    let m = Model(config: c)
-    m.initializeRandomly(seed: seed, std: 0.3)
-    var rng = SplitMix64(seed: seed &+ 1)
-    for e in m.layout.entries where e.shape.count == 1 {
-        let p = m.parameters.at(e.offset)
-        for i in 0..<e.count { p[i] += 0.2 * rng.nextGaussian() }
-    }
-    return m
-}
 
 func logits(_ m: Model, scale: [Float]? = nil) -> [Float] {
     let tokens: [Int32] = [1, 5, 9, 2, 7, 3, 11, 4, 8, 6, 10, 12]

@@ -1,0 +1,110 @@
+import Foundation
+import Testing
+import PTLLoop
+import PTLModel
+import PTLPrune
+import PTLTestSupport
+
+/// The loop on `LocalBackend`, no sockets: the shipped demo model in a short job — two rounds
+/// (64 neurons per block, then one block), two tune steps a PTL round, eval on 8 problems.
+struct ShortJob {
+    var settings = LoopSettings()
+    var data = DataSettings()
+
+    init() {
+        settings.target = 0.8
+        settings.step = 0.1
+        settings.tuneSteps = 2
+        settings.batchSize = 4
+        settings.shards = 2
+        settings.checkpointEvery = 1
+        settings.evalMaxNewTokens = 48
+        data.model = packageRoot.appendingPathComponent("models/demo").path
+        data.calibrationLines = 8
+        data.heldOutLines = 8
+        data.evalCount = 8
+    }
+
+    func loop(out: String, fresh: Bool = false) throws -> PruneTuneLoop {
+        let inputs = try LoopInputs.load(data, loop: settings, out: out)
+        return try PruneTuneLoop(backend: LocalBackend(tokenizer: inputs.tokenizer), model: inputs.model, data: inputs.data,
+                                 settings: settings, out: out, tokenizerSource: inputs.tokenizerSource, fresh: fresh)
+    }
+
+    /// Runs to the end; the final weights.
+    func run(out: String) throws -> Data {
+        #expect(try loop(out: out).runLoop { false })
+        return try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors"))
+    }
+}
+
+func metrics(_ out: String) throws -> [PhaseRow] {
+    let d = JSONDecoder()
+    d.keyDecodingStrategy = .convertFromSnakeCase
+    return try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { try d.decode(PhaseRow.self, from: Data($0.utf8)) }
+}
+
+@Suite(.serialized) struct LoopTests {
+    @Test func everyRoundShrinksTheModelAndTheBudgetAddsUp() throws {
+        let out = temporaryDirectory("ptl-loop-local")
+        _ = try ShortJob().run(out: out)
+        let rows = try metrics(out)
+        let evals = rows.filter { $0.phase == .eval }
+        #expect(evals.map(\.round) == [0, 1, 2])
+        #expect(evals.map(\.intermediate) == [512, 448, 448] && evals.map(\.layers) == [8, 8, 7])
+        #expect(zip(evals, evals.dropFirst()).allSatisfy { $0.params > $1.params })
+        #expect(evals.allSatisfy { $0.accuracy != nil && $0.loss != nil && ($0.decodeTokensPerSecond ?? 0) > 0 })
+        // Every method gets tuneSteps × (PTL rounds) in all; each round at least one.
+        let tunes = rows.filter { $0.phase == .tune }.compactMap(\.tuneSteps)
+        #expect(tunes.reduce(0, +) == 4 && tunes.allSatisfy { $0 >= 1 })
+        #expect(rows.map(\.phase) == [.eval, .stats, .prune, .tune, .eval, .stats, .prune, .tune, .eval])
+        let final = try HFModel.load(directory: out + "/final")
+        #expect(final.parameterCount == evals.last!.params)
+    }
+
+    @Test(arguments: [BudgetKind.equal, .damage])
+    func theBudgetSplitsTheTotalOverTheRounds(_ kind: BudgetKind) throws {
+        var job = ShortJob()
+        job.settings.budget = kind
+        job.settings.tuneSteps = 5
+        let out = temporaryDirectory("ptl-loop-budget")
+        _ = try job.run(out: out)
+        let rows = try metrics(out)
+        let steps = rows.filter { $0.phase == .tune }.compactMap(\.tuneSteps)
+        #expect(steps.reduce(0, +) == 10)
+        if kind == .equal { #expect(steps == [5, 5]) }
+        // The damage budget gives the block round (by far the larger loss increase) more.
+        if kind == .damage {
+            let damage = rows.filter { $0.phase == .prune }.compactMap(\.loss)
+            #expect(damage.count == 2 && steps[1] > steps[0])
+        }
+    }
+
+    @Test func aStoppedRunResumesToTheSameModel() throws {
+        let job = ShortJob()
+        let straight = try job.run(out: temporaryDirectory("ptl-loop-straight"))
+        // Stop at several points (mid-round, between phases), each time starting a new loop from the checkpoint.
+        let out = temporaryDirectory("ptl-loop-resume")
+        var polls = 0
+        for stopAt in [3, 2, 4, 1] {
+            let loop = try job.loop(out: out)
+            var n = 0
+            let done = try loop.runLoop { n += 1; polls += 1; return n > stopAt }
+            #expect(!done)
+            #expect(!FileManager.default.fileExists(atPath: out + "/final"))
+        }
+        #expect(try job.loop(out: out).runLoop { false })
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
+        #expect(polls > 0)
+    }
+
+    @Test func otherSettingsDoNotResumeAnotherRunsCheckpoint() throws {
+        let out = temporaryDirectory("ptl-loop-settings")
+        var n = 0
+        #expect(try !ShortJob().loop(out: out).runLoop { n += 1; return n > 2 })
+        var other = ShortJob()
+        other.settings.seed = 7
+        #expect(throws: LoopError.self) { try other.loop(out: out) }
+        #expect(try other.loop(out: out, fresh: true).runLoop { false })
+    }
+}
