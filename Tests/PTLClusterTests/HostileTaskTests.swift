@@ -1,0 +1,80 @@
+import Foundation
+import PTLLoop
+import Testing
+import PTLTestSupport
+import PTLModel
+@testable import PTLCluster
+
+/// A worker sent hostile tasks — token ids outside the vocabulary, negative and huge lengths,
+/// descriptors that disagree with their frames, absurd sizes — answers each with an error that
+/// names the problem (the task fails on every attempt and the phase says why) and keeps serving:
+/// a good task on the same worker afterwards is computed.
+@Suite(.serialized) struct HostileTaskTests {
+    typealias TaskSpec = (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])
+
+    static func i32(_ name: String, _ xs: [Int32]) -> WireTensor {
+        WireTensor(name: name, dtype: .i32, shape: [xs.count], bytes: xs.withUnsafeBytes { Array($0) })
+    }
+
+    static func task(_ phase: Ptl_V1_Phase, step: UInt64, hash: String, inputs: [WireTensor], seqLen: UInt32 = 16,
+                     edit: (inout Ptl_V1_Task) -> Void = { _ in }) -> TaskSpec {
+        var key = Ptl_V1_TaskKey()
+        key.run = "hostile"; key.phase = phase; key.step = step
+        var spec = Ptl_V1_Task()
+        spec.modelHash = hash
+        spec.seqLen = seqLen
+        spec.lossScale = 0.01
+        edit(&spec)
+        return (key, spec, inputs)
+    }
+
+    @Test func aWorkerRejectsEachHostileTaskByNameAndKeepsServing() throws {
+        let ctx = try ZMQContext()
+        var cs = CoordinatorSettings()
+        cs.heartbeatInterval = 0.05
+        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+        coordinator.tokenizerJSON = try String(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"), encoding: .utf8)
+        let stop = StopFlag()
+        let group = DispatchGroup()
+        var ws = WorkerSettings()
+        ws.heartbeatInterval = 0.05
+        let client = try WorkerClient(id: "target", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
+        DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
+        defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
+
+        let model = try clusterModel()   // vocabulary 40, 2 blocks
+        let hash = TaskCoding.publish(model, on: coordinator)
+        let good = TaskCoding.encode([[1, 2, 3, 4], [5, 6, 7]])
+        let cases: [(String, TaskSpec)] = [
+            ("outside the vocabulary", Self.task(.grad, step: 1, hash: hash, inputs: [Self.i32("lengths", [3]), Self.i32("ids", [1, 40, 2])])),
+            ("outside the vocabulary", Self.task(.stats, step: 2, hash: hash, inputs: [Self.i32("lengths", [2]), Self.i32("ids", [-7, 2])])),
+            ("negative length", Self.task(.grad, step: 3, hash: hash, inputs: [Self.i32("lengths", [-3, 3]), Self.i32("ids", [])])),
+            ("add up", Self.task(.grad, step: 4, hash: hash, inputs: [Self.i32("lengths", [Int32.max, 2]), Self.i32("ids", [1, 2])])),
+            ("add up", Self.task(.stats, step: 5, hash: hash, inputs: [Self.i32("lengths", [5]), Self.i32("ids", [1, 2])])),
+            ("I32 tensors lengths and ids", Self.task(.grad, step: 6, hash: hash,
+                                                       inputs: [WireTensor(name: "lengths", shape: [1], floats: [2]), Self.i32("ids", [1, 2])])),
+            ("I32 tensors lengths and ids", Self.task(.stats, step: 7, hash: hash, inputs: [Self.i32("ids", [1, 2])])),
+            ("seq_len", Self.task(.grad, step: 8, hash: hash, inputs: good, seqLen: UInt32.max)),
+            ("branch_scale", Self.task(.stats, step: 9, hash: hash, inputs: good + [WireTensor(name: "branch_scale", shape: [3], floats: [1, 1, 1])])),
+            ("branch_scale", Self.task(.stats, step: 10, hash: hash, inputs: good + [WireTensor(name: "branch_scale", shape: [2], floats: [1, .nan])])),
+            ("loss scale", Self.task(.grad, step: 11, hash: hash, inputs: good) { $0.lossScale = .infinity }),
+            ("max_new_tokens", Self.task(.eval, step: 12, hash: hash, inputs: []) {
+                $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 1 << 30; $0.batchSize = 1 }),
+            ("vocabulary", Self.task(.eval, step: 13, hash: hash, inputs: []) {   // the tiny tokenizer has more ids than the model
+                $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 4; $0.batchSize = 1 }),
+            ("not run by this worker", Self.task(.rollout, step: 14, hash: hash, inputs: good)),
+        ]
+        for (expected, t) in cases {
+            do {
+                _ = try coordinator.runPhase([t], until: SystemClock().now() + 60)
+                Issue.record("the hostile task (\(expected)) was accepted")
+            } catch let e as PhaseError {
+                #expect(e.message.contains(expected), "\(e.message)")
+            }
+        }
+        // Still serving: a good task on the same worker.
+        let results = try coordinator.runPhase([Self.task(.stats, step: 99, hash: hash, inputs: good)])
+        #expect(results.count == 1 && results[0].result.envelope.result.tokenCount == 5)
+        #expect(coordinator.scheduler.workers.keys.contains("target"))
+    }
+}
