@@ -1,4 +1,5 @@
-import XCTest
+import Foundation
+import Testing
 @testable import PTLPrune
 
 // MARK: Independent reference decoders (deliberately not sharing code with PNG.swift)
@@ -155,17 +156,17 @@ private func unfilter(_ raw: [UInt8], width: Int, height: Int) throws -> [UInt8]
 }
 
 /// A decoded PNG: size and RGB pixels, after checking signature, chunk order, IHDR and every CRC.
-private func decodePNG(_ png: [UInt8], file: StaticString = #filePath, line: UInt = #line) throws
+private func decodePNG(_ png: [UInt8]) throws
     -> (width: Int, height: Int, rgb: [UInt8]) {
-    XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A], file: file, line: line)
+    #expect(Array(png.prefix(8)) == [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
     guard let cs = chunks(png), cs.count >= 3 else { throw InflateError(message: "bad chunk framing") }
-    for c in cs { XCTAssertEqual(c.crc, referenceCRC32(c.typeAndData), "CRC of \(c.type)", file: file, line: line) }
-    XCTAssertEqual(cs.first?.type, "IHDR", file: file, line: line)
-    XCTAssertEqual(cs.last?.type, "IEND", file: file, line: line)
-    XCTAssertEqual(cs.last?.data.count, 0, file: file, line: line)
+    for c in cs { #expect(c.crc == referenceCRC32(c.typeAndData), Comment(rawValue: "CRC of \(c.type)")) }
+    #expect(cs.first?.type == "IHDR")
+    #expect(cs.last?.type == "IEND")
+    #expect(cs.last?.data.count == 0)
     let ihdr = cs[0].data
-    XCTAssertEqual(ihdr.count, 13, file: file, line: line)
-    XCTAssertEqual(Array(ihdr[8...]), [8, 2, 0, 0, 0], "bit depth 8, RGB, no interlace", file: file, line: line)
+    #expect(ihdr.count == 13)
+    #expect(Array(ihdr[8...]) == [8, 2, 0, 0, 0], "\("bit depth 8, RGB, no interlace")")
     let w = Int(readBE(ihdr, 0)), h = Int(readBE(ihdr, 4))
     let idat = cs.filter { $0.type == "IDAT" }.flatMap(\.data)
     return (w, h, try unfilter(try unzlib(idat), width: w, height: h))
@@ -191,44 +192,44 @@ private let twoSeries = [
     PlotSeries(label: "wanda", points: fractions.map { PlotPoint(x: $0, y: 42 * $0.squareRoot()) }, color: PlotColor.palette[1]),
 ]
 
-final class PlotTests: XCTestCase {
-    func testChecksums() {
-        XCTAssertEqual(PNG.crc32(Array("123456789".utf8)), 0xCBF4_3926)
-        XCTAssertEqual(PNG.adler32(Array("Wikipedia".utf8)), 0x11E6_0398)
-        XCTAssertEqual(PNG.crc32([UInt8]()), 0)
-        XCTAssertEqual(PNG.adler32([UInt8]()), 1)
+@Suite struct PlotTests {
+    @Test func checksums() {
+        #expect(PNG.crc32(Array("123456789".utf8)) == 0xCBF4_3926)
+        #expect(PNG.adler32(Array("Wikipedia".utf8)) == 0x11E6_0398)
+        #expect(PNG.crc32([UInt8]()) == 0)
+        #expect(PNG.adler32([UInt8]()) == 1)
         let big = (0..<20000).map { UInt8(truncatingIfNeeded: ($0 &* 7919) >> 3) }
-        XCTAssertEqual(PNG.crc32(big), referenceCRC32(big))
+        #expect(PNG.crc32(big) == referenceCRC32(big))
     }
 
-    func testPNGStructure() throws {
+    @Test func pNGStructure() throws {
         let png = LinePlot.png(title: "Accuracy", xLabel: "kept", yLabel: "acc (%)", series: twoSeries,
                                width: 333, height: 222, invertX: true)
-        let cs = try XCTUnwrap(chunks(png))
-        XCTAssertEqual(cs.map(\.type), ["IHDR", "IDAT", "IEND"])
-        XCTAssertEqual(readBE(cs[0].data, 0), 333)
-        XCTAssertEqual(readBE(cs[0].data, 4), 222)
-        for c in cs { XCTAssertEqual(c.crc, referenceCRC32(c.typeAndData), c.type) }
+        let cs = try #require(chunks(png))
+        #expect(cs.map(\.type) == ["IHDR", "IDAT", "IEND"])
+        #expect(readBE(cs[0].data, 0) == 333)
+        #expect(readBE(cs[0].data, 4) == 222)
+        for c in cs { #expect(c.crc == referenceCRC32(c.typeAndData), Comment(rawValue: c.type)) }
         let img = try decodePNG(png)
-        XCTAssertEqual(img.width, 333)
-        XCTAssertEqual(img.height, 222)
+        #expect(img.width == 333)
+        #expect(img.height == 222)
     }
 
-    func testIDATDecodesToRenderedPixels() throws {
+    @Test func iDATDecodesToRenderedPixels() throws {
         let args = (title: "Pruning", x: "fraction of parameters kept", y: "accuracy (%)")
         let png = LinePlot.png(title: args.title, xLabel: args.x, yLabel: args.y, series: twoSeries, invertX: true)
         let img = LinePlot.render(title: args.title, xLabel: args.x, yLabel: args.y, series: twoSeries, invertX: true)
-        XCTAssertEqual(img.width, 720)
-        XCTAssertEqual(img.height, 460)
-        XCTAssertEqual(img.rgb.count, 720 * 460 * 3)
+        #expect(img.width == 720)
+        #expect(img.height == 460)
+        #expect(img.rgb.count == 720 * 460 * 3)
         let decoded = try decodePNG(png)
-        XCTAssertEqual(decoded.width, img.width)
-        XCTAssertEqual(decoded.height, img.height)
-        XCTAssertTrue(decoded.rgb == img.rgb, "decoded pixels differ from render(...)")
-        XCTAssertLessThan(png.count, 40_000, "a mostly white plot should compress well")
+        #expect(decoded.width == img.width)
+        #expect(decoded.height == img.height)
+        #expect(decoded.rgb == img.rgb, "\("decoded pixels differ from render(...)")")
+        #expect(png.count < 40_000, "\("a mostly white plot should compress well")")
     }
 
-    func testDeflateRoundTrip() throws {
+    @Test func deflateRoundTrip() throws {
         // Pseudo-random bytes, long runs, short repeats and tiny inputs exercise literals, every match length
         // and distances up to the window size.
         var state: UInt32 = 12345
@@ -240,33 +241,33 @@ final class PlotTests: XCTestCase {
         let inputs: [[UInt8]] = [[], [7], [1, 2], [1, 2, 3], [0, 0, 0, 0], [UInt8](repeating: 9, count: 1000),
                                  noise, mixed, far, Array(noise[0..<300]) + Array(noise[0..<300])]
         for input in inputs {
-            XCTAssertEqual(try unzlib(PNG.zlib(input)), input, "zlib round trip of \(input.count) bytes")
+            #expect(try unzlib(PNG.zlib(input)) == input, "\("zlib round trip of \(input.count) bytes")")
             var fixed = Inflater(data: PNG.deflateFixed(input)), stored = Inflater(data: PNG.deflateStored(input))
-            XCTAssertEqual(try fixed.inflate(), input, "fixed-Huffman round trip of \(input.count) bytes")
-            XCTAssertEqual(try stored.inflate(), input, "stored round trip of \(input.count) bytes")
+            #expect(try fixed.inflate() == input, "\("fixed-Huffman round trip of \(input.count) bytes")")
+            #expect(try stored.inflate() == input, "\("stored round trip of \(input.count) bytes")")
         }
         // Noise does not compress: zlib falls back to stored blocks (5 bytes per 64 KiB of overhead).
-        XCTAssertEqual(PNG.zlib(noise).count, noise.count + 2 * 5 + 6)
+        #expect(PNG.zlib(noise).count == noise.count + 2 * 5 + 6)
     }
 
-    func testSeriesColoursArePresent() {
+    @Test func seriesColoursArePresent() {
         let img = LinePlot.render(title: "t", xLabel: "x", yLabel: "y", series: twoSeries)
-        for s in twoSeries { XCTAssertGreaterThan(pixelCount(img.rgb, s.color), 200, s.label) }
-        XCTAssertEqual(pixelCount(img.rgb, PlotColor.palette[2]), 0)
-        XCTAssertEqual(Set(PlotColor.palette.map { [$0.r, $0.g, $0.b] }).count, 8)
+        for s in twoSeries { #expect(pixelCount(img.rgb, s.color) > 200, Comment(rawValue: s.label)) }
+        #expect(pixelCount(img.rgb, PlotColor.palette[2]) == 0)
+        #expect(Set(PlotColor.palette.map { [$0.r, $0.g, $0.b] }).count == 8)
     }
 
-    func testInvertXPutsLargeXOnTheLeft() {
+    @Test func invertXPutsLargeXOnTheLeft() {
         // Unlabelled series: no legend swatches to disturb the colour statistics.
         let a = PlotSeries(label: "", points: [PlotPoint(x: 1, y: 0.5)], color: PlotColor.palette[0])
         let b = PlotSeries(label: "", points: [PlotPoint(x: 0, y: 0.5)], color: PlotColor.palette[1])
         let normal = LinePlot.render(title: "", xLabel: "", yLabel: "", series: [a, b])
         let inverted = LinePlot.render(title: "", xLabel: "", yLabel: "", series: [a, b], invertX: true)
-        XCTAssertGreaterThan(meanX(normal, a.color), meanX(normal, b.color))
-        XCTAssertLessThan(meanX(inverted, a.color), meanX(inverted, b.color))
+        #expect(meanX(normal, a.color) > meanX(normal, b.color))
+        #expect(meanX(inverted, a.color) < meanX(inverted, b.color))
     }
 
-    func testDegenerateInputsDoNotCrash() throws {
+    @Test func degenerateInputsDoNotCrash() throws {
         let single = PlotSeries(label: "one", points: [PlotPoint(x: 3, y: 3)], color: PlotColor.palette[3])
         let empty = PlotSeries(label: "none", points: [], color: PlotColor.palette[4])
         let bad = PlotSeries(label: "nan", points: [PlotPoint(x: .nan, y: 1), PlotPoint(x: 0, y: .infinity),
@@ -288,21 +289,21 @@ final class PlotTests: XCTestCase {
             let png = LinePlot.png(title: "edge", xLabel: "x", yLabel: "y", series: c.series, width: c.w, height: c.h,
                                    xRange: c.xr, yRange: c.yr)
             let img = try decodePNG(png)
-            XCTAssertEqual(img.width, c.w)
-            XCTAssertEqual(img.height, c.h)
+            #expect(img.width == c.w)
+            #expect(img.height == c.h)
         }
         let nanImage = LinePlot.render(title: "", xLabel: "", yLabel: "", series: [bad])
-        XCTAssertGreaterThan(pixelCount(nanImage.rgb, bad.color), 50, "finite points of a series with NaNs are still drawn")
+        #expect(pixelCount(nanImage.rgb, bad.color) > 50, "\("finite points of a series with NaNs are still drawn")")
     }
 
-    func testTickSteps() {
-        XCTAssertEqual(LinePlot.nice(0.13), 0.2, accuracy: 1e-12)
-        XCTAssertEqual(LinePlot.nice(3), 5)
-        XCTAssertEqual(LinePlot.nice(7), 10)
-        XCTAssertEqual(LinePlot.nice(1), 1)
-        XCTAssertEqual(LinePlot.ticks(0.18...0.62, 0.1).map { ($0 * 10).rounded() }, [2, 3, 4, 5, 6])
-        XCTAssertEqual(LinePlot.format(0.30000000000000004, step: 0.1), "0.3")
-        XCTAssertEqual(LinePlot.format(-1e-17, step: 0.05), "0.00")
-        XCTAssertEqual(LinePlot.format(2500, step: 500), "2500")
+    @Test func tickSteps() {
+        #expect(abs((LinePlot.nice(0.13)) - (0.2)) <= 1e-12)
+        #expect(LinePlot.nice(3) == 5)
+        #expect(LinePlot.nice(7) == 10)
+        #expect(LinePlot.nice(1) == 1)
+        #expect(LinePlot.ticks(0.18...0.62, 0.1).map { ($0 * 10).rounded() } == [2, 3, 4, 5, 6])
+        #expect(LinePlot.format(0.30000000000000004, step: 0.1) == "0.3")
+        #expect(LinePlot.format(-1e-17, step: 0.05) == "0.00")
+        #expect(LinePlot.format(2500, step: 500) == "2500")
     }
 }
