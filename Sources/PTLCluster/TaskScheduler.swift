@@ -46,7 +46,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     public let leaseSeconds: Double
     public private(set) var workers: [String: WorkerState] = [:]
     private var keys: [TaskID: Ptl_V1_TaskKey] = [:]
-    private var pending: [TaskID] = []            // in shard order
+    private var pending: [TaskID] = []            // in leasing order: costliest first, ties in shard order
     private var attempts: [TaskID: UInt32] = [:]
     /// Leases still valid: task → attempt token → the worker it was leased to. A lease is
     /// revoked when it expires, its worker is dropped or re-registers, or the worker refuses or
@@ -212,7 +212,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     private func requeue(_ id: TaskID) {
         guard !pending.contains(id) else { return }
         requeued += 1
-        // Keep shard order so the queue is deterministic.
+        // A requeued task goes before the later shards still pending: deterministic, and it runs soon.
         let at = pending.firstIndex { ($0.step, $0.shard) > (id.step, id.shard) } ?? pending.endIndex
         pending.insert(id, at: at)
     }
