@@ -1,0 +1,75 @@
+import Foundation
+import PTLModel
+import PTLPrune
+
+/// Tune budgets (each round's share of the fixed total, by damage or equal), the trial cuts that
+/// estimate later rounds' damage, and the anneal schedule of doomed blocks.
+extension PruneTuneLoop {
+    /// The share of annealed blocks' removal that round `r` carries (their trial damage spread
+    /// evenly over the rounds of their window).
+    func annealShare(round r: Int) -> Double {
+        state.doomed.filter { $0.windowStart <= r && r < $0.removeAtRound }
+            .reduce(0) { $0 + $1.trialDamage / Double($1.removeAtRound - $1.windowStart) }
+    }
+
+    /// This round's share of the fixed total.
+    func budget(round r: Int, damage: Double, currentLoss: Double) throws -> Int {
+        let s = settings, R = rounds
+        let used = state.rows.compactMap { $0.phase == .tune ? $0.tuneSteps : nil }.reduce(0, +)
+        let remaining = state.totalSteps - used
+        if s.budget == .equal || R == 1 { return Budget.equalShare(total: state.totalSteps, rounds: R, round: r - 1) }
+        // Damage this round carries: its cut plus its share of any annealed layer's removal.
+        let own = max(0, damage) + annealShare(round: r)
+        // Damage expected of later rounds, from what this kind of cut did so far (or a trial now);
+        // an annealed block's removal is spread over the rounds of its window.
+        var later: [Double] = []
+        for j in r..<R {
+            let p = state.plan.rounds[j], rr = j + 1
+            var e = annealShare(round: rr)
+            if p.neurons > 0 {
+                if state.neuronDamagePerNeuron == nil {
+                    state.neuronDamagePerNeuron = try trialNeuronDamage(p.neurons, from: currentLoss) / Double(p.neurons)
+                }
+                e += state.neuronDamagePerNeuron! * Double(p.neurons)
+            }
+            if p.layers > 0 && !state.doomed.contains(where: { $0.removeAtRound == rr }) {
+                if state.layerDamagePerLayer == nil { state.layerDamagePerLayer = try trialLayerDamage(from: currentLoss) }
+                e += state.layerDamagePerLayer! * Double(p.layers)
+            }
+            later.append(e)
+        }
+        let floor = min(s.minRoundSteps, state.totalSteps / R)
+        return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor)
+    }
+
+    /// Loss increase of cutting the current model's least useful block (by the layer score).
+    func trialLayerDamage(from current: Double) throws -> Double {
+        let stats = try calibrationStatistics()
+        let scores = Selection.layerScores(stats, kind: settings.layerScore)
+        let reserved = Set(state.doomed.flatMap(\.layers))
+        return try trialCutDamage(Selection.lowestLayers(scores: scores, count: 1, excluding: reserved), from: current)
+    }
+
+    /// Loss increase of removing `k` more neurons per block from the current model.
+    func trialNeuronDamage(_ k: Int, from current: Double) throws -> Double {
+        let c = model.config
+        let stats = try calibrationStatistics()
+        let scores = Selection.neuronScores(stats, model: model, kind: settings.neuronScore)
+        let pick = Selection.lowestNeurons(scores: scores, layers: c.numHiddenLayers, intermediate: c.intermediateSize, count: min(k, c.intermediateSize - 1))
+        let trial = try Surgery(config: c, removeNeurons: pick, removeLayers: [])
+        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale) - current)
+    }
+
+    /// Branch scales during step `i` (1-based) of this round's tuning.
+    func alpha(atStep i: Int) -> [Float] {
+        var a = state.alpha
+        let r = state.round
+        for d in state.doomed where d.windowStart <= r && r < d.removeAtRound {
+            let W = Double(d.removeAtRound - d.windowStart)
+            let frac = state.roundSteps == 0 ? 1 : Double(i) / Double(state.roundSteps)
+            let value = Float(max(0, 1 - (Double(r - d.windowStart) + frac) / W))
+            for l in d.layers { a[l] = value }
+        }
+        return a
+    }
+}
