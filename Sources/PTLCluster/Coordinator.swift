@@ -299,7 +299,8 @@ public final class Coordinator: @unchecked Sendable {
         case .disconnect:
             logger.info("worker \(worker) left", metadata: ["worker": .string(worker)])
             scheduler.remove(worker)
-        case .error where env.error.message == WorkerClient.busyMessage:
+        case .busy:
+            logger.debug("worker \(worker) busy: \(TaskID(env.task)) goes back to the queue", metadata: env.task.logMetadata.merging(["worker": .string(worker)]) { $1 })
             scheduler.busy(env.task, on: worker)
         case .error:
             var m = env.task.logMetadata

@@ -28,6 +28,13 @@ public enum Messages {
         return WireMessage(envelope: e)
     }
 
+    /// The worker's answer to a task that arrives while it still computes another.
+    public static func busy(_ key: Ptl_V1_TaskKey) -> WireMessage {
+        var e = envelope(.busy, run: key.run)
+        e.task = key
+        return WireMessage(envelope: e)
+    }
+
     public static func error(_ key: Ptl_V1_TaskKey?, _ message: String, retryable: Bool = true) -> WireMessage {
         var e = envelope(.error)
         if let key { e.task = key }

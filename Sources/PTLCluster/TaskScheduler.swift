@@ -168,7 +168,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         leases[id] = leases[id]?.filter { $0.value != worker }
     }
 
-    /// The worker refused a task because it is still computing an earlier one: the task goes
+    /// The worker refused a task (BUSY) because it is still computing an earlier one: the task goes
     /// back to the queue (not a failure) and the worker gets nothing until it reports.
     public func busy(_ key: Ptl_V1_TaskKey, on worker: String) {
         let id = TaskID(key)

@@ -145,7 +145,7 @@ public enum Wire {
             throw WireError(kind: .wrongVersion, message: "protocol version \(env.protocolVersion), expected \(protocolVersion)")
         }
         switch env.type {
-        case .ready, .heartbeat, .task, .result, .error, .modelRequest, .modelResponse, .disconnect: break
+        case .ready, .heartbeat, .task, .result, .error, .modelRequest, .modelResponse, .disconnect, .busy: break
         default: throw WireError(kind: .unknownType, message: "message type \(env.type.rawValue)")
         }
         guard env.tensors.count == frames.count - 1 else {

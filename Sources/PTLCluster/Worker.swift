@@ -101,9 +101,6 @@ public final class WorkerClient: @unchecked Sendable {
 
     func send(_ m: WireMessage) throws { try socket.send(try Wire.frames(m), dontWait: true) }
 
-    /// The error a worker answers a task with while it still computes another.
-    public static let busyMessage = "busy"
-
     /// Runs until `shouldStop` returns true.
     public func run(shouldStop: () -> Bool) throws {
         try send(Messages.ready(workerID: id, threads: settings.threads, cachedModel: cachedHash ?? ""))
@@ -190,7 +187,7 @@ public final class WorkerClient: @unchecked Sendable {
         case .disconnect:
             try send(Messages.ready(workerID: id, threads: settings.threads))
         case .task:
-            guard !busy else { try send(Messages.error(env.task, WorkerClient.busyMessage)); return }
+            guard !busy else { try send(Messages.busy(env.task)); return }
             if settings.faults?.fault(for: env.task) == .dieBeforeCompute {
                 logger.notice("fault injection: dying before computing \(TaskID(env.task))", metadata: env.task.logMetadata)
                 _exit(70)

@@ -50,6 +50,17 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.tensors[0].crc32C == CRC32C.checksum(frames[1]))
     }
 
+    /// BUSY is a message type carrying the refused task's key: no body, no magic string.
+    @Test func roundTripsBusy() throws {
+        var key = Ptl_V1_TaskKey()
+        key.run = "run-7"; key.round = 3; key.phase = .grad; key.step = 12; key.shard = 1; key.attempt = 4
+        let frames = try Wire.encode(Messages.busy(key))
+        #expect(frames.count == 1)
+        let back = try Wire.decode(frames)
+        #expect(back.envelope.type == .busy && back.envelope.task == key && back.envelope.runID == "run-7")
+        #expect(back.envelope.body == nil)
+    }
+
     @Test func rejectsEveryKindOfBadMessage() throws {
         let good = try Wire.encode(sampleResult())
         func kind(_ frames: [[UInt8]], requireFinite: Bool = false, max: Int = 1 << 20) -> WireError.Kind? {

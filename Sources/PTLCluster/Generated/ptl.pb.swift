@@ -89,6 +89,9 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
 
   /// coordinator → unknown worker: register again
   case disconnect // = 8
+
+  /// worker → coordinator: refused task `task`, still computing another; no body
+  case busy // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -106,6 +109,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     case 6: self = .modelRequest
     case 7: self = .modelResponse
     case 8: self = .disconnect
+    case 9: self = .busy
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -121,6 +125,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     case .modelRequest: return 6
     case .modelResponse: return 7
     case .disconnect: return 8
+    case .busy: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -136,6 +141,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     .modelRequest,
     .modelResponse,
     .disconnect,
+    .busy,
   ]
 
 }
@@ -571,7 +577,7 @@ nonisolated extension Ptl_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding 
 }
 
 nonisolated extension Ptl_V1_MessageType: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_TYPE_UNSPECIFIED\0\u{1}READY\0\u{1}HEARTBEAT\0\u{1}TASK\0\u{1}RESULT\0\u{1}ERROR\0\u{1}MODEL_REQUEST\0\u{1}MODEL_RESPONSE\0\u{1}DISCONNECT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_TYPE_UNSPECIFIED\0\u{1}READY\0\u{1}HEARTBEAT\0\u{1}TASK\0\u{1}RESULT\0\u{1}ERROR\0\u{1}MODEL_REQUEST\0\u{1}MODEL_RESPONSE\0\u{1}DISCONNECT\0\u{1}BUSY\0")
 }
 
 nonisolated extension Ptl_V1_Phase: SwiftProtobuf._ProtoNameProviding {
