@@ -61,7 +61,7 @@ public final class WorkerClient: @unchecked Sendable {
     var unstored: (hash: String, since: Double)?
     /// When the pending model request went out.
     var requestedAt = 0.0
-    /// Records carry the task (`task`, `phase`, `round`, `step`, `shard`, `attempt`) where there is one.
+    /// Records carry the task (`task`, `phase`, `round`, `step`, `measurement`, `shard`, `attempt`) where there is one.
     public var logger = Logger.silent
     public private(set) var reconnects = 0
     public private(set) var tasksRun = 0

@@ -82,6 +82,30 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(s.complete(retry[0].key, from: "b", output: 0) == .accepted && s.isPhaseComplete)
     }
 
+    /// Two measurements of one round (same run, round, phase, step, shard) differ only in
+    /// `measurement`: two tasks, each with its own result; a result of one never answers the other.
+    @Test func keysDifferingOnlyInMeasurementAreDistinctTasks() {
+        var a = keys(1)[0], b = a
+        a.phase = .stats; b.phase = .stats
+        a.measurement = 1; b.measurement = 2
+        #expect(TaskID(a) != TaskID(b) && Set([TaskID(a), TaskID(b)]).count == 2)
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
+        s.startPhase([b, a])
+        #expect(s.taskCount == 2)
+        s.seen("w", threads: 1)
+        let first = s.assign()
+        #expect(first.count == 1 && first[0].key.measurement == 2)
+        var wrong = first[0].key
+        wrong.measurement = 1                                             // same attempt token, other measurement
+        #expect(s.complete(wrong, from: "w", output: 1) == .stale)
+        #expect(s.complete(first[0].key, from: "w", output: 2) == .accepted)
+        let second = s.assign()
+        #expect(second.count == 1 && second[0].key.measurement == 1)
+        #expect(s.complete(second[0].key, from: "w", output: 1) == .accepted)
+        #expect(s.orderedResults()?.map(\.output) == [1, 2])                // by measurement within a step
+    }
+
     @Test func aSilentWorkerIsDroppedAndItsTaskRequeued() {
         let clock = ManualClock()
         let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)

@@ -61,6 +61,17 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.body == nil)
     }
 
+    /// A measurement travels in its own TaskKey field, not folded into `step`; it is part of the
+    /// task's identity and of its log metadata.
+    @Test func roundTripsAMeasurementKey() throws {
+        var m = sampleResult()
+        m.envelope.task.phase = .stats; m.envelope.task.step = 0; m.envelope.task.measurement = 12
+        let back = try Wire.decode(try Wire.encode(m))
+        #expect(back.envelope.task == m.envelope.task && back.envelope.task.measurement == 12 && back.envelope.task.step == 0)
+        #expect(TaskID(back.envelope.task).description == "run-7/r2/p1/s0/m12/shard5")
+        #expect(back.envelope.task.logMetadata["measurement"] == "12")
+    }
+
     @Test func rejectsEveryKindOfBadMessage() throws {
         let good = try Wire.encode(sampleResult())
         func kind(_ frames: [[UInt8]], requireFinite: Bool = false, max: Int = 1 << 20) -> WireError.Kind? {
@@ -115,7 +126,14 @@ func sampleResult() -> WireMessage {
         let (status, out) = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("envelope.bin").path])
         #expect(status == 0, "\(out)")
         #expect(out.contains("version 1 type 4 run run-7"))
-        #expect(out.contains("task round 2 phase 2 step 41 shard 5 attempt 1"))
+        #expect(out.contains("task round 2 phase 2 step 41 measurement 0 shard 5 attempt 1"))
+        // A BUSY of a measurement task: the new type and field as a C peer sees them.
+        var key = sampleResult().envelope.task
+        key.phase = .stats; key.step = 0; key.measurement = 3
+        try Data(try Wire.encode(Messages.busy(key))[0]).write(to: dir.appendingPathComponent("busy.bin"))
+        let busy = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("busy.bin").path])
+        #expect(busy.0 == 0 && busy.1.contains("type 9 run run-7"), "\(busy.1)")
+        #expect(busy.1.contains("task round 2 phase 1 step 0 measurement 3 shard 5 attempt 1"), "\(busy.1)")
         #expect(out.contains("tensor grad dtype 1 bytes 24 crc32c \(CRC32C.checksum(frames[1])) shape 2 3"))
         #expect(out.contains("result loss_sum 12.500000 tokens 300"))
     }

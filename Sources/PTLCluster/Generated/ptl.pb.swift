@@ -276,11 +276,15 @@ public nonisolated struct Ptl_V1_TaskKey: Sendable {
 
   public var phase: Ptl_V1_Phase = .unspecified
 
+  /// GRAD: the optimizer step
   public var step: UInt64 = 0
 
   public var shard: UInt32 = 0
 
   public var attempt: UInt32 = 0
+
+  /// which measurement within a round and phase (STATS: held-out loss, calibration); 0 for tune steps
+  public var measurement: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -590,7 +594,7 @@ nonisolated extension Ptl_V1_DType: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskKey"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}run\0\u{1}round\0\u{1}phase\0\u{1}step\0\u{1}shard\0\u{1}attempt\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}run\0\u{1}round\0\u{1}phase\0\u{1}step\0\u{1}shard\0\u{1}attempt\0\u{1}measurement\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -604,6 +608,7 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.step) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.shard) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.measurement) }()
       default: break
       }
     }
@@ -628,6 +633,9 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.attempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 6)
     }
+    if self.measurement != 0 {
+      try visitor.visitSingularUInt64Field(value: self.measurement, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -638,6 +646,7 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.step != rhs.step {return false}
     if lhs.shard != rhs.shard {return false}
     if lhs.attempt != rhs.attempt {return false}
+    if lhs.measurement != rhs.measurement {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
