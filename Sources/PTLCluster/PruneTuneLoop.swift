@@ -226,12 +226,12 @@ public final class PruneTuneLoop {
 
     func heldOutLoss(_ m: Model, scale: [Float]?) throws -> Double {
         try StatsPhase.measure(coordinator: coordinator, model: m, sequences: data.heldOut, shards: settings.shards,
-                               run: run, round: UInt32(state.round), step: nextSerial(), branchScale: scale).loss
+                               run: run, round: UInt32(state.round), measurement: nextSerial(), branchScale: scale).loss
     }
 
     func calibrationStatistics() throws -> ActivationStatistics {
         try StatsPhase.measure(coordinator: coordinator, model: model, sequences: data.calibration, shards: settings.shards,
-                               run: run, round: UInt32(state.round), step: nextSerial(), branchScale: scale).statistics
+                               run: run, round: UInt32(state.round), measurement: nextSerial(), branchScale: scale).statistics
     }
 
     func row(_ phase: String, seconds: Double, accuracy: Double? = nil, loss: Double? = nil, tps: Double? = nil,
@@ -452,7 +452,7 @@ public final class PruneTuneLoop {
             let t0 = Date()
             let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
             var tuneKey = Ptl_V1_TaskKey()
-            tuneKey.run = run; tuneKey.round = UInt32(r); tuneKey.step = UInt64(1_000_000 + state.stepsUsed)
+            tuneKey.run = run; tuneKey.round = UInt32(r); tuneKey.step = UInt64(state.stepsUsed)
             let res = try GradPhase.step(coordinator: coordinator, model: model, optimizer: optimizer, grads: grads,
                                          batch: batch,
                                          shards: s.shards, key: tuneKey, lr: schedule.rate(at: i), clip: s.clip,

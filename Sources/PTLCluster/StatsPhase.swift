@@ -44,10 +44,10 @@ public enum StatsPhase {
     }
 
     /// The statistics and the mean next-token loss (nats/token) of `sequences`; `branchScale`
-    /// (one value per block) scales the blocks' branches as in tuning. `step` tells apart several
-    /// measurements within one round.
+    /// (one value per block) scales the blocks' branches as in tuning. `measurement` (the task
+    /// keys' field) tells apart several measurements within one round.
     public static func measure(coordinator: Coordinator, model: Model, sequences: [[Int]], shards: Int, run: String = "run",
-                               round: UInt32 = 0, step: UInt64 = 0, branchScale: [Float]? = nil)
+                               round: UInt32 = 0, measurement: UInt64 = 0, branchScale: [Float]? = nil)
         throws -> (statistics: ActivationStatistics, loss: Double) {
         let hash = GradPhase.publish(model, on: coordinator)
         let extra = branchScale.map { [WireTensor(name: "branch_scale", shape: [$0.count], floats: $0)] } ?? []
@@ -56,7 +56,7 @@ public enum StatsPhase {
         for s in 0..<shards {
             let part = Array(sequences[(s * sequences.count / shards)..<((s + 1) * sequences.count / shards)])
             var key = Ptl_V1_TaskKey()
-            key.run = run; key.round = round; key.step = step; key.phase = .stats; key.shard = UInt32(s)
+            key.run = run; key.round = round; key.measurement = measurement; key.phase = .stats; key.shard = UInt32(s)
             var spec = Ptl_V1_Task()
             spec.modelHash = hash
             spec.batchSize = UInt32(part.count)
