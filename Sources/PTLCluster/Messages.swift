@@ -16,11 +16,14 @@ public enum Messages {
         r.workerID = workerID
         r.threads = UInt32(threads)
         r.version = "ptl 0.1"
-        r.capabilities = ["grad"]
+        r.capabilities = capabilities.map(\.name)
         r.cachedModelHash = cachedModel
         e.ready = r
         return WireMessage(envelope: e)
     }
+
+    /// The phases a worker runs (`GradPhase.handler()`), announced in READY.
+    public static let capabilities: [Ptl_V1_Phase] = [.stats, .grad, .eval]
 
     public static func heartbeat() -> WireMessage {
         var e = envelope(.heartbeat)

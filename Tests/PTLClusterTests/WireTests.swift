@@ -72,6 +72,12 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.task.logMetadata["measurement"] == "12")
     }
 
+    /// READY names the phases the worker's handler runs (it said "grad" only).
+    @Test func readyListsThePhasesAWorkerRuns() throws {
+        let back = try Wire.decode(try Wire.encode(Messages.ready(workerID: "w", threads: 2)))
+        #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval"])
+    }
+
     @Test func rejectsEveryKindOfBadMessage() throws {
         let good = try Wire.encode(sampleResult())
         func kind(_ frames: [[UInt8]], requireFinite: Bool = false, max: Int = 1 << 20) -> WireError.Kind? {

@@ -326,7 +326,7 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// ptl version of the worker
   public var version: String = String()
 
-  /// phases it can run, e.g. "stats", "grad", "eval"
+  /// phases it runs, by their names: "stats", "grad", "eval"
   public var capabilities: [String] = []
 
   /// the model version it already holds, if any
@@ -355,11 +355,6 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   /// the model version to run on
   public var modelHash: String = String()
 
-  public var seed: UInt64 = 0
-
-  /// lines of the shard this task covers
-  public var exampleIndices: [UInt32] = []
-
   public var batchSize: UInt32 = 0
 
   public var seqLen: UInt32 = 0
@@ -369,9 +364,6 @@ public nonisolated struct Ptl_V1_Task: Sendable {
 
   /// EVAL
   public var maxNewTokens: UInt32 = 0
-
-  /// corpus the indices refer to
-  public var dataPath: String = String()
 
   /// EVAL: the shard's {"question","answer"} lines
   public var recordsJsonl: String = String()
@@ -773,7 +765,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{1}seed\0\u{3}example_indices\0\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{3}data_path\0\u{3}records_jsonl\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -782,13 +774,10 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.modelHash) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
-      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.exampleIndices) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batchSize) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.seqLen) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.lossScale) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.dataPath) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
       default: break
       }
@@ -798,12 +787,6 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
     if !self.modelHash.isEmpty {
       try visitor.visitSingularStringField(value: self.modelHash, fieldNumber: 1)
-    }
-    if self.seed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 2)
-    }
-    if !self.exampleIndices.isEmpty {
-      try visitor.visitPackedUInt32Field(value: self.exampleIndices, fieldNumber: 3)
     }
     if self.batchSize != 0 {
       try visitor.visitSingularUInt32Field(value: self.batchSize, fieldNumber: 4)
@@ -817,9 +800,6 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.maxNewTokens != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxNewTokens, fieldNumber: 7)
     }
-    if !self.dataPath.isEmpty {
-      try visitor.visitSingularStringField(value: self.dataPath, fieldNumber: 8)
-    }
     if !self.recordsJsonl.isEmpty {
       try visitor.visitSingularStringField(value: self.recordsJsonl, fieldNumber: 9)
     }
@@ -828,13 +808,10 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
 
   public static func ==(lhs: Ptl_V1_Task, rhs: Ptl_V1_Task) -> Bool {
     if lhs.modelHash != rhs.modelHash {return false}
-    if lhs.seed != rhs.seed {return false}
-    if lhs.exampleIndices != rhs.exampleIndices {return false}
     if lhs.batchSize != rhs.batchSize {return false}
     if lhs.seqLen != rhs.seqLen {return false}
     if lhs.lossScale != rhs.lossScale {return false}
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
-    if lhs.dataPath != rhs.dataPath {return false}
     if lhs.recordsJsonl != rhs.recordsJsonl {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
