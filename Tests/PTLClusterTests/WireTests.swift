@@ -78,6 +78,22 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval"])
     }
 
+    /// A v1 peer (BUSY as ERROR "busy", measurements in step) is refused before anything else is
+    /// read, with both versions in the message; so is an envelope without a version.
+    @Test func rejectsAVersion1Envelope() throws {
+        #expect(Wire.protocolVersion == 2)
+        var v1 = Messages.error(sampleResult().envelope.task, "busy").envelope
+        v1.protocolVersion = 1
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 1, this build speaks 2: coordinator and workers must run the same protocol")) {
+            try Wire.decode([try v1.serializedBytes()])
+        }
+        var none = Messages.heartbeat().envelope                     // never stamped: version 0
+        none.protocolVersion = 0
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 0, this build speaks 2: coordinator and workers must run the same protocol")) {
+            try Wire.decode([try none.serializedBytes()])
+        }
+    }
+
     @Test func rejectsEveryKindOfBadMessage() throws {
         let good = try Wire.encode(sampleResult())
         func kind(_ frames: [[UInt8]], requireFinite: Bool = false, max: Int = 1 << 20) -> WireError.Kind? {
@@ -131,7 +147,7 @@ func sampleResult() -> WireMessage {
         try Data(frames[0]).write(to: dir.appendingPathComponent("envelope.bin"))
         let (status, out) = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("envelope.bin").path])
         #expect(status == 0, "\(out)")
-        #expect(out.contains("version 1 type 4 run run-7"))
+        #expect(out.contains("version 2 type 4 run run-7"))
         #expect(out.contains("task round 2 phase 2 step 41 measurement 0 shard 5 attempt 1"))
         // A BUSY of a measurement task: the new type and field as a C peer sees them.
         var key = sampleResult().envelope.task

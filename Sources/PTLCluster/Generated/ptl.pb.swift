@@ -28,10 +28,13 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 }
 
 /// Bumped on any incompatible change; a peer with another version is answered with ERROR.
+///   1: the first protocol.
+///   2: BUSY is a message type (was an ERROR with the message "busy"); TaskKey.measurement (was
+///      folded into TaskKey.step); Task.seed, example_indices, data_path reserved (never used).
 public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
-  case current // = 1
+  case current // = 2
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -41,7 +44,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public init?(rawValue: Int) {
     switch rawValue {
     case 0: self = .unspecified
-    case 1: self = .current
+    case 2: self = .current
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -49,7 +52,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public var rawValue: Int {
     switch self {
     case .unspecified: return 0
-    case .current: return 1
+    case .current: return 2
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -569,7 +572,7 @@ public nonisolated struct Ptl_V1_Envelope: @unchecked Sendable {
 fileprivate nonisolated let _protobuf_package = "ptl.v1"
 
 nonisolated extension Ptl_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{1}PROTOCOL_VERSION_CURRENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{2}PROTOCOL_VERSION_CURRENT\0")
 }
 
 nonisolated extension Ptl_V1_MessageType: SwiftProtobuf._ProtoNameProviding {
