@@ -22,7 +22,8 @@ public final class ClusterBackend: ComputeBackend {
         k.run = key.run
         k.round = UInt32(truncatingIfNeeded: key.round)
         k.phase = phase
-        k.step = key.measurement != 0 ? key.measurement : UInt64(key.step)
+        k.step = UInt64(key.step)
+        k.measurement = key.measurement
         k.shard = UInt32(shard)
         return k
     }

@@ -20,7 +20,7 @@ extension Ptl_V1_TaskKey {
     /// The key as log metadata.
     public var logMetadata: Logger.Metadata {
         ["task": "\(TaskID(self))", "phase": .string(phase.name), "round": "\(round)", "step": "\(step)",
-         "shard": "\(shard)", "attempt": "\(attempt)"]
+         "measurement": "\(measurement)", "shard": "\(shard)", "attempt": "\(attempt)"]
     }
 }
 

@@ -270,6 +270,9 @@ public final class Coordinator: @unchecked Sendable {
             message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
         } catch let e as WireError {
             reject(e.kind.rawValue, "from \(worker): \(e)", worker: worker)
+            // A peer of another protocol version is told so (it logs a wrong_version of its own
+            // if it cannot read our envelope either) instead of hearing nothing.
+            if e.kind == .wrongVersion { try? send(to: worker, Messages.error(nil, "\(e)", retryable: false)) }
             // A result that fails its checks is a failed attempt: run it again elsewhere.
             if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
             return
@@ -294,7 +297,8 @@ public final class Coordinator: @unchecked Sendable {
         case .disconnect:
             logger.info("worker \(worker) left", metadata: ["worker": .string(worker)])
             scheduler.remove(worker)
-        case .error where env.error.message == WorkerClient.busyMessage:
+        case .busy:
+            logger.debug("worker \(worker) busy: \(TaskID(env.task)) goes back to the queue", metadata: env.task.logMetadata.merging(["worker": .string(worker)]) { $1 })
             scheduler.busy(env.task, on: worker)
         case .error:
             var m = env.task.logMetadata

@@ -28,6 +28,7 @@ public struct FaultPlan: Sendable, Equatable {
         for v in [UInt64(key.round), UInt64(key.phase.rawValue), key.step, UInt64(key.shard), UInt64(key.attempt & 0xFFF)] {
             h = mix(h ^ v)
         }
+        if key.measurement != 0 { h = mix(h ^ key.measurement) }   // only when set: grad tasks meet the faults they always met
         guard Double(h >> 11) / Double(1 << 53) < rate else { return nil }
         return Kind.allCases[Int(mix(h) % UInt64(Kind.allCases.count))]
     }

@@ -17,15 +17,25 @@ public enum Messages {
         r.workerID = workerID
         r.threads = UInt32(threads)
         r.version = "ptl 0.1"
-        r.capabilities = ["grad"]
+        r.capabilities = capabilities.map(\.name)
         r.cachedModelHash = cachedModel
         e.ready = r
         return WireMessage(envelope: e)
     }
 
+    /// The phases a worker runs (`GradPhase.handler()`), announced in READY.
+    public static let capabilities: [Ptl_V1_Phase] = [.stats, .grad, .eval]
+
     public static func heartbeat() -> WireMessage {
         var e = envelope(.heartbeat)
         e.heartbeat = Ptl_V1_Heartbeat()
+        return WireMessage(envelope: e)
+    }
+
+    /// The worker's answer to a task that arrives while it still computes another.
+    public static func busy(_ key: Ptl_V1_TaskKey) -> WireMessage {
+        var e = envelope(.busy, run: key.run)
+        e.task = key
         return WireMessage(envelope: e)
     }
 

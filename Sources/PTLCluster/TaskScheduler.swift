@@ -18,12 +18,13 @@ public struct TaskID: Hashable, Sendable, CustomStringConvertible {
     public let round: UInt32
     public let phase: Int
     public let step: UInt64
+    public let measurement: UInt64
     public let shard: UInt32
 
     public init(_ key: Ptl_V1_TaskKey) {
-        run = key.run; round = key.round; phase = key.phase.rawValue; step = key.step; shard = key.shard
+        run = key.run; round = key.round; phase = key.phase.rawValue; step = key.step; measurement = key.measurement; shard = key.shard
     }
-    public var description: String { "\(run)/r\(round)/p\(phase)/s\(step)/shard\(shard)" }
+    public var description: String { "\(run)/r\(round)/p\(phase)/s\(step)/m\(measurement)/shard\(shard)" }
 }
 
 /// The coordinator's bookkeeping, apart from sockets: workers and their liveness, the tasks of
@@ -160,7 +161,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         leases[id] = leases[id]?.filter { $0.value != worker }
     }
 
-    /// The worker refused a task because it is still computing an earlier one: the task goes
+    /// The worker refused a task (BUSY) because it is still computing an earlier one: the task goes
     /// back to the queue (not a failure) and the worker gets nothing until it reports.
     public func busy(_ key: Ptl_V1_TaskKey, on worker: String) {
         let id = TaskID(key)
@@ -213,13 +214,13 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         guard !pending.contains(id) else { return }
         requeued += 1
         // A requeued task goes before the later shards still pending: deterministic, and it runs soon.
-        let at = pending.firstIndex { ($0.step, $0.shard) > (id.step, id.shard) } ?? pending.endIndex
+        let at = pending.firstIndex { ($0.step, $0.measurement, $0.shard) > (id.step, id.measurement, id.shard) } ?? pending.endIndex
         pending.insert(id, at: at)
     }
 
     /// Results in shard order (for a deterministic reduce); nil until the phase is complete.
     public func orderedResults() -> [(key: Ptl_V1_TaskKey, output: Output)]? {
         guard isPhaseComplete else { return nil }
-        return keys.keys.sorted { ($0.step, $0.shard) < ($1.step, $1.shard) }.map { (keys[$0]!, results[$0]!) }
+        return keys.keys.sorted { ($0.step, $0.measurement, $0.shard) < ($1.step, $1.measurement, $1.shard) }.map { (keys[$0]!, results[$0]!) }
     }
 }

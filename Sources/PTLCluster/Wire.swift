@@ -142,11 +142,13 @@ public enum Wire {
         do { env = try Ptl_V1_Envelope(serializedBytes: head) } catch {
             throw WireError(kind: .malformedEnvelope, message: "frame 0 (\(head.count) bytes) is not an Envelope: \(error)")
         }
+        // Checked before anything else is read: a peer of another version may mean other things
+        // by the same fields and types (v1 said BUSY as an ERROR "busy" and kept measurements in step).
         guard env.protocolVersion == protocolVersion else {
-            throw WireError(kind: .wrongVersion, message: "protocol version \(env.protocolVersion), expected \(protocolVersion)")
+            throw WireError(kind: .wrongVersion, message: "peer speaks protocol version \(env.protocolVersion), this build speaks \(protocolVersion): coordinator and workers must run the same protocol")
         }
         switch env.type {
-        case .ready, .heartbeat, .task, .result, .error, .modelRequest, .modelResponse, .disconnect: break
+        case .ready, .heartbeat, .task, .result, .error, .modelRequest, .modelResponse, .disconnect, .busy: break
         default: throw WireError(kind: .unknownType, message: "message type \(env.type.rawValue)")
         }
         guard env.tensors.count == frames.count - 1 else {

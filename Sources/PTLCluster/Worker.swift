@@ -61,7 +61,7 @@ public final class WorkerClient: @unchecked Sendable {
     var unstored: (hash: String, since: Double)?
     /// When the pending model request went out.
     var requestedAt = 0.0
-    /// Records carry the task (`task`, `phase`, `round`, `step`, `shard`, `attempt`) where there is one.
+    /// Records carry the task (`task`, `phase`, `round`, `step`, `measurement`, `shard`, `attempt`) where there is one.
     public var logger = Logger.silent
     public private(set) var reconnects = 0
     public private(set) var tasksRun = 0
@@ -100,9 +100,6 @@ public final class WorkerClient: @unchecked Sendable {
     }
 
     func send(_ m: WireMessage) throws { try socket.send(try Wire.frames(m), dontWait: true) }
-
-    /// The error a worker answers a task with while it still computes another.
-    public static let busyMessage = "busy"
 
     /// Runs until `shouldStop` returns true.
     public func run(shouldStop: () -> Bool) throws {
@@ -190,7 +187,7 @@ public final class WorkerClient: @unchecked Sendable {
         case .disconnect:
             try send(Messages.ready(workerID: id, threads: settings.threads))
         case .task:
-            guard !busy else { try send(Messages.error(env.task, WorkerClient.busyMessage)); return }
+            guard !busy else { try send(Messages.busy(env.task)); return }
             if settings.faults?.fault(for: env.task) == .dieBeforeCompute {
                 logger.notice("fault injection: dying before computing \(TaskID(env.task))", metadata: env.task.logMetadata)
                 _exit(70)

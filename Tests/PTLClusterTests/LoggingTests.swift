@@ -25,7 +25,7 @@ import Testing
         let out = try record(.text) { $0.warning("task done", metadata: key.logMetadata) }
         let line = try #require(out.split(separator: "\n").first.map(String.init))
         #expect(line.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z warning \[local-0\] task done "#, options: .regularExpression) != nil, "\(line)")
-        #expect(line.hasSuffix("attempt=7 phase=grad round=2 shard=3 step=41 task=run/r2/p2/s41/shard3"), "\(line)")
+        #expect(line.hasSuffix("attempt=7 measurement=0 phase=grad round=2 shard=3 step=41 task=run/r2/p2/s41/m0/shard3"), "\(line)")
     }
 
     @Test func jsonRecordsAreOneObjectALineWithNumbersAsNumbers() throws {

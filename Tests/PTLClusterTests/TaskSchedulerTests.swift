@@ -43,7 +43,7 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
     }
 
     /// A worker that reconnects says READY again: it forgot its task, which goes back at once
-    /// (not after the lease); one that says "busy" gets no task until it reports; a task that
+    /// (not after the lease); one that answers BUSY gets no task until it reports; a task that
     /// fails on every attempt makes the phase hopeless instead of retrying forever.
     @Test func reconnectsBusyWorkersAndHopelessTasks() {
         let clock = ManualClock()
@@ -60,6 +60,51 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(s.assign().map(\.key.shard) == [0])
         for _ in 0..<4 { s.failed(keys(2)[1], on: "a", reason: "bad shard"); _ = s.assign() }
         #expect(s.hopeless.count == 1 && s.hopeless[0].reason == "bad shard")
+    }
+
+    /// BUSY (a message type of its own, no longer an ERROR "busy") requeues the task at once:
+    /// the same task goes to the next free worker, not after the lease, and the busy worker
+    /// gets nothing until it reports a result.
+    @Test func busyRequeuesAtOnce() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 100, leaseSeconds: 600)
+        s.startPhase(keys(1))
+        s.seen("a", threads: 1)
+        let lease = s.assign()
+        #expect(lease.count == 1 && lease[0].worker == "a")
+        let busy = Messages.busy(lease[0].key).envelope                    // what the worker sends
+        #expect(busy.type == .busy && busy.task == lease[0].key)
+        s.busy(busy.task, on: "a")
+        #expect(s.requeued == 1 && s.assign().isEmpty)                      // queued again, a is occupied
+        s.seen("b", threads: 1)
+        let retry = s.assign()
+        #expect(retry.count == 1 && retry[0].worker == "b" && retry[0].key.shard == 0 && retry[0].key.attempt == 2)
+        #expect(s.complete(lease[0].key, from: "a", output: 9) == .stale)   // a's refused lease was revoked
+        #expect(s.complete(retry[0].key, from: "b", output: 0) == .accepted && s.isPhaseComplete)
+    }
+
+    /// Two measurements of one round (same run, round, phase, step, shard) differ only in
+    /// `measurement`: two tasks, each with its own result; a result of one never answers the other.
+    @Test func keysDifferingOnlyInMeasurementAreDistinctTasks() {
+        var a = keys(1)[0], b = a
+        a.phase = .stats; b.phase = .stats
+        a.measurement = 1; b.measurement = 2
+        #expect(TaskID(a) != TaskID(b) && Set([TaskID(a), TaskID(b)]).count == 2)
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 3, leaseSeconds: 60)
+        s.startPhase([b, a])
+        #expect(s.taskCount == 2)
+        s.seen("w", threads: 1)
+        let first = s.assign()
+        #expect(first.count == 1 && first[0].key.measurement == 2)
+        var wrong = first[0].key
+        wrong.measurement = 1                                             // same attempt token, other measurement
+        #expect(s.complete(wrong, from: "w", output: 1) == .stale)
+        #expect(s.complete(first[0].key, from: "w", output: 2) == .accepted)
+        let second = s.assign()
+        #expect(second.count == 1 && second[0].key.measurement == 1)
+        #expect(s.complete(second[0].key, from: "w", output: 1) == .accepted)
+        #expect(s.orderedResults()?.map(\.output) == [1, 2])                // by measurement within a step
     }
 
     @Test func aSilentWorkerIsDroppedAndItsTaskRequeued() {

@@ -52,6 +52,50 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.tensors[0].crc32C == CRC32C.checksum(frames[1]))
     }
 
+    /// BUSY is a message type carrying the refused task's key: no body, no magic string.
+    @Test func roundTripsBusy() throws {
+        var key = Ptl_V1_TaskKey()
+        key.run = "run-7"; key.round = 3; key.phase = .grad; key.step = 12; key.shard = 1; key.attempt = 4
+        let frames = try Wire.encode(Messages.busy(key))
+        #expect(frames.count == 1)
+        let back = try Wire.decode(frames)
+        #expect(back.envelope.type == .busy && back.envelope.task == key && back.envelope.runID == "run-7")
+        #expect(back.envelope.body == nil)
+    }
+
+    /// A measurement travels in its own TaskKey field, not folded into `step`; it is part of the
+    /// task's identity and of its log metadata.
+    @Test func roundTripsAMeasurementKey() throws {
+        var m = sampleResult()
+        m.envelope.task.phase = .stats; m.envelope.task.step = 0; m.envelope.task.measurement = 12
+        let back = try Wire.decode(try Wire.encode(m))
+        #expect(back.envelope.task == m.envelope.task && back.envelope.task.measurement == 12 && back.envelope.task.step == 0)
+        #expect(TaskID(back.envelope.task).description == "run-7/r2/p1/s0/m12/shard5")
+        #expect(back.envelope.task.logMetadata["measurement"] == "12")
+    }
+
+    /// READY names the phases the worker's handler runs (it said "grad" only).
+    @Test func readyListsThePhasesAWorkerRuns() throws {
+        let back = try Wire.decode(try Wire.encode(Messages.ready(workerID: "w", threads: 2)))
+        #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval"])
+    }
+
+    /// A v1 peer (BUSY as ERROR "busy", measurements in step) is refused before anything else is
+    /// read, with both versions in the message; so is an envelope without a version.
+    @Test func rejectsAVersion1Envelope() throws {
+        #expect(Wire.protocolVersion == 2)
+        var v1 = Messages.error(sampleResult().envelope.task, "busy").envelope
+        v1.protocolVersion = 1
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 1, this build speaks 2: coordinator and workers must run the same protocol")) {
+            try Wire.decode([try v1.serializedBytes()])
+        }
+        var none = Messages.heartbeat().envelope                     // never stamped: version 0
+        none.protocolVersion = 0
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 0, this build speaks 2: coordinator and workers must run the same protocol")) {
+            try Wire.decode([try none.serializedBytes()])
+        }
+    }
+
     @Test func rejectsEveryKindOfBadMessage() throws {
         let good = try Wire.encode(sampleResult())
         func kind(_ frames: [[UInt8]], requireFinite: Bool = false, max: Int = 1 << 20) -> WireError.Kind? {
@@ -105,8 +149,15 @@ func sampleResult() -> WireMessage {
         try Data(frames[0]).write(to: dir.appendingPathComponent("envelope.bin"))
         let (status, out) = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("envelope.bin").path])
         #expect(status == 0, "\(out)")
-        #expect(out.contains("version 1 type 4 run run-7"))
-        #expect(out.contains("task round 2 phase 2 step 41 shard 5 attempt 1"))
+        #expect(out.contains("version 2 type 4 run run-7"))
+        #expect(out.contains("task round 2 phase 2 step 41 measurement 0 shard 5 attempt 1"))
+        // A BUSY of a measurement task: the new type and field as a C peer sees them.
+        var key = sampleResult().envelope.task
+        key.phase = .stats; key.step = 0; key.measurement = 3
+        try Data(try Wire.encode(Messages.busy(key))[0]).write(to: dir.appendingPathComponent("busy.bin"))
+        let busy = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("busy.bin").path])
+        #expect(busy.0 == 0 && busy.1.contains("type 9 run run-7"), "\(busy.1)")
+        #expect(busy.1.contains("task round 2 phase 1 step 0 measurement 3 shard 5 attempt 1"), "\(busy.1)")
         #expect(out.contains("tensor grad dtype 1 bytes 24 crc32c \(CRC32C.checksum(frames[1])) shape 2 3"))
         #expect(out.contains("result loss_sum 12.500000 tokens 300"))
     }

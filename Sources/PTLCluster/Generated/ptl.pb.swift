@@ -28,10 +28,13 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 }
 
 /// Bumped on any incompatible change; a peer with another version is answered with ERROR.
+///   1: the first protocol.
+///   2: BUSY is a message type (was an ERROR with the message "busy"); TaskKey.measurement (was
+///      folded into TaskKey.step); Task.seed, example_indices, data_path reserved (never used).
 public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
-  case current // = 1
+  case current // = 2
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -41,7 +44,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public init?(rawValue: Int) {
     switch rawValue {
     case 0: self = .unspecified
-    case 1: self = .current
+    case 2: self = .current
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -49,7 +52,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public var rawValue: Int {
     switch self {
     case .unspecified: return 0
-    case .current: return 1
+    case .current: return 2
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -89,6 +92,9 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
 
   /// coordinator → unknown worker: register again
   case disconnect // = 8
+
+  /// worker → coordinator: refused task `task`, still computing another; no body
+  case busy // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -106,6 +112,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     case 6: self = .modelRequest
     case 7: self = .modelResponse
     case 8: self = .disconnect
+    case 9: self = .busy
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -121,6 +128,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     case .modelRequest: return 6
     case .modelResponse: return 7
     case .disconnect: return 8
+    case .busy: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -136,6 +144,7 @@ public nonisolated enum Ptl_V1_MessageType: SwiftProtobuf.Enum, Swift.CaseIterab
     .modelRequest,
     .modelResponse,
     .disconnect,
+    .busy,
   ]
 
 }
@@ -270,11 +279,15 @@ public nonisolated struct Ptl_V1_TaskKey: Sendable {
 
   public var phase: Ptl_V1_Phase = .unspecified
 
+  /// GRAD: the optimizer step
   public var step: UInt64 = 0
 
   public var shard: UInt32 = 0
 
   public var attempt: UInt32 = 0
+
+  /// which measurement within a round and phase (STATS: held-out loss, calibration); 0 for tune steps
+  public var measurement: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -316,7 +329,7 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// ptl version of the worker
   public var version: String = String()
 
-  /// phases it can run, e.g. "stats", "grad", "eval"
+  /// phases it runs, by their names: "stats", "grad", "eval"
   public var capabilities: [String] = []
 
   /// the model version it already holds, if any
@@ -345,11 +358,6 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   /// the model version to run on
   public var modelHash: String = String()
 
-  public var seed: UInt64 = 0
-
-  /// lines of the shard this task covers
-  public var exampleIndices: [UInt32] = []
-
   public var batchSize: UInt32 = 0
 
   public var seqLen: UInt32 = 0
@@ -359,9 +367,6 @@ public nonisolated struct Ptl_V1_Task: Sendable {
 
   /// EVAL
   public var maxNewTokens: UInt32 = 0
-
-  /// corpus the indices refer to
-  public var dataPath: String = String()
 
   /// EVAL: the shard's {"question","answer"} lines
   public var recordsJsonl: String = String()
@@ -567,11 +572,11 @@ public nonisolated struct Ptl_V1_Envelope: @unchecked Sendable {
 fileprivate nonisolated let _protobuf_package = "ptl.v1"
 
 nonisolated extension Ptl_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{1}PROTOCOL_VERSION_CURRENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{2}PROTOCOL_VERSION_CURRENT\0")
 }
 
 nonisolated extension Ptl_V1_MessageType: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_TYPE_UNSPECIFIED\0\u{1}READY\0\u{1}HEARTBEAT\0\u{1}TASK\0\u{1}RESULT\0\u{1}ERROR\0\u{1}MODEL_REQUEST\0\u{1}MODEL_RESPONSE\0\u{1}DISCONNECT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_TYPE_UNSPECIFIED\0\u{1}READY\0\u{1}HEARTBEAT\0\u{1}TASK\0\u{1}RESULT\0\u{1}ERROR\0\u{1}MODEL_REQUEST\0\u{1}MODEL_RESPONSE\0\u{1}DISCONNECT\0\u{1}BUSY\0")
 }
 
 nonisolated extension Ptl_V1_Phase: SwiftProtobuf._ProtoNameProviding {
@@ -584,7 +589,7 @@ nonisolated extension Ptl_V1_DType: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskKey"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}run\0\u{1}round\0\u{1}phase\0\u{1}step\0\u{1}shard\0\u{1}attempt\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}run\0\u{1}round\0\u{1}phase\0\u{1}step\0\u{1}shard\0\u{1}attempt\0\u{1}measurement\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -598,6 +603,7 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.step) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.shard) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.measurement) }()
       default: break
       }
     }
@@ -622,6 +628,9 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.attempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 6)
     }
+    if self.measurement != 0 {
+      try visitor.visitSingularUInt64Field(value: self.measurement, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -632,6 +641,7 @@ nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.step != rhs.step {return false}
     if lhs.shard != rhs.shard {return false}
     if lhs.attempt != rhs.attempt {return false}
+    if lhs.measurement != rhs.measurement {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -758,7 +768,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{1}seed\0\u{3}example_indices\0\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{3}data_path\0\u{3}records_jsonl\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -767,13 +777,10 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.modelHash) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
-      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.exampleIndices) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batchSize) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.seqLen) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.lossScale) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.dataPath) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
       default: break
       }
@@ -783,12 +790,6 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
     if !self.modelHash.isEmpty {
       try visitor.visitSingularStringField(value: self.modelHash, fieldNumber: 1)
-    }
-    if self.seed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 2)
-    }
-    if !self.exampleIndices.isEmpty {
-      try visitor.visitPackedUInt32Field(value: self.exampleIndices, fieldNumber: 3)
     }
     if self.batchSize != 0 {
       try visitor.visitSingularUInt32Field(value: self.batchSize, fieldNumber: 4)
@@ -802,9 +803,6 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.maxNewTokens != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxNewTokens, fieldNumber: 7)
     }
-    if !self.dataPath.isEmpty {
-      try visitor.visitSingularStringField(value: self.dataPath, fieldNumber: 8)
-    }
     if !self.recordsJsonl.isEmpty {
       try visitor.visitSingularStringField(value: self.recordsJsonl, fieldNumber: 9)
     }
@@ -813,13 +811,10 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
 
   public static func ==(lhs: Ptl_V1_Task, rhs: Ptl_V1_Task) -> Bool {
     if lhs.modelHash != rhs.modelHash {return false}
-    if lhs.seed != rhs.seed {return false}
-    if lhs.exampleIndices != rhs.exampleIndices {return false}
     if lhs.batchSize != rhs.batchSize {return false}
     if lhs.seqLen != rhs.seqLen {return false}
     if lhs.lossScale != rhs.lossScale {return false}
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
-    if lhs.dataPath != rhs.dataPath {return false}
     if lhs.recordsJsonl != rhs.recordsJsonl {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -16,8 +16,8 @@ int main(int argc, char **argv) {
     if (!env) { fprintf(stderr, "not an Envelope\n"); return 1; }
     printf("version %u type %d run %s\n", env->protocol_version, env->type, env->run_id);
     if (env->task)
-        printf("task round %u phase %d step %llu shard %u attempt %u\n", env->task->round, env->task->phase,
-               (unsigned long long)env->task->step, env->task->shard, env->task->attempt);
+        printf("task round %u phase %d step %llu measurement %llu shard %u attempt %u\n", env->task->round, env->task->phase,
+               (unsigned long long)env->task->step, (unsigned long long)env->task->measurement, env->task->shard, env->task->attempt);
     for (size_t i = 0; i < env->n_tensors; i++) {
         Ptl__V1__TensorDescriptor *d = env->tensors[i];
         printf("tensor %s dtype %d bytes %llu crc32c %u shape", d->name, d->dtype, (unsigned long long)d->byte_length, d->crc32c);
