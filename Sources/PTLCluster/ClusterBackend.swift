@@ -54,9 +54,17 @@ public final class ClusterBackend: ComputeBackend {
         let hash = TaskCoding.publish(model, on: coordinator)
         let t1 = clock.now()
         let tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: 1 / Double(total), branchScale: branchScale)
-        let results = try coordinator.runPhase(tasks)
-        let t2 = clock.now()
         let n = grads.count
+        let results = try coordinator.runPhase(tasks) { k, message in
+            guard let g = message.tensor("grad"), g.dtype == .f32, g.byteCount == 4 * n else {
+                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) lacks a gradient of \(n) floats")
+            }
+            let r = message.envelope.result
+            guard r.lossSum.isFinite, r.tokenCount <= UInt64(ShardCompute.maxShardTokens), r.seconds.isFinite else {
+                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) has a non-finite loss or an absurd token count")
+            }
+        }
+        let t2 = clock.now()
         var lossSum = 0.0, workerSeconds = 0.0, tokens = 0
         var frames: [Frame] = []
         for (k, message) in results {
@@ -83,7 +91,11 @@ public final class ClusterBackend: ComputeBackend {
         let c = model.config
         var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
         var lossSum = 0.0
-        for (_, message) in try coordinator.runPhase(tasks) {
+        let results = try coordinator.runPhase(tasks) { _, message in
+            _ = try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+            guard message.envelope.result.lossSum.isFinite else { throw WireError(kind: .descriptorMismatch, message: "the stats result has a non-finite loss") }
+        }
+        for (_, message) in results {
             total.add(try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
             lossSum += message.envelope.result.lossSum
         }
@@ -101,13 +113,19 @@ public final class ClusterBackend: ComputeBackend {
             spec.batchSize = UInt32(batchSize)
             return (Self.taskKey(key, phase: .eval, shard: s), spec, [])
         }
-        var counts = EvalCounts()
-        for (k, m) in try coordinator.runPhase(tasks) {
+        func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] {
             let r = m.envelope.result
             let flags = (m.tensor("correct")?.bytes ?? []).map { $0 == 1 }
-            guard flags.count == Int(r.examples), r.correct <= r.examples else {
-                throw WireError(kind: .descriptorMismatch, message: "the eval result of \(TaskID(k)) has \(flags.count) flags for \(r.examples) examples")
+            let expected = Shards.range(Int(k.shard), of: jsonlLines.count, shards: shards).count
+            guard flags.count == Int(r.examples), r.examples == UInt64(expected), r.correct == UInt64(flags.filter { $0 }.count) else {
+                throw WireError(kind: .descriptorMismatch, message: "the eval result of \(TaskID(k)) has \(flags.count) flags, \(r.correct) correct of \(r.examples) examples for a shard of \(expected)")
             }
+            return flags
+        }
+        var counts = EvalCounts()
+        for (k, m) in try coordinator.runPhase(tasks, check: { k, m in _ = try flags(k, m) }) {
+            let r = m.envelope.result
+            let flags = try flags(k, m)
             counts.add(EvalCounts(correct: Int(r.correct), total: Int(r.examples), generatedTokens: Int(r.tokenCount), perExample: flags))
         }
         return counts

@@ -137,8 +137,14 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     /// Runs one phase to completion: `tasks` (key, spec, input tensors) → results in shard order.
+    /// `check` vets each result before it is accepted: one that throws is a failed attempt of the
+    /// worker that sent it (logged, counted as `bad_result`, the task leased again), so a bad
+    /// result never reaches the reduce.
     public func runPhase(_ tasks: [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])],
-                         until deadline: Double = .infinity) throws -> [(key: Ptl_V1_TaskKey, result: WireMessage)] {
+                         until deadline: Double = .infinity,
+                         check: @escaping (Ptl_V1_TaskKey, WireMessage) throws -> Void = { _, _ in }) throws -> [(key: Ptl_V1_TaskKey, result: WireMessage)] {
+        resultCheck = check
+        defer { resultCheck = { _, _ in } }
         specs = [:]; inputs = [:]
         for t in tasks { specs[TaskID(t.key)] = t.spec; inputs[TaskID(t.key)] = t.inputs }
         // The tasks with the most input (tokens) first, so that no worker starts a long task
@@ -224,7 +230,17 @@ public final class Coordinator: @unchecked Sendable {
         logger.warning("rejected message: \(detail)", metadata: m)
     }
 
+    /// The running phase's check of results (see `runPhase`).
+    var resultCheck: (Ptl_V1_TaskKey, WireMessage) throws -> Void = { _, _ in }
+
     func take(_ key: Ptl_V1_TaskKey, from worker: String, _ message: WireMessage) {
+        if scheduler.holdsLease(key, worker: worker) {   // only a lease holder's result can fail its task
+            do { try resultCheck(key, message) } catch {
+                reject("bad_result", "from \(worker): result of \(TaskID(key)): \(error)", worker: worker)
+                scheduler.failed(key, on: worker, reason: "\(error)")
+                return
+            }
+        }
         // Built only when a record is written (swift-log takes metadata as an autoclosure).
         func m() -> Logger.Metadata { key.logMetadata.merging(["worker": .string(worker)]) { $1 } }
         switch scheduler.complete(key, from: worker, output: message) {

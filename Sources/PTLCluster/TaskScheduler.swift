@@ -157,6 +157,12 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         return .accepted
     }
 
+    /// Whether `worker` holds the lease of `key`'s attempt on a task still waiting for its result.
+    public func holdsLease(_ key: Ptl_V1_TaskKey, worker: String) -> Bool {
+        let id = TaskID(key)
+        return keys[id] != nil && results[id] == nil && leases[id]?[key.attempt] == worker
+    }
+
     private func revoke(_ id: TaskID, from worker: String) {
         leases[id] = leases[id]?.filter { $0.value != worker }
     }

@@ -3,6 +3,8 @@ import PTLLoop
 import Testing
 import PTLTestSupport
 import PTLModel
+import PTLTensor
+import PTLTokenizer
 @testable import PTLCluster
 
 /// A worker sent hostile tasks — token ids outside the vocabulary, negative and huge lengths,
@@ -76,5 +78,51 @@ import PTLModel
         let results = try coordinator.runPhase([Self.task(.stats, step: 99, hash: hash, inputs: good)])
         #expect(results.count == 1 && results[0].result.envelope.result.tokenCount == 5)
         #expect(coordinator.scheduler.workers.keys.contains("target"))
+    }
+}
+
+/// A worker whose results lie — a gradient of the wrong size, a stats result missing a tensor,
+/// eval flags that disagree with the counts — fails those attempts (counted as `bad_result`), the
+/// tasks run again, and the phase ends with the honest answer: the coordinator never reduces a
+/// bad result and never stops because of one.
+@Suite(.serialized) struct BadResultTests {
+    @Test func lyingResultsAreFailedAttemptsAndThePhaseEndsHonestly() throws {
+        let ctx = try ZMQContext()
+        var cs = CoordinatorSettings()
+        cs.heartbeatInterval = 0.05
+        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+        let stop = StopFlag()
+        let group = DispatchGroup()
+        defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
+        var ws = WorkerSettings()
+        ws.heartbeatInterval = 0.05
+        let honest = WorkerTasks.handler()
+        let lies = Counter()
+        // The only worker at first lies on its first three tasks, then answers honestly.
+        let liar = try WorkerClient(id: "liar", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, version in
+            var (result, tensors) = try honest(key, spec, inputs, version)
+            if lies.increment() <= 3 {
+                switch key.phase {
+                case .grad: tensors = [WireTensor(name: "grad", shape: [3], floats: [1, 2, 3])]
+                case .stats: tensors = tensors.filter { $0.name != "abs_sum" }
+                default: result.correct = result.examples + 1
+                }
+            }
+            return (result, tensors)
+        }
+        DispatchQueue.global().async(group: group) { try? liar.run(shouldStop: { stop.isStopped }) }
+        let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
+        let model = try clusterModel()
+        let grads = FloatBuffer(count: model.layout.count)
+        let r = try backend.gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil,
+                                      key: WorkKey(run: "liar", step: 1), into: grads)
+        // The same gradient as this process computes.
+        let local = FloatBuffer(count: model.layout.count)
+        let expected = try LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+            .gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "liar", step: 1), into: local)
+        #expect(r.lossSum == expected.lossSum && grads.array() == local.array())
+        let stats = try backend.statistics(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "liar", measurement: 1))
+        #expect(stats.statistics.tokens > 0)
+        #expect(coordinator.counters["bad_result"] == 3, "\(coordinator.counters)")
     }
 }
