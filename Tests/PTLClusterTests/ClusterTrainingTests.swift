@@ -126,21 +126,10 @@ final class Counter: @unchecked Sendable {
 
 /// Runs the stats phase over `workers` in-process workers.
 func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics {
-    let ctx = try ZMQContext()
-    var cs = CoordinatorSettings()
-    cs.heartbeatInterval = 0.05
-    let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
-    let stop = StopFlag()
-    let group = DispatchGroup()
-    for w in 0..<workers {
-        var ws = WorkerSettings()
-        ws.heartbeatInterval = 0.05
-        let client = try WorkerClient(id: "s\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
-        DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
+    try InProcessCluster.with(workers: workers) { cluster in
+        try ClusterBackend(coordinator: cluster.coordinator, tokenizerJSON: "")
+            .statistics(model: try clusterModel(), sequences: clusterLines, shards: shards, branchScale: nil, key: WorkKey(run: "run")).statistics
     }
-    defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
-    return try ClusterBackend(coordinator: coordinator, tokenizerJSON: "").statistics(model: try clusterModel(), sequences: clusterLines, shards: shards,
-                                                                                     branchScale: nil, key: WorkKey(run: "run")).statistics
 }
 
 @Suite(.serialized) struct StatsPhaseTests {
@@ -176,21 +165,10 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
         let lines = try ArithmeticTask().jsonl(seed: 77, count: 24).split(separator: "\n").map(String.init)
         func overCluster(_ workers: Int) throws -> EvalCounts {
-            let ctx = try ZMQContext()
-            var cs = CoordinatorSettings()
-            cs.heartbeatInterval = 0.05
-            let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
-            let stop = StopFlag()
-            let group = DispatchGroup()
-            for w in 0..<workers {
-                var ws = WorkerSettings()
-                ws.heartbeatInterval = 0.05
-                let client = try WorkerClient(id: "e\(w)", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
-                DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
+            try InProcessCluster.with(workers: workers) { cluster in
+                try ClusterBackend(coordinator: cluster.coordinator, tokenizerJSON: tokenizerJSON)
+                    .evaluate(model: model, jsonlLines: lines, shards: 3, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "run"))
             }
-            defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
-            return try ClusterBackend(coordinator: coordinator, tokenizerJSON: tokenizerJSON)
-                .evaluate(model: model, jsonlLines: lines, shards: 3, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "run"))
         }
         let one = try overCluster(1), three = try overCluster(3)
         #expect(one.total == 24 && one.correct == three.correct && one.generatedTokens == three.generatedTokens)

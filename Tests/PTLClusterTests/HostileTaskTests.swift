@@ -31,18 +31,10 @@ import PTLTokenizer
     }
 
     @Test func aWorkerRejectsEachHostileTaskByNameAndKeepsServing() throws {
-        let ctx = try ZMQContext()
-        var cs = CoordinatorSettings()
-        cs.heartbeatInterval = 0.05
-        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+        let cluster = try InProcessCluster(workers: 1)
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
         coordinator.tokenizerJSON = try String(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"), encoding: .utf8)
-        let stop = StopFlag()
-        let group = DispatchGroup()
-        var ws = WorkerSettings()
-        ws.heartbeatInterval = 0.05
-        let client = try WorkerClient(id: "target", connect: coordinator.endpoint, context: ctx, settings: ws, handler: WorkerTasks.handler())
-        DispatchQueue.global().async(group: group) { try? client.run(shouldStop: { stop.isStopped }) }
-        defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
 
         let model = try clusterModel()   // vocabulary 40, 2 blocks
         let hash = TaskCoding.publish(model, on: coordinator)
@@ -77,7 +69,7 @@ import PTLTokenizer
         // Still serving: a good task on the same worker.
         let results = try coordinator.runPhase([Self.task(.stats, step: 99, hash: hash, inputs: good)])
         #expect(results.count == 1 && results[0].result.envelope.result.tokenCount == 5)
-        #expect(coordinator.scheduler.workers.keys.contains("target"))
+        #expect(coordinator.scheduler.workers.keys.contains("w0"))
     }
 }
 
@@ -87,19 +79,10 @@ import PTLTokenizer
 /// bad result and never stops because of one.
 @Suite(.serialized) struct BadResultTests {
     @Test func lyingResultsAreFailedAttemptsAndThePhaseEndsHonestly() throws {
-        let ctx = try ZMQContext()
-        var cs = CoordinatorSettings()
-        cs.heartbeatInterval = 0.05
-        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
-        let stop = StopFlag()
-        let group = DispatchGroup()
-        defer { stop.stop(); _ = group.wait(timeout: .now() + 2) }
-        var ws = WorkerSettings()
-        ws.heartbeatInterval = 0.05
         let honest = WorkerTasks.handler()
         let lies = Counter()
-        // The only worker at first lies on its first three tasks, then answers honestly.
-        let liar = try WorkerClient(id: "liar", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, version in
+        // The only worker lies on its first three tasks, then answers honestly.
+        let cluster = try InProcessCluster(workers: 1, handler: { _ in { key, spec, inputs, version in
             var (result, tensors) = try honest(key, spec, inputs, version)
             if lies.increment() <= 3 {
                 switch key.phase {
@@ -109,8 +92,9 @@ import PTLTokenizer
                 }
             }
             return (result, tensors)
-        }
-        DispatchQueue.global().async(group: group) { try? liar.run(shouldStop: { stop.isStopped }) }
+        } })
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
         let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
         let model = try clusterModel()
         let grads = FloatBuffer(count: model.layout.count)
