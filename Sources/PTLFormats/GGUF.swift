@@ -131,7 +131,7 @@ public final class GGUFFile: @unchecked Sendable {
         // (name length, n_dims, one dimension, type, offset): a count the file cannot hold is a lie.
         let needed = kvCount * 13 + tensorCount * 32
         guard needed <= UInt64(r.remaining) else {
-            throw GGUFError(.truncated, "\(path): header declares \(kvCount) keys and \(tensorCount) tensors (at least \(needed) bytes) but \(r.remaining) bytes follow: truncated or corrupt")
+            throw GGUFError(.truncated, "\(path): truncated header: \(kvCount) keys and \(tensorCount) tensors need at least \(needed) bytes but \(r.remaining) follow")
         }
         var metadata: [String: GGUFValue] = [:]
         for _ in 0..<kvCount {
@@ -187,11 +187,11 @@ public final class GGUFFile: @unchecked Sendable {
             // elementCount was checked at parse time; the byte count is no larger than it times 4.
             let (bytes, overflow) = (t.elementCount / be).multipliedReportingOverflow(by: bb)
             guard !overflow, bytes <= dataSize, t.offset <= dataSize - bytes else {
-                throw GGUFError(.truncated, "\(path): tensor \(t.name) (\(type.name) \(t.dims), \(bytes) bytes at data offset \(t.offset)) ends past the end of the file (\(dataSize) data bytes): truncated")
+                throw GGUFError(.truncated, "\(path): tensor \(t.name) ends past the end of the file (\(type.name) \(t.dims), \(bytes) bytes at data offset \(t.offset), \(dataSize) data bytes): truncated")
             }
             extents.append((t.offset..<(t.offset + bytes), t.name))
         }
-        extents.sort { $0.range.lowerBound < $1.range.lowerBound }
+        extents.sort { $0.range.lowerBound != $1.range.lowerBound ? $0.range.lowerBound < $1.range.lowerBound : $0.name < $1.name }
         for i in extents.indices.dropFirst() where extents[i].range.lowerBound < extents[i - 1].range.upperBound {
             throw GGUFError(.invalidTensor, "\(path): tensors \(extents[i - 1].name) and \(extents[i].name) overlap (data bytes \(extents[i - 1].range) and \(extents[i].range))")
         }
