@@ -97,7 +97,7 @@ public final class Tokenizer: Sendable {
         }
         self.decodedTokens = decodedTokens
         self.specialIds = specialIds
-        for id in postProcessor.prefix + postProcessor.suffix where decodedTokens[id] == nil {
+        for id in postProcessor.prefix + postProcessor.suffix where id >= vocabSize || decodedTokens[id] == nil {
             throw .invalid("post_processor adds id \(id), which is neither in model.vocab nor in added_tokens")
         }
     }
