@@ -8,7 +8,7 @@ public indirect enum GGUFValue: Sendable, Equatable {
         switch self {
         case .uint(let v): return Int(exactly: v)
         case .int(let v): return Int(exactly: v)
-        case .float(let d): return d.rounded() == d ? Int(d) : nil
+        case .float(let d): return Int(exactly: d)
         default: return nil
         }
     }
@@ -23,6 +23,34 @@ public indirect enum GGUFValue: Sendable, Equatable {
     public var string: String? { if case .string(let s) = self { return s }; return nil }
     public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
     public var array: [GGUFValue]? { if case .array(let a) = self { return a }; return nil }
+}
+
+/// A problem with a GGUF file, naming the file (and key or tensor), what was expected and what
+/// was found.
+public struct GGUFError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The kind of failure, for callers and tests that branch on it.
+    public enum Kind: Sendable, Equatable {
+        /// The file is missing or cannot be read.
+        case unreadableFile
+        /// Not a GGUF file (magic), or a version this reader does not support.
+        case notGGUF
+        /// The file ends before the header, a value or a tensor's data does.
+        case truncated
+        /// A count, length, type id or nesting in the header is implausible or inconsistent.
+        case malformedHeader
+        /// A tensor's dimensions, type, offset or alignment are invalid.
+        case invalidTensor
+        /// A tensor type this reader does not dequantise.
+        case unsupportedType
+    }
+
+    public let kind: Kind
+    public let message: String
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+    public var description: String { message }
 }
 
 /// ggml tensor types we can read.
@@ -75,60 +103,104 @@ public final class GGUFFile: @unchecked Sendable {
     let data: Data
     let dataStart: Int
 
+    /// Limits on the header's counts, far above any real model's (llama.cpp's own checks are
+    /// against the bytes present, which are applied as well).
+    public static let maxTensors = 1_000_000
+    public static let maxKeys = 1_000_000
+    public static let maxDimensions = 4
+    public static let maxAlignment = 1 << 16
+
     public init(path: String) throws {
         self.path = path
-        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError("\(path): no such file") }
+        guard FileManager.default.fileExists(atPath: path) else { throw GGUFError(.unreadableFile, "\(path): no such file") }
         do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
-            throw SafetensorsError("\(path): cannot read (\(error.localizedDescription))")
+            throw GGUFError(.unreadableFile, "\(path): cannot read (\(error.localizedDescription))")
         }
         var r = GGUFCursor(data: data, path: path)
         let magic = try r.u32()
-        guard magic == 0x4655_4747 else { throw SafetensorsError("\(path): not a GGUF file (magic \(String(magic, radix: 16)), expected 46554747 \"GGUF\")") }
+        guard magic == 0x4655_4747 else {
+            throw GGUFError(.notGGUF, "\(path): not a GGUF file (magic \(String(magic, radix: 16)), expected 46554747 \"GGUF\")")
+        }
         version = try r.u32()
-        guard version == 2 || version == 3 else { throw SafetensorsError("\(path): GGUF version \(version) is not supported (2 or 3)") }
+        guard version == 2 || version == 3 else { throw GGUFError(.notGGUF, "\(path): GGUF version \(version) is not supported (2 or 3)") }
         let tensorCount = try r.u64(), kvCount = try r.u64()
-        guard tensorCount < 1_000_000, kvCount < 1_000_000 else { throw SafetensorsError("\(path): implausible counts (\(tensorCount) tensors, \(kvCount) keys)") }
+        guard tensorCount <= UInt64(Self.maxTensors), kvCount <= UInt64(Self.maxKeys) else {
+            throw GGUFError(.malformedHeader, "\(path): implausible counts (\(tensorCount) tensors, \(kvCount) keys; limits \(Self.maxTensors) and \(Self.maxKeys))")
+        }
+        // Each key takes at least 13 bytes (length, type, one byte of value) and each tensor 32
+        // (name length, n_dims, one dimension, type, offset): a count the file cannot hold is a lie.
+        let needed = kvCount * 13 + tensorCount * 32
+        guard needed <= UInt64(r.remaining) else {
+            throw GGUFError(.truncated, "\(path): truncated header: \(kvCount) keys and \(tensorCount) tensors need at least \(needed) bytes but \(r.remaining) follow")
+        }
         var metadata: [String: GGUFValue] = [:]
         for _ in 0..<kvCount {
             let key = try r.string()
             let type = try r.u32()
-            metadata[key] = try r.value(type: type, key: key)
+            guard metadata[key] == nil else { throw GGUFError(.malformedHeader, "\(path): metadata key \(key) appears twice") }
+            metadata[key] = try r.value(type: type, key: key, depth: 0)
         }
         self.metadata = metadata
         var tensors: [GGUFTensorInfo] = []
+        var names = Set<String>()
         for _ in 0..<tensorCount {
             let name = try r.string()
+            guard names.insert(name).inserted else { throw GGUFError(.invalidTensor, "\(path): tensor \(name) appears twice") }
             let nDims = try r.u32()
-            guard nDims >= 1, nDims <= 4 else { throw SafetensorsError("\(path): tensor \(name) has \(nDims) dimensions") }
+            guard nDims >= 1, nDims <= UInt32(Self.maxDimensions) else {
+                throw GGUFError(.invalidTensor, "\(path): tensor \(name) has \(nDims) dimensions, expected 1 to \(Self.maxDimensions)")
+            }
             var dims: [Int] = []
             for _ in 0..<nDims {
                 let d = try r.u64()
-                guard d < 1 << 40 else { throw SafetensorsError("\(path): tensor \(name) has an implausible dimension \(d)") }
+                guard d < 1 << 40 else { throw GGUFError(.invalidTensor, "\(path): tensor \(name) has an implausible dimension \(d)") }
                 dims.append(Int(d))
+            }
+            guard checkedElementCount(dims) != nil else {
+                throw GGUFError(.invalidTensor, "\(path): tensor \(name) has dimensions \(dims) whose product overflows")
             }
             let type = try r.u32()
             let offset = try r.u64()
+            guard offset < UInt64(data.count) else {
+                throw GGUFError(.invalidTensor, "\(path): tensor \(name) has offset \(offset), past the end of the file (\(data.count) bytes)")
+            }
             tensors.append(GGUFTensorInfo(name: name, dims: dims, typeRaw: type, offset: Int(offset)))
         }
         self.tensors = tensors
-        alignment = metadata["general.alignment"]?.int ?? 32
-        guard alignment > 0, alignment & (alignment - 1) == 0 else { throw SafetensorsError("\(path): alignment \(alignment) is not a power of two") }
+        let alignmentValue = metadata["general.alignment"] ?? .uint(32)
+        guard let alignment = alignmentValue.int, alignment > 0, alignment <= Self.maxAlignment, alignment & (alignment - 1) == 0 else {
+            throw GGUFError(.malformedHeader, "\(path): general.alignment is \(alignmentValue), expected a power of two up to \(Self.maxAlignment)")
+        }
+        self.alignment = alignment
         dataStart = (r.position + alignment - 1) / alignment * alignment
+        let dataSize = data.count - min(dataStart, data.count)
+        var extents: [(range: Range<Int>, name: String)] = []
         for t in tensors {
+            guard t.offset % alignment == 0 else {
+                throw GGUFError(.invalidTensor, "\(path): tensor \(t.name) has offset \(t.offset), expected a multiple of the alignment \(alignment)")
+            }
             guard let type = GGMLType(rawValue: t.typeRaw) else { continue }   // reported when read
             let (be, bb) = type.block
-            guard t.dims[0] % be == 0 else { throw SafetensorsError("\(path): tensor \(t.name): row length \(t.dims[0]) is not a multiple of the \(type.name) block (\(be))") }
-            let bytes = t.elementCount / be * bb
-            guard dataStart + t.offset + bytes <= data.count else {
-                throw SafetensorsError("\(path): tensor \(t.name) ends past the end of the file: truncated")
+            guard t.dims[0] % be == 0 else {
+                throw GGUFError(.invalidTensor, "\(path): tensor \(t.name): row length \(t.dims[0]) is not a multiple of the \(type.name) block (\(be))")
             }
+            // elementCount was checked at parse time; the byte count is no larger than it times 4.
+            let (bytes, overflow) = (t.elementCount / be).multipliedReportingOverflow(by: bb)
+            guard !overflow, bytes <= dataSize, t.offset <= dataSize - bytes else {
+                throw GGUFError(.truncated, "\(path): tensor \(t.name) ends past the end of the file (\(type.name) \(t.dims), \(bytes) bytes at data offset \(t.offset), \(dataSize) data bytes): truncated")
+            }
+            extents.append((t.offset..<(t.offset + bytes), t.name))
+        }
+        extents.sort { $0.range.lowerBound != $1.range.lowerBound ? $0.range.lowerBound < $1.range.lowerBound : $0.name < $1.name }
+        for i in extents.indices.dropFirst() where extents[i].range.lowerBound < extents[i - 1].range.upperBound {
+            throw GGUFError(.invalidTensor, "\(path): tensors \(extents[i - 1].name) and \(extents[i].name) overlap (data bytes \(extents[i - 1].range) and \(extents[i].range))")
         }
     }
 
     /// The tensor named `name`, dequantised to fp32, with its HF shape.
     public func tensor(_ info: GGUFTensorInfo) throws -> TensorF32 {
         guard let type = GGMLType(rawValue: info.typeRaw) else {
-            throw SafetensorsError("\(path): tensor \(info.name) has unsupported type \(GGMLType.name(info.typeRaw)) (supported: \(GGMLType.allCases.map(\.name).joined(separator: ", ")))")
+            throw GGUFError(.unsupportedType, "\(path): tensor \(info.name) has unsupported type \(GGMLType.name(info.typeRaw)) (supported: \(GGMLType.allCases.map(\.name).joined(separator: ", ")))")
         }
         let n = info.elementCount
         let values = [Float](unsafeUninitializedCapacity: n) { dst, count in
@@ -239,15 +311,20 @@ public final class GGUFFile: @unchecked Sendable {
     }
 }
 
-/// A bounds-checked reader over the GGUF header.
+/// A bounds-checked reader over the GGUF header: every length and count is checked against the
+/// bytes that remain before anything is allocated for it.
 struct GGUFCursor {
     let data: Data
     let path: String
     var position = 0
+    /// Arrays of arrays deeper than this are refused (real files nest at most once).
+    static let maxNesting = 4
+
+    var remaining: Int { data.count - position }
 
     mutating func bytes(_ n: Int) throws -> UnsafeRawBufferPointer {
-        guard n >= 0, position + n <= data.count else {
-            throw SafetensorsError("\(path): truncated header (needed \(n) bytes at offset \(position) of \(data.count))")
+        guard n >= 0, n <= remaining else {
+            throw GGUFError(.truncated, "\(path): truncated header (needed \(n) bytes at offset \(position) of \(data.count))")
         }
         defer { position += n }
         return data.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[position..<(position + n)]) }
@@ -255,12 +332,27 @@ struct GGUFCursor {
     mutating func u32() throws -> UInt32 { UInt32(littleEndian: try bytes(4).loadUnaligned(as: UInt32.self)) }
     mutating func u64() throws -> UInt64 { UInt64(littleEndian: try bytes(8).loadUnaligned(as: UInt64.self)) }
     mutating func string() throws -> String {
+        let at = position
         let n = try u64()
-        guard n < 1 << 24 else { throw SafetensorsError("\(path): implausible string length \(n) at offset \(position)") }
+        guard n <= UInt64(remaining) else {
+            throw GGUFError(.truncated, "\(path): string at offset \(at) declares \(n) bytes but \(remaining) remain")
+        }
         return String(decoding: try bytes(Int(n)), as: UTF8.self)
     }
 
-    mutating func value(type: UInt32, key: String) throws -> GGUFValue {
+    /// Smallest encoding of a value of `type` (strings: the length; arrays: type and count).
+    static func minimumSize(_ type: UInt32) -> Int? {
+        switch type {
+        case 0, 1, 7: return 1
+        case 2, 3: return 2
+        case 4, 5, 6: return 4
+        case 8, 10, 11, 12: return 8
+        case 9: return 12
+        default: return nil
+        }
+    }
+
+    mutating func value(type: UInt32, key: String, depth: Int) throws -> GGUFValue {
         switch type {
         case 0: return .uint(UInt64(try bytes(1).load(as: UInt8.self)))
         case 1: return .int(Int64(try bytes(1).load(as: Int8.self)))
@@ -272,17 +364,26 @@ struct GGUFCursor {
         case 7: return .bool(try bytes(1).load(as: UInt8.self) != 0)
         case 8: return .string(try string())
         case 9:
+            guard depth < Self.maxNesting else {
+                throw GGUFError(.malformedHeader, "\(path): metadata \(key): arrays nested deeper than \(Self.maxNesting)")
+            }
             let itemType = try u32()
+            guard let itemSize = Self.minimumSize(itemType) else {
+                throw GGUFError(.malformedHeader, "\(path): metadata \(key): array of unknown value type \(itemType)")
+            }
+            let at = position
             let count = try u64()
-            guard count < 1 << 26 else { throw SafetensorsError("\(path): metadata \(key): implausible array length \(count)") }
+            guard count <= UInt64(remaining / itemSize) else {
+                throw GGUFError(.truncated, "\(path): metadata \(key): array at offset \(at) declares \(count) items of at least \(itemSize) bytes but \(remaining) bytes remain")
+            }
             var items: [GGUFValue] = []
             items.reserveCapacity(Int(count))
-            for _ in 0..<count { items.append(try value(type: itemType, key: key)) }
+            for _ in 0..<count { items.append(try value(type: itemType, key: key, depth: depth + 1)) }
             return .array(items)
         case 10: return .uint(try u64())
         case 11: return .int(Int64(bitPattern: try u64()))
         case 12: return .float(Double(bitPattern: try u64()))
-        default: throw SafetensorsError("\(path): metadata \(key) has unknown value type \(type)")
+        default: throw GGUFError(.malformedHeader, "\(path): metadata \(key) has unknown value type \(type)")
         }
     }
 }

@@ -25,11 +25,45 @@ public enum SafetensorsDType: String, Sendable, CaseIterable {
     }
 }
 
-/// A problem with a safetensors file, naming the file (and tensor).
-public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
+/// A problem with a safetensors file, naming the file (and tensor), what was expected and
+/// what was found.
+public struct SafetensorsError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The kind of failure, for callers and tests that branch on it.
+    public enum Kind: Sendable, Equatable {
+        /// The file is missing or cannot be read or written.
+        case unreadableFile
+        /// The file ends before the header or a tensor's data does.
+        case truncated
+        /// The header length or the header JSON is not what the format prescribes.
+        case malformedHeader
+        /// A dtype this reader does not decode.
+        case unsupportedDType
+        /// A tensor's shape or data_offsets are invalid, inconsistent or overlap another tensor.
+        case invalidTensor
+        /// A sharded model's index disagrees with its shards.
+        case inconsistentIndex
+    }
+
+    public let kind: Kind
     public let message: String
-    public init(_ message: String) { self.message = message }
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
     public var description: String { message }
+}
+
+/// The number of elements of `shape`, or nil when a dimension is negative or the product
+/// overflows (a hostile header must not trap or wrap around).
+public func checkedElementCount(_ shape: [Int]) -> Int? {
+    var n = 1
+    for d in shape {
+        guard d >= 0 else { return nil }
+        let (p, overflow) = n.multipliedReportingOverflow(by: d)
+        guard !overflow else { return nil }
+        n = p
+    }
+    return n
 }
 
 /// One tensor's entry in a safetensors header.
@@ -85,34 +119,39 @@ public enum Safetensors {
             guard let data = fm.contents(atPath: index.path),
                   let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                   let weightMap = json["weight_map"] as? [String: String] else {
-                throw SafetensorsError("\(index.path): not a valid index (needs a \"weight_map\" object of tensor → file)")
+                throw SafetensorsError(.inconsistentIndex, "\(index.path): not a valid index (needs a \"weight_map\" object of tensor → file)")
             }
             var byShard: [String: [String]] = [:]
-            for (tensor, file) in weightMap { byShard[file, default: []].append(tensor) }
+            for (tensor, file) in weightMap {
+                guard !file.isEmpty, !file.contains("/"), file != ".", file != ".." else {
+                    throw SafetensorsError(.inconsistentIndex, "\(index.path): tensor \(tensor) names shard \"\(file)\", expected a file name inside the model directory")
+                }
+                byShard[file, default: []].append(tensor)
+            }
             var out: [String: TensorF32] = [:]
             for file in byShard.keys.sorted() {
                 let path = dir.appendingPathComponent(file).path
                 guard fm.fileExists(atPath: path) else {
-                    throw SafetensorsError("\(index.path): shard \(file) is listed but missing")
+                    throw SafetensorsError(.inconsistentIndex, "\(index.path): shard \(file) is listed but missing")
                 }
                 let tensors = try read(path: path)
-                for name in byShard[file]!.sorted() {
+                for name in (byShard[file] ?? []).sorted() {
                     guard let t = tensors[name] else {
-                        throw SafetensorsError("\(path): tensor \(name) is listed in the index but not in this shard")
+                        throw SafetensorsError(.inconsistentIndex, "\(path): tensor \(name) is listed in the index but not in this shard")
                     }
                     out[name] = t
                 }
                 for name in tensors.keys where weightMap[name] != file {
                     if weightMap[name] == nil {
-                        throw SafetensorsError("\(path): tensor \(name) is not listed in \(index.lastPathComponent)")
+                        throw SafetensorsError(.inconsistentIndex, "\(path): tensor \(name) is not listed in \(index.lastPathComponent)")
                     }
-                    throw SafetensorsError("\(path): tensor \(name) also appears in shard \(weightMap[name]!)")
+                    throw SafetensorsError(.inconsistentIndex, "\(path): tensor \(name) also appears in shard \(weightMap[name] ?? "")")
                 }
             }
             return out
         }
         if fm.fileExists(atPath: single.path) { return try read(path: single.path) }
-        throw SafetensorsError("\(directory): no model.safetensors or model.safetensors.index.json")
+        throw SafetensorsError(.unreadableFile, "\(directory): no model.safetensors or model.safetensors.index.json")
     }
 
     /// Writes tensors in the given order as F32 or BF16 (round-to-nearest-even like torch),
@@ -121,7 +160,7 @@ public enum Safetensors {
     public static func write(_ tensors: [(name: String, tensor: TensorF32)], to path: String,
                              dtype: SafetensorsDType = .f32, metadata: [String: String] = [:]) throws {
         guard dtype == .f32 || dtype == .bf16 else {
-            throw SafetensorsError("\(path): writing \(dtype.rawValue) is not supported (F32 or BF16)")
+            throw SafetensorsError(.unsupportedDType, "\(path): writing \(dtype.rawValue) is not supported (F32 or BF16)")
         }
         var seen = Set<String>()
         var offset = 0
@@ -130,7 +169,10 @@ public enum Safetensors {
         meta["format"] = meta["format"] ?? "pt"
         header += "\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
         for (name, t) in tensors {
-            guard seen.insert(name).inserted else { throw SafetensorsError("\(path): tensor \(name) given twice") }
+            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
+            guard checkedElementCount(t.shape) == t.values.count else {
+                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(t.shape) does not hold its \(t.values.count) values")
+            }
             let bytes = t.count * dtype.size
             header += ",\(jsonString(name)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
             offset += bytes
@@ -165,68 +207,87 @@ public enum Safetensors {
             try FileManager.default.moveItem(at: temp, to: url)
         } catch {
             try? FileManager.default.removeItem(at: temp)
-            throw SafetensorsError("\(path): cannot write (\(error.localizedDescription))")
+            throw SafetensorsError(.unreadableFile, "\(path): cannot write (\(error.localizedDescription))")
         }
     }
 
     // MARK: - Decoding
 
     static func mapped(_ path: String) throws -> Data {
-        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError("\(path): no such file") }
+        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError(.unreadableFile, "\(path): no such file") }
         do {
             return try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
         } catch {
-            throw SafetensorsError("\(path): cannot read (\(error.localizedDescription))")
+            throw SafetensorsError(.unreadableFile, "\(path): cannot read (\(error.localizedDescription))")
         }
     }
 
+    /// Header lengths above this are refused before the JSON is parsed (the library's own limit).
+    static let maxHeaderLength = 100_000_000
+
     static func parseHeader(_ data: Data, path: String) throws -> SafetensorsHeader {
-        guard data.count >= 8 else { throw SafetensorsError("\(path): truncated (\(data.count) bytes; a safetensors file starts with an 8-byte header length)") }
+        guard data.count >= 8 else {
+            throw SafetensorsError(.truncated, "\(path): truncated (\(data.count) bytes; a safetensors file starts with an 8-byte header length)")
+        }
         let n = data.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         guard n <= UInt64(data.count - 8) else {
-            throw SafetensorsError("\(path): header length \(n) is larger than the file (\(data.count) bytes): truncated or not a safetensors file")
+            throw SafetensorsError(.truncated, "\(path): header length \(n) is larger than the file (\(data.count) bytes): truncated or not a safetensors file")
         }
-        guard n <= 100_000_000 else { throw SafetensorsError("\(path): header length \(n) is implausibly large") }
-        let headerData = data.subdata(in: 8..<(8 + Int(n)))
-        guard let object = try? JSONSerialization.jsonObject(with: headerData), let dict = object as? [String: Any] else {
-            throw SafetensorsError("\(path): the header is not a JSON object")
+        guard n <= UInt64(maxHeaderLength) else {
+            throw SafetensorsError(.malformedHeader, "\(path): header length \(n) is implausibly large (limit \(maxHeaderLength))")
         }
         let dataStart = 8 + Int(n)
+        let headerData = data.subdata(in: 8..<dataStart)
+        guard let object = try? JSONSerialization.jsonObject(with: headerData), let dict = object as? [String: Any] else {
+            throw SafetensorsError(.malformedHeader, "\(path): the header is not a JSON object")
+        }
         let dataSize = data.count - dataStart
         var entries: [SafetensorsEntry] = []
         var metadata: [String: String] = [:]
         for (name, value) in dict {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw SafetensorsError("\(path): __metadata__ is not an object") }
+                guard let m = value as? [String: Any] else {
+                    throw SafetensorsError(.malformedHeader, "\(path): __metadata__ is not an object")
+                }
                 for (k, v) in m {
-                    guard let s = v as? String else { throw SafetensorsError("\(path): __metadata__ value for \(k) is not a string") }
+                    guard let s = v as? String else {
+                        throw SafetensorsError(.malformedHeader, "\(path): __metadata__ value for \(k) is not a string")
+                    }
                     metadata[k] = s
                 }
                 continue
             }
-            guard let info = value as? [String: Any] else { throw SafetensorsError("\(path): tensor \(name): header entry is not an object") }
-            guard let dtypeName = info["dtype"] as? String else { throw SafetensorsError("\(path): tensor \(name): missing dtype") }
+            func invalid(_ what: String) -> SafetensorsError { SafetensorsError(.invalidTensor, "\(path): tensor \(name): \(what)") }
+            guard let info = value as? [String: Any] else {
+                throw SafetensorsError(.malformedHeader, "\(path): tensor \(name): header entry is not an object")
+            }
+            guard let dtypeName = info["dtype"] as? String else {
+                throw SafetensorsError(.malformedHeader, "\(path): tensor \(name): missing dtype")
+            }
             guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
-                throw SafetensorsError("\(path): tensor \(name): unsupported dtype \(dtypeName) (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
+                throw SafetensorsError(.unsupportedDType, "\(path): tensor \(name): unsupported dtype \(dtypeName) (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
             guard let shapeAny = info["shape"] as? [Any], let shape = integers(shapeAny), shape.allSatisfy({ $0 >= 0 }) else {
-                throw SafetensorsError("\(path): tensor \(name): shape must be a list of non-negative integers")
+                throw invalid("shape must be a list of non-negative integers, found \(info["shape"].map { "\($0)" } ?? "none")")
+            }
+            guard let count = checkedElementCount(shape) else {
+                throw invalid("shape \(shape) has more elements than can be addressed")
             }
             guard let offAny = info["data_offsets"] as? [Any], let offs = integers(offAny), offs.count == 2, offs[0] >= 0, offs[0] <= offs[1] else {
-                throw SafetensorsError("\(path): tensor \(name): data_offsets must be [begin, end] with begin ≤ end")
+                throw invalid("data_offsets must be [begin, end] with 0 ≤ begin ≤ end, found \(info["data_offsets"].map { "\($0)" } ?? "none")")
             }
-            let expected = shape.reduce(1, *) * dtype.size
-            guard offs[1] - offs[0] == expected else {
-                throw SafetensorsError("\(path): tensor \(name): \(offs[1] - offs[0]) bytes for \(dtype.rawValue) \(shape), expected \(expected)")
+            let (expected, overflow) = count.multipliedReportingOverflow(by: dtype.size)
+            guard !overflow, offs[1] - offs[0] == expected else {
+                throw invalid("\(offs[1] - offs[0]) bytes for \(dtype.rawValue) \(shape), expected \(overflow ? "more than can be addressed" : "\(expected)")")
             }
             guard offs[1] <= dataSize else {
-                throw SafetensorsError("\(path): tensor \(name): data ends at byte \(offs[1]) but the file has \(dataSize) data bytes: truncated")
+                throw SafetensorsError(.truncated, "\(path): tensor \(name): data ends at byte \(offs[1]) but the file has \(dataSize) data bytes: truncated")
             }
             entries.append(SafetensorsEntry(name: name, dtype: dtype, shape: shape, dataOffsets: offs[0]..<offs[1]))
         }
         entries.sort { $0.dataOffsets.lowerBound != $1.dataOffsets.lowerBound ? $0.dataOffsets.lowerBound < $1.dataOffsets.lowerBound : $0.name < $1.name }
         for i in entries.indices.dropFirst() where entries[i].dataOffsets.lowerBound < entries[i - 1].dataOffsets.upperBound {
-            throw SafetensorsError("\(path): tensors \(entries[i - 1].name) and \(entries[i].name) overlap")
+            throw SafetensorsError(.invalidTensor, "\(path): tensors \(entries[i - 1].name) and \(entries[i].name) overlap (bytes \(entries[i - 1].dataOffsets) and \(entries[i].dataOffsets))")
         }
         return SafetensorsHeader(entries: entries, metadata: metadata, dataStart: dataStart)
     }
@@ -234,7 +295,8 @@ public enum Safetensors {
     static func integers(_ xs: [Any]) -> [Int]? {
         var out: [Int] = []
         for x in xs {
-            guard let n = x as? NSNumber, n.doubleValue == n.doubleValue.rounded(), n.doubleValue >= -9e15, n.doubleValue <= 9e15 else { return nil }
+            guard let n = x as? NSNumber, n.doubleValue == n.doubleValue.rounded(),
+                  n.doubleValue >= -9e15, n.doubleValue <= 9e15 else { return nil }
             out.append(n.intValue)
         }
         return out

@@ -10,9 +10,17 @@ public enum GGUFModel {
     public static func load(path: String) throws -> Model {
         let file = try wrap { try GGUFFile(path: path) }
         let config = try self.config(file)
+        // Shapes are checked before the q/k un-permutation, which indexes rows by head.
+        let expected = Dictionary(uniqueKeysWithValues: ParameterLayout(config: config).entries.map { ($0.name, $0.shape) })
         var tensors: [String: TensorF32] = [:]
         for info in file.tensors {
             guard let name = try hfName(info.name, path: path) else { continue }
+            guard let shape = expected[name] else {
+                throw ModelError(.tensorMismatch, "\(path): unexpected tensor \(info.name) (\(name) is not part of a \(config.architecture) with this config)")
+            }
+            guard info.shape == shape else {
+                throw ModelError(.tensorMismatch, "\(path): tensor \(info.name) (\(name)) has shape \(info.shape), expected \(shape) from the metadata")
+            }
             var t = try wrap { try file.tensor(info) }
             if config.modelType == "llama" {
                 if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") {
@@ -115,7 +123,7 @@ public enum GGUFModel {
         var config: [String: Any] = ["tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false,
                                      "model_max_length": m["\(m["general.architecture"]?.string ?? "llama").context_length"]?.int ?? 2048]
         for (key, field) in [("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")] {
-            if let id = m["tokenizer.ggml.\(key)_token_id"]?.int, id < tokens.count { config[field] = tokens[id] }
+            if let id = m["tokenizer.ggml.\(key)_token_id"]?.int, tokens.indices.contains(id) { config[field] = tokens[id] }
         }
         if let t = m["tokenizer.chat_template"]?.string { config["chat_template"] = t }
         config["add_bos_token"] = m["tokenizer.ggml.add_bos_token"]?.bool ?? false
@@ -161,7 +169,7 @@ public enum GGUFModel {
         var single: [[String: Any]] = []
         var specials: [String: Any] = [:]
         func special(_ key: String) -> (String, Int)? {
-            guard let id = m["tokenizer.ggml.\(key)_token_id"]?.int, id < tokens.count else { return nil }
+            guard let id = m["tokenizer.ggml.\(key)_token_id"]?.int, tokens.indices.contains(id) else { return nil }
             return (tokens[id], id)
         }
         if m["tokenizer.ggml.add_bos_token"]?.bool == true, let (t, id) = special("bos") {

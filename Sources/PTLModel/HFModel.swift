@@ -31,22 +31,22 @@ public enum HFModel {
         var missing: [String] = []
         for e in model.layout.entries {
             guard let t = tensors[e.name] else { missing.append(e.name); continue }
-            guard t.shape == e.shape else {
-                throw ModelError("\(source): tensor \(e.name) has shape \(t.shape), expected \(e.shape) from config.json")
+            guard t.shape == e.shape, t.values.count == e.count else {
+                throw ModelError(.tensorMismatch, "\(source): tensor \(e.name) has shape \(t.shape), expected \(e.shape) from config.json")
             }
             model.parameters.copy(from: t.values, to: e.offset)
         }
         if !missing.isEmpty {
-            throw ModelError("\(source): missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "")")
+            throw ModelError(.tensorMismatch, "\(source): missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "")")
         }
         let extra = Set(tensors.keys).subtracting(model.layout.entries.map(\.name)).sorted()
         if !extra.isEmpty {
-            throw ModelError("\(source): unexpected tensor\(extra.count > 1 ? "s" : "") \(extra.prefix(5).joined(separator: ", ")) (not part of a \(config.architecture) with this config)")
+            throw ModelError(.tensorMismatch, "\(source): unexpected tensor\(extra.count > 1 ? "s" : "") \(extra.prefix(5).joined(separator: ", ")) (not part of a \(config.architecture) with this config)")
         }
         for e in model.layout.entries {
             let p = model.parameters.at(e.offset)
             for i in 0..<e.count where !p[i].isFinite {
-                throw ModelError("\(source): tensor \(e.name) holds a non-finite value at index \(i)")
+                throw ModelError(.tensorMismatch, "\(source): tensor \(e.name) holds a non-finite value at index \(i)")
             }
         }
         return model

@@ -2,8 +2,25 @@ import Foundation
 
 /// A thrown, readable problem with a model directory, config or weights.
 public struct ModelError: Error, CustomStringConvertible, Sendable {
+    /// The kind of failure, for callers and tests that branch on it.
+    public enum Kind: Sendable, Equatable {
+        /// A config value is missing, of the wrong JSON type, out of range or inconsistent.
+        case invalidConfig
+        /// A valid value this library does not implement (model_type, hidden_act, rope type, …).
+        case unsupported
+        /// A tensor is missing, unexpected, mis-shaped or holds a non-finite value.
+        case tensorMismatch
+        /// Anything else (a file that cannot be read, an error passed on from a parser, …).
+        case other
+    }
+
+    public let kind: Kind
     public let message: String
-    public init(_ message: String) { self.message = message }
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+    public init(_ message: String) { self.init(.other, message) }
     public var description: String { message }
 }
 
@@ -83,9 +100,9 @@ public struct ModelConfig: Sendable {
     public init(data: Data, source: String) throws {
         let value: JSONValue
         do { value = try JSONValue.parse(data) } catch {
-            throw ModelError("\(source): not valid JSON (\(error))")
+            throw ModelError(.invalidConfig, "\(source): not valid JSON (\(error))")
         }
-        guard case .object(let dict) = value else { throw ModelError("\(source): expected a JSON object") }
+        guard case .object(let dict) = value else { throw ModelError(.invalidConfig, "\(source): expected a JSON object") }
         try self.init(raw: dict, source: source)
     }
 
@@ -98,64 +115,117 @@ public struct ModelConfig: Sendable {
         try self.init(data: data, source: path)
     }
 
+    /// Upper bounds on the sizes a config may declare: far above any supported model, low
+    /// enough that no buffer size derived from them overflows or asks for an absurd allocation.
+    public static let maxLayers = 1024
+    public static let maxHiddenSize = 65536
+    public static let maxIntermediateSize = 1 << 20
+    public static let maxVocabSize = 1 << 22
+    public static let maxHeads = 1024
+    public static let maxHeadDim = 1024
+    public static let maxPositionEmbeddingsLimit = 1 << 24
+
     init(raw: [String: JSONValue], source: String) throws {
-        func int(_ key: String) throws -> Int {
-            guard let v = raw[key] else { throw ModelError("\(source): missing \"\(key)\"") }
-            guard let n = v.int, n > 0 else { throw ModelError("\(source): \"\(key)\" must be a positive integer, found \(v)") }
+        func invalid(_ message: String) -> ModelError { ModelError(.invalidConfig, "\(source): \(message)") }
+        // The offending value as JSON, shortened: a hostile file must not flood the message.
+        func shown(_ v: JSONValue) -> String {
+            let text = v.description
+            return text.count > 60 ? text.prefix(60) + "…" : text
+        }
+        func int(_ key: String, max limit: Int) throws -> Int {
+            guard let v = raw[key] else { throw invalid("missing \"\(key)\"") }
+            guard let n = v.int, n > 0, n <= limit else {
+                throw invalid("\"\(key)\" must be an integer from 1 to \(limit), found \(shown(v))")
+            }
             return n
         }
-        func optInt(_ key: String) throws -> Int? {
+        func optInt(_ key: String, min lower: Int = 1, max limit: Int) throws -> Int? {
             guard let v = raw[key], v != .null else { return nil }
-            guard let n = v.int else { throw ModelError("\(source): \"\(key)\" must be an integer, found \(v)") }
+            guard let n = v.int, n >= lower, n <= limit else {
+                throw invalid("\"\(key)\" must be an integer from \(lower) to \(limit), found \(shown(v))")
+            }
             return n
         }
-        guard let type = raw["model_type"]?.string else {
-            throw ModelError("\(source): missing \"model_type\"")
+        func optBool(_ key: String) throws -> Bool? {
+            guard let v = raw[key], v != .null else { return nil }
+            guard let b = v.bool else { throw invalid("\"\(key)\" must be true or false, found \(shown(v))") }
+            return b
         }
+        /// A finite, positive number (rope_theta, rms_norm_eps, scaling factors).
+        func optPositive(_ key: String, in dict: [String: JSONValue]) throws -> Double? {
+            guard let v = dict[key], v != .null else { return nil }
+            guard let d = v.number, d.isFinite, d > 0 else { throw invalid("\"\(key)\" must be a finite positive number, found \(shown(v))") }
+            return d
+        }
+        guard let typeValue = raw["model_type"] else { throw invalid("missing \"model_type\"") }
+        guard let type = typeValue.string else { throw invalid("\"model_type\" must be a string, found \(shown(typeValue))") }
         guard let arch = Architecture.registry[type] else {
-            throw ModelError("\(source): unsupported model_type \"\(type)\" (supported: \(Architecture.registry.keys.sorted().joined(separator: ", ")))")
+            throw ModelError(.unsupported, "\(source): unsupported model_type \"\(type)\" (supported: \(Architecture.registry.keys.sorted().joined(separator: ", ")))")
         }
         self.raw = raw
         modelType = type
         architecture = arch.className
-        vocabSize = try int("vocab_size")
-        hiddenSize = try int("hidden_size")
-        intermediateSize = try int("intermediate_size")
-        numHiddenLayers = try int("num_hidden_layers")
-        numAttentionHeads = try int("num_attention_heads")
-        numKeyValueHeads = try optInt("num_key_value_heads") ?? numAttentionHeads
-        headDim = try optInt("head_dim") ?? (hiddenSize / numAttentionHeads)
-        guard numKeyValueHeads > 0, numAttentionHeads % numKeyValueHeads == 0 else {
-            throw ModelError("\(source): num_attention_heads (\(numAttentionHeads)) must be a multiple of num_key_value_heads (\(numKeyValueHeads))")
+        vocabSize = try int("vocab_size", max: Self.maxVocabSize)
+        hiddenSize = try int("hidden_size", max: Self.maxHiddenSize)
+        intermediateSize = try int("intermediate_size", max: Self.maxIntermediateSize)
+        numHiddenLayers = try int("num_hidden_layers", max: Self.maxLayers)
+        numAttentionHeads = try int("num_attention_heads", max: Self.maxHeads)
+        numKeyValueHeads = try optInt("num_key_value_heads", max: Self.maxHeads) ?? numAttentionHeads
+        let explicitHeadDim = try optInt("head_dim", max: Self.maxHeadDim)
+        if explicitHeadDim == nil, hiddenSize % numAttentionHeads != 0 {
+            throw invalid("hidden_size (\(hiddenSize)) is not divisible by num_attention_heads (\(numAttentionHeads)) and no head_dim is given")
         }
-        guard headDim > 0, headDim % 2 == 0 else { throw ModelError("\(source): head_dim must be even and positive, found \(headDim)") }
-        if raw["head_dim"] == nil || raw["head_dim"] == .null, hiddenSize % numAttentionHeads != 0 {
-            throw ModelError("\(source): hidden_size (\(hiddenSize)) is not divisible by num_attention_heads (\(numAttentionHeads)) and no head_dim is given")
+        headDim = explicitHeadDim ?? (hiddenSize / numAttentionHeads)
+        guard numAttentionHeads % numKeyValueHeads == 0 else {
+            throw invalid("num_attention_heads (\(numAttentionHeads)) must be a multiple of num_key_value_heads (\(numKeyValueHeads))")
         }
-        if let act = raw["hidden_act"]?.string, act != "silu" {
-            throw ModelError("\(source): unsupported hidden_act \"\(act)\" (only silu)")
+        guard headDim % 2 == 0, headDim <= Self.maxHeadDim else {
+            throw invalid("head_dim must be even (RoPE rotates pairs) and at most \(Self.maxHeadDim), found \(headDim)")
         }
-        rmsNormEps = Float(raw["rms_norm_eps"]?.number ?? 1e-6)
-        maxPositionEmbeddings = try optInt("max_position_embeddings") ?? 2048
-        tieWordEmbeddings = raw["tie_word_embeddings"]?.bool ?? arch.tiedByDefault
-        let attentionBias = raw["attention_bias"]?.bool ?? false
+        if let actValue = raw["hidden_act"], actValue != .null {
+            guard let act = actValue.string else { throw invalid("\"hidden_act\" must be a string, found \(shown(actValue))") }
+            guard act == "silu" else { throw ModelError(.unsupported, "\(source): unsupported hidden_act \"\(act)\" (only silu)") }
+        }
+        let eps = try optPositive("rms_norm_eps", in: raw) ?? 1e-6
+        guard eps < 1, Float(eps) > 0 else { throw invalid("\"rms_norm_eps\" must be below 1 and representable in fp32, found \(eps)") }
+        rmsNormEps = Float(eps)
+        maxPositionEmbeddings = try optInt("max_position_embeddings", max: Self.maxPositionEmbeddingsLimit) ?? 2048
+        tieWordEmbeddings = try optBool("tie_word_embeddings") ?? arch.tiedByDefault
+        let attentionBias = try optBool("attention_bias") ?? false
         qkvBias = arch.qkvBias ?? attentionBias
         oBias = arch.oBias ?? attentionBias
-        mlpBias = raw["mlp_bias"]?.bool ?? false
-        bosTokenId = try optInt("bos_token_id")
+        mlpBias = try optBool("mlp_bias") ?? false
+        bosTokenId = try optInt("bos_token_id", min: 0, max: vocabSize - 1)
         switch raw["eos_token_id"] {
-        case .number(let n)?: eosTokenIds = [Int(n)]
-        case .array(let a)?: eosTokenIds = a.compactMap { $0.int }
-        default: eosTokenIds = []
+        case nil, .null?:
+            eosTokenIds = []
+        case .number?:
+            eosTokenIds = [try optInt("eos_token_id", min: 0, max: vocabSize - 1)!]
+        case .array(let a)?:
+            let vocab = vocabSize
+            var ids: [Int] = []
+            for v in a {
+                guard let n = v.int, n >= 0, n < vocab else {
+                    throw invalid("\"eos_token_id\" must hold integers from 0 to \(vocab - 1), found \(shown(v))")
+                }
+                ids.append(n)
+            }
+            eosTokenIds = ids
+        case let v?:
+            throw invalid("\"eos_token_id\" must be an integer or a list of integers, found \(shown(v))")
         }
         // rope: transformers ≤4 writes rope_theta + rope_scaling; 5 writes rope_parameters.
-        var theta = raw["rope_theta"]?.number
+        var theta = try optPositive("rope_theta", in: raw)
         var scalingDict: [String: JSONValue]? = nil
-        if case .object(let rp)? = raw["rope_parameters"] {
-            theta = rp["rope_theta"]?.number ?? theta
+        if let rpValue = raw["rope_parameters"], rpValue != .null {
+            guard case .object(let rp) = rpValue else { throw invalid("\"rope_parameters\" must be an object, found \(shown(rpValue))") }
+            theta = try optPositive("rope_theta", in: rp) ?? theta
             scalingDict = rp
         }
-        if case .object(let rs)? = raw["rope_scaling"] { scalingDict = rs }
+        if let rsValue = raw["rope_scaling"], rsValue != .null {
+            guard case .object(let rs) = rsValue else { throw invalid("\"rope_scaling\" must be an object, found \(shown(rsValue))") }
+            scalingDict = rs
+        }
         ropeTheta = theta ?? 10000
         ropeScaling = nil
         if let d = scalingDict {
@@ -165,14 +235,22 @@ public struct ModelConfig: Sendable {
                 break
             case "llama3":
                 var s = RopeScaling(type: "llama3")
-                guard let f = d["factor"]?.number else { throw ModelError("\(source): llama3 rope scaling needs \"factor\"") }
+                guard let f = try optPositive("factor", in: d) else { throw invalid("llama3 rope scaling needs \"factor\"") }
                 s.factor = f
-                s.lowFreqFactor = d["low_freq_factor"]?.number ?? 1
-                s.highFreqFactor = d["high_freq_factor"]?.number ?? 4
-                s.originalMaxPositionEmbeddings = d["original_max_position_embeddings"]?.int ?? 8192
+                s.lowFreqFactor = try optPositive("low_freq_factor", in: d) ?? 1
+                s.highFreqFactor = try optPositive("high_freq_factor", in: d) ?? 4
+                guard s.highFreqFactor > s.lowFreqFactor else {
+                    throw invalid("llama3 rope scaling needs high_freq_factor > low_freq_factor, found \(s.highFreqFactor) and \(s.lowFreqFactor)")
+                }
+                if let v = d["original_max_position_embeddings"], v != .null {
+                    guard let n = v.int, n > 0, n <= Self.maxPositionEmbeddingsLimit else {
+                        throw invalid("\"original_max_position_embeddings\" must be an integer from 1 to \(Self.maxPositionEmbeddingsLimit), found \(shown(v))")
+                    }
+                    s.originalMaxPositionEmbeddings = n
+                }
                 ropeScaling = s
             default:
-                throw ModelError("\(source): unsupported rope scaling type \"\(kind)\" (supported: default, llama3)")
+                throw ModelError(.unsupported, "\(source): unsupported rope scaling type \"\(kind)\" (supported: default, llama3)")
             }
         }
     }

@@ -15,8 +15,8 @@ struct AddedToken: Sendable {
         guard let content = json["content"] as? String, !content.isEmpty else {
             throw .invalid("an added token has no content")
         }
-        guard let id = (json["id"] as? NSNumber)?.int32Value, id >= 0 else {
-            throw .invalid("added token \"\(content)\" has no valid id")
+        guard let id = tokenId(json["id"]) else {
+            throw .invalid("added token \"\(content)\" has id \(json["id"].map { "\($0)" } ?? "none"), expected an integer from 0 to \(Tokenizer.maxTokenId)")
         }
         self.id = id
         self.content = content

@@ -37,8 +37,11 @@ struct BPEModel: Sendable {
         let byBytes = ByteStringTable(capacity: rawVocab.count)
         var byteIds = [Int32](repeating: -1, count: 256)
         for (token, value) in rawVocab {
-            guard let id = (value as? NSNumber)?.int32Value, id >= 0 else {
-                throw .invalid("model.vocab[\"\(token)\"] is not a non-negative integer")
+            guard let id = tokenId(value) else {
+                throw .invalid("model.vocab[\"\(token)\"] is \(value), expected an integer id from 0 to \(Tokenizer.maxTokenId)")
+            }
+            if let other = tokens[id] {
+                throw .invalid("model.vocab gives id \(id) to both \"\(min(other, token))\" and \"\(max(other, token))\"")
             }
             vocab[token] = id
             tokens[id] = token
@@ -109,6 +112,14 @@ struct BPEModel: Sendable {
         word.mergeAll(merges)
         word.appendIds(to: &out)
     }
+}
+
+/// A token id read from JSON: a whole number from 0 to `Tokenizer.maxTokenId` (a fraction, a
+/// negative or a huge value is refused, not truncated).
+func tokenId(_ value: Any?) -> Int32? {
+    guard let number = value as? NSNumber, let id = Int(exactly: number.doubleValue),
+          id >= 0, id <= Tokenizer.maxTokenId else { return nil }
+    return Int32(id)
 }
 
 /// A pre-token being merged: symbols in a doubly linked list over an array.

@@ -30,8 +30,8 @@ struct PostProcessor: Sendable {
             guard let list = object["processors"] as? [Any] else { throw .invalid("post_processor Sequence has no processors") }
             for item in list { try collect(item, prefix: &prefix, suffix: &suffix) }
         case "RobertaProcessing", "BertProcessing":
-            guard let cls = object["cls"] as? [Any], cls.count == 2, let clsId = (cls[1] as? NSNumber)?.intValue,
-                  let sep = object["sep"] as? [Any], sep.count == 2, let sepId = (sep[1] as? NSNumber)?.intValue else {
+            guard let cls = object["cls"] as? [Any], cls.count == 2, let clsId = tokenId(cls[1]).map(Int.init),
+                  let sep = object["sep"] as? [Any], sep.count == 2, let sepId = tokenId(sep[1]).map(Int.init) else {
                 throw .invalid("\(type) needs cls and sep as [token, id]")
             }
             prefix = [clsId] + prefix
@@ -50,9 +50,15 @@ struct PostProcessor: Sendable {
                     }
                     sequenceSeen = true
                 } else if let special = piece["SpecialToken"] as? [String: Any], let name = special["id"] as? String {
-                    guard let entry = specials[name] as? [String: Any],
-                          let ids = (entry["ids"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }) else {
+                    guard let entry = specials[name] as? [String: Any], let rawIds = entry["ids"] as? [Any] else {
                         throw .invalid("TemplateProcessing special token \"\(name)\" is missing from special_tokens")
+                    }
+                    var ids: [Int] = []
+                    for raw in rawIds {
+                        guard let id = tokenId(raw) else {
+                            throw .invalid("TemplateProcessing special token \"\(name)\" has id \(raw), expected an integer from 0 to \(Tokenizer.maxTokenId)")
+                        }
+                        ids.append(Int(id))
                     }
                     if sequenceSeen { after += ids } else { before += ids }
                 } else {

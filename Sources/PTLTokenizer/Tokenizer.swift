@@ -63,8 +63,21 @@ public final class Tokenizer: Sendable {
         var addedIds: [String: Int] = [:]
         var addedTokens: [Int: String] = [:]
         for token in added {
-            addedIds[token.content] = Int(token.id)
-            addedTokens[Int(token.id)] = token.content
+            let id = Int(token.id)
+            if let other = addedTokens[id], other != token.content {
+                throw .invalid("added_tokens give id \(id) to both \"\(other)\" and \"\(token.content)\"")
+            }
+            if let other = addedIds[token.content], other != id {
+                throw .invalid("added token \"\(token.content)\" appears with ids \(other) and \(id)")
+            }
+            if let spelling = model.tokens[token.id], spelling != token.content {
+                throw .invalid("added token \"\(token.content)\" has id \(id), which model.vocab gives to \"\(spelling)\"")
+            }
+            if let vocabId = model.vocab[token.content], Int(vocabId) != id {
+                throw .invalid("added token \"\(token.content)\" has id \(id) but model.vocab gives it id \(vocabId)")
+            }
+            addedIds[token.content] = id
+            addedTokens[id] = token.content
         }
         self.addedIds = addedIds
         self.addedTokens = addedTokens
@@ -84,6 +97,26 @@ public final class Tokenizer: Sendable {
         }
         self.decodedTokens = decodedTokens
         self.specialIds = specialIds
+        for id in postProcessor.prefix + postProcessor.suffix where id >= vocabSize || decodedTokens[id] == nil {
+            throw .invalid("post_processor adds id \(id), which is neither in model.vocab nor in added_tokens")
+        }
+    }
+
+    /// Ids above this are refused when loading: the decode table is indexed by id, so a lying
+    /// id would otherwise allocate gigabytes. Four times the largest vocabulary in use.
+    public static let maxTokenId = (1 << 22) - 1
+
+    /// The largest id the tokenizer can produce or decode (added tokens included), -1 when empty.
+    public var largestTokenId: Int { vocabSize - 1 }
+
+    /// Checks that every id this tokenizer can produce indexes a model's embedding, so a
+    /// tokenizer.json from another model fails here rather than in the embedding kernel.
+    ///
+    /// - Throws: `TokenizerError` (`.invalid`) naming both sizes.
+    public func validate(modelVocabularySize: Int) throws(TokenizerError) {
+        guard largestTokenId < modelVocabularySize else {
+            throw .invalid("the tokenizer has ids up to \(largestTokenId) but the model's vocab_size is \(modelVocabularySize)")
+        }
     }
 
     /// Loads `tokenizer.json` from a file.
