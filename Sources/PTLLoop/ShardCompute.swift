@@ -44,9 +44,7 @@ public final class ShardCompute: @unchecked Sendable {
             guard s.count <= maxSequenceLength else { throw LoopError("sequence \(i) has \(s.count) tokens (at most \(maxSequenceLength))") }
             total += s.count
             guard total <= maxShardTokens else { throw LoopError("the shard holds more than \(maxShardTokens) tokens") }
-            if let bad = s.first(where: { $0 < 0 || $0 >= vocab }) {
-                throw LoopError("token id \(bad) in sequence \(i) is outside the vocabulary (0..<\(vocab))")
-            }
+            try validateTokenIDs(s, vocabularySize: vocab, source: "sequence \(i) of the shard")
         }
     }
 
