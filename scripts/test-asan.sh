@@ -18,6 +18,7 @@ SUITES=(
     HostileTokenizerTests
     ConfigValidationTests
     StrictWeightTests
+    GGUFMetadataValidationTests
     TokenIDValidationTests
     WireTests
 )
