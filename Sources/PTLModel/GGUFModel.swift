@@ -58,14 +58,22 @@ public enum GGUFModel {
         var eos: [Int] = []
         if let e = m["tokenizer.ggml.eos_token_id"]?.int { eos.append(e) }
         if let e = m["tokenizer.ggml.eot_token_id"]?.int, !eos.contains(e) { eos.append(e) }
-        var c = try ModelConfig(modelType: arch, vocabSize: vocab, hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
-                                numHiddenLayers: try int("block_count"), numAttentionHeads: heads,
+        let intermediate = try int("feed_forward_length"), layers = try int("block_count")
+        var c: ModelConfig
+        do {
+            c = try ModelConfig(modelType: arch, vocabSize: vocab, hiddenSize: hidden, intermediateSize: intermediate,
+                                numHiddenLayers: layers, numAttentionHeads: heads,
                                 numKeyValueHeads: m["\(arch).attention.head_count_kv"]?.int ?? heads,
                                 headDim: m["\(arch).attention.key_length"]?.int,
                                 rmsNormEps: Float(m["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-6),
                                 ropeTheta: m["\(arch).rope.freq_base"]?.double ?? 10000,
                                 maxPositionEmbeddings: m["\(arch).context_length"]?.int ?? 2048, tieWordEmbeddings: tied,
                                 bosTokenId: m["tokenizer.ggml.bos_token_id"]?.int, eosTokenIds: eos)
+        } catch let error as ModelError {
+            // The config was built in code ("config: …"): name the file, and say the values came from its metadata.
+            let detail = error.message.hasPrefix("config: ") ? String(error.message.dropFirst(8)) : error.message
+            throw ModelError(error.kind, "\(file.path): the metadata gives an invalid config (HF names): \(detail)")
+        }
         if let name = m["general.name"]?.string { c.raw["_name_or_path"] = .string(name) }
         return c
     }

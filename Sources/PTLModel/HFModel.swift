@@ -27,21 +27,26 @@ public enum HFModel {
     /// Builds a model from named tensors, strictly.
     public static func model(config: ModelConfig, tensors raw: [String: TensorF32], source: String) throws -> Model {
         let tensors = sanitize(raw, config: config)
-        let model = Model(config: config)
+        // Every tensor is checked against the layout before the parameter buffer is allocated:
+        // a config that declares sizes its weights do not have fails here, not in malloc.
+        let layout = ParameterLayout(config: config)
         var missing: [String] = []
-        for e in model.layout.entries {
+        for e in layout.entries {
             guard let t = tensors[e.name] else { missing.append(e.name); continue }
             guard t.shape == e.shape, t.values.count == e.count else {
                 throw ModelError(.tensorMismatch, "\(source): tensor \(e.name) has shape \(t.shape), expected \(e.shape) from config.json")
             }
-            model.parameters.copy(from: t.values, to: e.offset)
         }
         if !missing.isEmpty {
             throw ModelError(.tensorMismatch, "\(source): missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "")")
         }
-        let extra = Set(tensors.keys).subtracting(model.layout.entries.map(\.name)).sorted()
+        let extra = Set(tensors.keys).subtracting(layout.entries.map(\.name)).sorted()
         if !extra.isEmpty {
             throw ModelError(.tensorMismatch, "\(source): unexpected tensor\(extra.count > 1 ? "s" : "") \(extra.prefix(5).joined(separator: ", ")) (not part of a \(config.architecture) with this config)")
+        }
+        let model = Model(config: config)
+        for e in model.layout.entries {
+            if let t = tensors[e.name] { model.parameters.copy(from: t.values, to: e.offset) }
         }
         for e in model.layout.entries {
             let p = model.parameters.at(e.offset)

@@ -169,6 +169,34 @@ func configError(_ patch: (inout [String: Any]) -> Void) throws -> ModelError? {
     }
 }
 
+@Suite struct GGUFMetadataValidationTests {
+    /// tiny-llama.gguf with the u32 value of metadata `key` replaced.
+    func patched(_ key: String, _ value: UInt32) throws -> String {
+        var bytes = [UInt8](try Data(contentsOf: ggufFixtures.appendingPathComponent("tiny-llama.gguf")))
+        let name = Array(key.utf8)
+        var at = 0
+        while !bytes[at..<(at + name.count)].elementsEqual(name) { at += 1 }
+        let valueAt = at + name.count + 4   // after the type
+        withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(valueAt..<(valueAt + 4), with: $0) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("meta.gguf").path
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return path
+    }
+
+    @Test func metadataSizesAreValidatedLikeAConfig() throws {
+        var e = caughtModelError { _ = try GGUFModel.load(path: try patched("llama.attention.head_count", 0)) }
+        #expect(e?.kind == .invalidConfig && e?.message.contains("meta.gguf: the metadata gives an invalid config (HF names): \"num_attention_heads\" must be an integer from 1 to 1024, found 0") == true)
+        e = caughtModelError { _ = try GGUFModel.load(path: try patched("llama.attention.key_length", 23)) }
+        #expect(e?.kind == .invalidConfig && e?.message.contains("head_dim must be even") == true)
+        e = caughtModelError { _ = try GGUFModel.load(path: try patched("llama.block_count", 5000)) }
+        #expect(e?.kind == .invalidConfig && e?.message.contains("\"num_hidden_layers\" must be an integer from 1 to 1024, found 5000") == true)
+        e = caughtModelError { _ = try GGUFModel.load(path: try patched("tokenizer.ggml.eos_token_id", 384)) }
+        #expect(e?.kind == .invalidConfig && e?.message.contains("\"eos_token_id\" must be an integer from 0 to 383, found 384") == true)
+    }
+}
+
 func caughtModelError(_ body: () throws -> Void) -> ModelError? {
     do { try body(); return nil } catch { return error as? ModelError }
 }
