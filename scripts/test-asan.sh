@@ -21,6 +21,8 @@ SUITES=(
     GGUFMetadataValidationTests
     TokenIDValidationTests
     WireTests
+    HostileTaskTests
+    BadResultTests
 )
 
 cd "$(dirname "$0")/.."
