@@ -45,7 +45,9 @@ swift test --skip-build "${flags[@]}" --filter "$filter" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 echo "== summary"
-grep -E "^(✔|✘) Test run with|Executed [0-9]+ tests|ERROR: AddressSanitizer|SUMMARY: AddressSanitizer" "$log" || true
+grep -E "^(✔|✘) Test run with|Executed [1-9][0-9]* tests|ERROR: AddressSanitizer|SUMMARY: AddressSanitizer" "$log" || true
 if grep -q "ERROR: AddressSanitizer" "$log"; then status=${status/#0/1}; fi
+# A filter that matched nothing is a failure, not a pass.
+if ! grep -qE "Test run with [1-9][0-9]* tests? in" "$log"; then echo "no test ran"; status=${status/#0/1}; fi
 echo "== $(basename "$0"): exit $status after $((SECONDS - start)) s"
 exit "$status"
