@@ -95,7 +95,7 @@ let package = Package(
         .target(name: "PTLTestSupport", dependencies: ["PTLCluster", "PTLModel", "PTLTensor"]),
 
         .testTarget(name: "PTLTensorTests", dependencies: ["PTLTensor"]),
-        .testTarget(name: "PTLFormatsTests", dependencies: ["PTLFormats"]),
+        .testTarget(name: "PTLFormatsTests", dependencies: ["PTLFormats", "PTLTensor"]),
         .testTarget(name: "PTLTokenizerTests", dependencies: ["PTLTokenizer"]),
         .testTarget(name: "PTLModelTests", dependencies: ["PTLModel", "PTLData", "PTLTestSupport"]),
         .testTarget(name: "PTLDataTests", dependencies: ["PTLData"]),
