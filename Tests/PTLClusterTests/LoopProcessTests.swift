@@ -165,7 +165,7 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         let first = try runPTL(["prune", "--config", base + "/run.yaml"])
         #expect(first.status == 0, "\(first.stderr)")
         let written = try String(contentsOfFile: base + "/first/config.yaml", encoding: .utf8)
-        #expect(written.contains("tune-steps: 2\n") && written.contains("order: neurons-first\n") && !written.contains("fresh"))
+        #expect(written.contains("tune-steps: 2\n") && written.contains("order: neurons-first\n") && !written.contains("\nfresh:"))
         // OUT/config.yaml runs the same job again (to another directory).
         let again = try runPTL(["prune", "--config", base + "/first/config.yaml", "--out", base + "/again"])
         #expect(again.status == 0, "\(again.stderr)")
