@@ -178,7 +178,7 @@ enum FaultRun {
         var kills = 0
         while kills < 4 {
             let run = try FaultRun.start(FaultRun.args(out: out, extra: common))
-            usleep(UInt32(250_000 + rng.next() % 700_000))
+            usleep(UInt32(30_000 + rng.next() % 300_000))   // within a resumed run's life: it can finish in under half a second
             guard run.process.isRunning else { break }
             kill(run.process.processIdentifier, SIGKILL)
             run.process.waitUntilExit()
