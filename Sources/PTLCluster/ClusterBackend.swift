@@ -10,10 +10,11 @@ import PTLTensor
 public final class ClusterBackend: ComputeBackend {
     public let coordinator: Coordinator
 
-    /// `tokenizerJSON` travels with every model version (workers need it to evaluate).
-    public init(coordinator: Coordinator, tokenizerJSON: String) {
+    /// `tokenizerJSON` travels with every model version (workers need it to evaluate); nil keeps
+    /// the coordinator's.
+    public init(coordinator: Coordinator, tokenizerJSON: String? = nil) {
         self.coordinator = coordinator
-        coordinator.tokenizerJSON = tokenizerJSON
+        if let tokenizerJSON { coordinator.tokenizerJSON = tokenizerJSON }
     }
 
     /// The task key of shard `shard` of a phase of `key`.
@@ -46,16 +47,15 @@ public final class ClusterBackend: ComputeBackend {
 
     public func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
                           into grads: FloatBuffer) throws -> GradientResult {
-        try Shards.check(shards, items: batch.count, what: "gradients of \(key)")
-        let total = batch.reduce(0) { $0 + max(0, $1.count - 1) }
-        guard total > 0 else { throw LoopError("gradients of \(key): the batch has no token to predict") }
+        let lossScale = try Shards.lossScale(batch, shards: shards, key: key)
         let clock = SystemClock()
         let t0 = clock.now(), wait0 = coordinator.waitSeconds
         let hash = TaskCoding.publish(model, on: coordinator)
         let t1 = clock.now()
-        let tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: 1 / Double(total), branchScale: branchScale)
+        let tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: lossScale, branchScale: branchScale)
         let n = grads.count
-        let results = try coordinator.runPhase(tasks) { k, message in
+        /// The result's gradient frame, checked (size, finite loss, plausible counts).
+        func gradient(_ k: Ptl_V1_TaskKey, _ message: WireMessage) throws -> Frame {
             guard let g = message.tensor("grad"), g.dtype == .f32, g.byteCount == 4 * n else {
                 throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) lacks a gradient of \(n) floats")
             }
@@ -63,15 +63,14 @@ public final class ClusterBackend: ComputeBackend {
             guard r.lossSum.isFinite, r.tokenCount <= UInt64(ShardCompute.maxShardTokens), r.seconds.isFinite else {
                 throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) has a non-finite loss or an absurd token count")
             }
+            return g.frame
         }
+        let results = try coordinator.runPhase(tasks) { k, message in _ = try gradient(k, message) }
         let t2 = clock.now()
         var lossSum = 0.0, workerSeconds = 0.0, tokens = 0
         var frames: [Frame] = []
         for (k, message) in results {
-            guard let g = message.tensor("grad"), g.dtype == .f32, g.byteCount == 4 * n else {
-                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) lacks a gradient of \(n) floats")
-            }
-            frames.append(g.frame)
+            frames.append(try gradient(k, message))
             workerSeconds += message.envelope.result.seconds
             lossSum += message.envelope.result.lossSum
             tokens += Int(message.envelope.result.tokenCount)
@@ -92,8 +91,7 @@ public final class ClusterBackend: ComputeBackend {
         var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
         var lossSum = 0.0
         let results = try coordinator.runPhase(tasks) { _, message in
-            _ = try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)
-            guard message.envelope.result.lossSum.isFinite else { throw WireError(kind: .descriptorMismatch, message: "the stats result has a non-finite loss") }
+            try TaskCoding.checkStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)
         }
         for (_, message) in results {
             total.add(try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
@@ -129,9 +127,5 @@ public final class ClusterBackend: ComputeBackend {
             counts.add(EvalCounts(correct: Int(r.correct), total: Int(r.examples), generatedTokens: Int(r.tokenCount), perExample: flags))
         }
         return counts
-    }
-
-    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
-        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
     }
 }

@@ -75,7 +75,7 @@ public final class DistributedTrainer {
         guard !usable.isEmpty else { throw DataError("no training line has two or more tokens") }
         guard shards >= 1, shards <= settings.batchSize else { throw DataError("shards must be between 1 and the batch size") }
         self.coordinator = coordinator
-        backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: coordinator.tokenizerJSON)
+        backend = ClusterBackend(coordinator: coordinator)
         self.model = model
         self.settings = settings
         self.shards = shards

@@ -61,6 +61,21 @@ public enum TaskCoding {
          f64("delta_norm_sum", s.deltaNormSum), f64("input_norm_sum", s.inputNormSum), f64("cosine_distance_sum", s.cosineDistanceSum)]
     }
 
+    /// Checks a stats result without copying it out: every tensor present with the element count
+    /// and type the model's shape asks for, and a finite loss.
+    public static func checkStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws {
+        let n = layers * intermediate
+        let expected: [(String, Ptl_V1_DType, Int)] = [("abs_sum", .f64, n), ("square_sum", .f64, n), ("max_abs", .f32, n),
+                                                       ("delta_norm_sum", .f64, layers), ("input_norm_sum", .f64, layers),
+                                                       ("cosine_distance_sum", .f64, layers)]
+        for (name, dtype, count) in expected {
+            guard let t = m.tensor(name), t.dtype == dtype, t.byteCount == count * (dtype == .f64 ? 8 : 4) else {
+                throw WireError(kind: .descriptorMismatch, message: "the stats result lacks \(name) as \(count) values of \(dtype) for \(layers) blocks × \(intermediate)")
+            }
+        }
+        guard m.envelope.result.lossSum.isFinite else { throw WireError(kind: .descriptorMismatch, message: "the stats result has a non-finite loss") }
+    }
+
     /// The statistics of a result, checked against the model's shape.
     public static func decodeStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws -> ActivationStatistics {
         var s = ActivationStatistics(layers: layers, intermediate: intermediate)

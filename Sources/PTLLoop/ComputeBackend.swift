@@ -75,6 +75,13 @@ public protocol ComputeBackend: AnyObject {
     func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double
 }
 
+extension ComputeBackend {
+    /// Measured in this process (on a cluster: the coordinator's machine, while workers wait).
+    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
+        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
+    }
+}
+
 /// The shard split every backend uses.
 public enum Shards {
     /// Items `[s·n/S, (s+1)·n/S)` of `n` for shard `s` of `S`.
@@ -86,6 +93,15 @@ public enum Shards {
     public static func check(_ shards: Int, items: Int, what: String) throws {
         guard shards >= 1 else { throw LoopError("\(what): \(shards) shards; at least 1 is needed") }
         guard items >= shards else { throw LoopError("\(what): \(items) items cannot fill \(shards) shards") }
+    }
+
+    /// The loss scale of a gradient batch: 1 / (tokens predicted in the whole batch), after
+    /// checking the batch fills `shards` and predicts at least one token.
+    public static func lossScale(_ batch: [[Int]], shards: Int, key: WorkKey) throws -> Double {
+        try check(shards, items: batch.count, what: "gradients of \(key)")
+        let total = batch.reduce(0) { $0 + max(0, $1.count - 1) }
+        guard total > 0 else { throw LoopError("gradients of \(key): the batch has no token to predict") }
+        return 1 / Double(total)
     }
 }
 

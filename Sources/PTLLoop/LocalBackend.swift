@@ -23,9 +23,7 @@ public final class LocalBackend: ComputeBackend {
 
     public func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
                           into grads: FloatBuffer) throws -> GradientResult {
-        try Shards.check(shards, items: batch.count, what: "gradients of \(key)")
-        let total = batch.reduce(0) { $0 + max(0, $1.count - 1) }
-        guard total > 0 else { throw LoopError("gradients of \(key): the batch has no token to predict") }
+        let lossScale = Float(try Shards.lossScale(batch, shards: shards, key: key))
         let n = model.layout.count
         if shardGrads.count != shards || shardGrads.first?.count != n {
             shardGrads = []   // free the old ones first
@@ -37,7 +35,7 @@ public final class LocalBackend: ComputeBackend {
             let g = shardGrads[s]
             g.zero()
             let out = try compute.gradient(model: model, sequences: Array(batch[Shards.range(s, of: batch.count, shards: shards)]),
-                                           seqLen: longest, lossScale: Float(1 / Double(total)), branchScale: branchScale, into: g)
+                                           seqLen: longest, lossScale: lossScale, branchScale: branchScale, into: g)
             lossSum += out.lossSum
             tokens += out.tokens
             seconds += out.seconds
@@ -72,10 +70,6 @@ public final class LocalBackend: ComputeBackend {
                                                  maxNewTokens: maxNewTokens, batchSize: batchSize).0)
         }
         return counts
-    }
-
-    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
-        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
     }
 }
 

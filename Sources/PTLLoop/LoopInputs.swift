@@ -46,9 +46,7 @@ public struct LoopInputs {
         let tokenizerJSON = try ModelSource.tokenizerJSON(d.model)
         let tokenizer = try Tokenizer(data: Data(tokenizerJSON.utf8), source: "\(d.model) tokenizer")
         let start = try ModelSource.loadModel(d.model)
-        guard tokenizer.vocabSize <= start.config.vocabSize else {
-            throw LoopError("\(d.model): the tokenizer has \(tokenizer.vocabSize) tokens, the model's vocab_size is \(start.config.vocabSize)")
-        }
+        do { try tokenizer.validate(modelVocabularySize: start.config.vocabSize) } catch { throw LoopError("\(d.model): \(error)") }
         // The PTL plan fixes the total tune budget of every method; enough fresh lines for it.
         let ptlRounds = try PrunePlan.make(config: start.config, method: .ptl, target: s.target, removeLayers: s.removeLayers, step: s.step,
                                            widthMultiple: s.widthMultiple, layersPerRound: s.layersPerRound, order: s.order).rounds.count

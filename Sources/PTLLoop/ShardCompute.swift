@@ -118,9 +118,7 @@ public final class ShardCompute: @unchecked Sendable {
         guard (1...65536).contains(maxNewTokens), (1...4096).contains(batchSize) else {
             throw LoopError("eval shard: max_new_tokens \(maxNewTokens) or batch size \(batchSize) out of range")
         }
-        guard tokenizer.vocabSize <= model.config.vocabSize else {
-            throw LoopError("the tokenizer has \(tokenizer.vocabSize) tokens, the model's vocabulary only \(model.config.vocabSize)")
-        }
+        try tokenizer.validate(modelVocabularySize: model.config.vocabSize)
         let records = try Corpus.parse(Data(jsonl.utf8), source: "eval shard").records
         var settings = EvalSettings()
         settings.maxNewTokens = maxNewTokens

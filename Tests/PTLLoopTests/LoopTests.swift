@@ -85,17 +85,15 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         let straight = try job.run(out: temporaryDirectory("ptl-loop-straight"))
         // Stop at several points (mid-round, between phases), each time starting a new loop from the checkpoint.
         let out = temporaryDirectory("ptl-loop-resume")
-        var polls = 0
         for stopAt in [3, 2, 4, 1] {
             let loop = try job.loop(out: out)
             var n = 0
-            let done = try loop.runLoop { n += 1; polls += 1; return n > stopAt }
+            let done = try loop.runLoop { n += 1; return n > stopAt }
             #expect(!done)
             #expect(!FileManager.default.fileExists(atPath: out + "/final"))
         }
         #expect(try job.loop(out: out).runLoop { false })
         #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
-        #expect(polls > 0)
     }
 
     @Test func otherSettingsDoNotResumeAnotherRunsCheckpoint() throws {
