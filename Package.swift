@@ -42,8 +42,12 @@ let package = Package(
 
         // Byte kernels of the wire: CRC-32C (SSE4.2 when present), fp32 → fp64 accumulation, finiteness.
         .target(name: "CPTLKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        // bf16 products: oneDNN matmuls (Debian: libdnnl-dev; OpenMP runtime) with a shape-keyed
+        // primitive cache, the batch-1 VDPBF16PS matrix-vector product, fp32 <-> bf16.
+        .target(name: "CPTLBF16", cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
         // Kernels: forward/backward pairs over unsafe buffers and cblas_sgemm; a thread pool.
-        .target(name: "PTLTensor", dependencies: ["COpenBLAS"], swiftSettings: uncheckedKernels),
+        .target(name: "PTLTensor", dependencies: ["COpenBLAS", "CPTLBF16"], swiftSettings: uncheckedKernels),
         // File formats: safetensors (read/write, strict), GGUF (read, dequantise).
         .target(name: "PTLFormats", dependencies: ["CPTLKernels"], swiftSettings: optimizedAlways),
         // Hugging Face tokenizer.json byte-level BPE.

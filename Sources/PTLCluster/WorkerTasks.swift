@@ -75,6 +75,7 @@ public enum WorkerTasks {
             if let c = current, c.hash == hash { return c.model }
             if let c = current, c.config == config, c.model.parameters.count == weights.count {
                 weights.withUnsafeBufferPointer { c.model.parameters.pointer.update(from: $0.baseAddress!, count: $0.count) }
+                c.model.parametersChanged()
                 current = (hash, config, c.model)
                 return c.model
             }

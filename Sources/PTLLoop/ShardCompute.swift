@@ -151,6 +151,7 @@ public enum OptimizerStep {
     public static func apply(model: Model, optimizer: AdamW, grads: FloatBuffer, lr: Float, clip: Float) -> Double {
         let norm = GradientClipping.clip(grads, maxNorm: clip)
         optimizer.update(params: model.parameters, grads: grads, lr: lr)
+        model.parametersChanged()
         return norm
     }
 }

@@ -8,6 +8,13 @@ public final class Model: @unchecked Sendable {
     /// Every parameter, laid out by `layout`.
     public let parameters: FloatBuffer
 
+    /// Counts changes to `parameters`: whoever writes them (an optimizer step, new weights from
+    /// the wire) calls `parametersChanged()`, so the bf16 copy is made again once per version.
+    public var version: UInt64 { lock.withLock { _version } }
+    private var _version: UInt64 = 0
+    private let lock = NSLock()
+    private var bf16: (version: UInt64, weights: BF16Buffer)?
+
     /// A model with zeroed parameters, or with `parameters` (which must match the layout).
     public init(config: ModelConfig, parameters: FloatBuffer? = nil) {
         self.config = config
@@ -33,6 +40,26 @@ public final class Model: @unchecked Sendable {
             } else {
                 for i in 0..<e.count { p[i] = 0 }
             }
+        }
+    }
+
+    /// Marks `parameters` as changed: the next bf16 pass makes a new bf16 copy.
+    public func parametersChanged() {
+        lock.withLock {
+            _version &+= 1
+            bf16 = nil   // free the stale copy before a new one is made
+        }
+    }
+
+    /// bf16 copies of every parameter (same layout), made once per `version` and shared by the
+    /// passes and decoders of this model: the weights a bf16 matmul reads.
+    public func bf16Parameters() -> BF16Buffer {
+        lock.withLock {
+            if let b = bf16, b.version == _version { return b.weights }
+            let w = BF16Buffer(count: layout.count)
+            convertToBF16(w.pointer, parameters.pointer, count: layout.count)
+            bf16 = (_version, w)
+            return w
         }
     }
 

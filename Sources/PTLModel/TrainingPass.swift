@@ -44,6 +44,18 @@ public final class TrainingPass: @unchecked Sendable {
     var tokens: [Int32]
     var targets: [Int32]
 
+    /// fp32 (OpenBLAS) or bf16 matmuls (oneDNN: bf16 weights and inputs, fp32 accumulation and
+    /// outputs; everything else fp32). Set it to what `Precision.resolved()` gives: bf16 on a CPU
+    /// without bf16 products runs fp32.
+    public var precision: Precision = .fp32 {
+        didSet { if precision == .bf16 && !BF16Support.available { precision = .fp32 } }
+    }
+    /// bf16 copies of the matmul inputs (saved for the weight gradients) and of the output
+    /// gradients, allocated on the first bf16 pass.
+    var half: HalfBuffers?
+    /// The bf16 weights of the last bf16 forward (the model's copy at that version).
+    var weightsB: BF16Buffer?
+
     /// Optional per-layer branch scales: block l adds `alpha[l] ×` its attention and FFN outputs.
     /// nil means 1 for every layer (plain HF semantics).
     public var branchScale: [Float]? = nil
@@ -113,6 +125,13 @@ public final class TrainingPass: @unchecked Sendable {
         for t in tokens { precondition(t >= 0 && Int(t) < c.vocabSize, "token id \(t) outside the vocabulary (\(c.vocabSize))") }
         self.tokens = tokens
         self.targets = targets
+        if precision == .bf16 {
+            if half == nil { half = HalfBuffers(config: c, rows: capacity.batch * capacity.seq) }
+            weightsB = OpProfiler.time("bf16.weights") { model.bf16Parameters() }
+        } else {
+            half = nil
+            weightsB = nil
+        }
         let P = model.parameters
         let T = seq
         let posOf: (Int) -> Int = { $0 % T }
@@ -131,15 +150,10 @@ public final class TrainingPass: @unchecked Sendable {
             OpProfiler.time("rmsnorm.fwd") {
             rmsnormForward(ln1l, rstd1.at(l * N), x, P.at(o.inputNorm), rows: N, dim: H, eps: c.rmsNormEps)
             }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(ql, ln1l, P.at(o.q), o.qBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.qDim)
-            }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(kl, ln1l, P.at(o.k), o.kBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
-            }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(vl, ln1l, P.at(o.v), o.vBias.map { P.at($0) }, rows: N, inDim: H, outDim: c.kvDim)
-            }
+            let ln1x = operand(ln1l, half?.ln1.at(l * N * H), count: N * H)
+            linear(ql, ln1x, o.q, o.qBias, rows: N, inDim: H, outDim: c.qDim)
+            linear(kl, ln1x, o.k, o.kBias, rows: N, inDim: H, outDim: c.kvDim)
+            linear(vl, ln1x, o.v, o.vBias, rows: N, inDim: H, outDim: c.kvDim)
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
                     OpProfiler.time("rope.fwd") {
@@ -153,9 +167,7 @@ public final class TrainingPass: @unchecked Sendable {
             OpProfiler.time("attention.fwd") {
             attentionForward(attl, probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
             }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(tmp.pointer, attl, P.at(o.o), o.oBias.map { P.at($0) }, rows: N, inDim: c.qDim, outDim: H)
-            }
+            linear(tmp.pointer, operand(attl, half?.att.at(l * N * c.qDim), count: N * c.qDim), o.o, o.oBias, rows: N, inDim: c.qDim, outDim: H)
             if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
             OpProfiler.time("add") {
             addForward(midl, x, tmp.pointer, count: N * H)
@@ -163,18 +175,13 @@ public final class TrainingPass: @unchecked Sendable {
             OpProfiler.time("rmsnorm.fwd") {
             rmsnormForward(ln2l, rstd2.at(l * N), midl, P.at(o.postNorm), rows: N, dim: H, eps: c.rmsNormEps)
             }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(gl, ln2l, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
-            }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(ul, ln2l, P.at(o.up), o.upBias.map { P.at($0) }, rows: N, inDim: H, outDim: I)
-            }
+            let ln2x = operand(ln2l, half?.ln2.at(l * N * H), count: N * H)
+            linear(gl, ln2x, o.gate, o.gateBias, rows: N, inDim: H, outDim: I)
+            linear(ul, ln2x, o.up, o.upBias, rows: N, inDim: H, outDim: I)
             OpProfiler.time("swiglu.fwd") {
             swigluForward(al, gl, ul, count: N * I)
             }
-            OpProfiler.time("matmul.fwd") {
-            matmulForward(tmp.pointer, al, P.at(o.down), o.downBias.map { P.at($0) }, rows: N, inDim: I, outDim: H)
-            }
+            linear(tmp.pointer, operand(al, half?.act.at(l * N * I), count: N * I), o.down, o.downBias, rows: N, inDim: I, outDim: H)
             if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
             OpProfiler.time("add") {
             addForward(resid.at((l + 1) * N * H), midl, tmp.pointer, count: N * H)
@@ -184,9 +191,8 @@ public final class TrainingPass: @unchecked Sendable {
         OpProfiler.time("rmsnorm.fwd") {
         rmsnormForward(lnf.pointer, rstdf.pointer, last, P.at(model.layout.finalNorm), rows: N, dim: H, eps: c.rmsNormEps)
         }
-        OpProfiler.time("matmul.fwd") {
-        matmulForward(logits.pointer, lnf.pointer, P.at(model.layout.lmHead), nil, rows: N, inDim: H, outDim: c.vocabSize)
-        }
+        linear(logits.pointer, operand(lnf.pointer, half?.lnf.pointer, count: N * H), model.layout.lmHead, nil,
+               rows: N, inDim: H, outDim: c.vocabSize)
         return targets.withUnsafeBufferPointer { tg in
             OpProfiler.time("crossentropy") {
             crossEntropyForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer,
@@ -212,10 +218,8 @@ public final class TrainingPass: @unchecked Sendable {
             }
         }
         dln.zero()
-        OpProfiler.time("matmul.bwd") {
-        matmulBackward(dln.pointer, G.at(model.layout.lmHead), nil, logits.pointer, lnf.pointer, P.at(model.layout.lmHead),
+        linearBackward(dln.pointer, G, model.layout.lmHead, nil, logits.pointer, operand(lnf.pointer, half?.lnf.pointer),
                        rows: N, inDim: H, outDim: V)
-        }
         dresid.zero()
         OpProfiler.time("rmsnorm.bwd") {
         rmsnormBackward(dresid.pointer, G.at(model.layout.finalNorm), dln.pointer, resid.at(c.numHiddenLayers * N * H),
@@ -231,28 +235,21 @@ public final class TrainingPass: @unchecked Sendable {
             // FFN half: resid[l+1] = mid + α·down(act); dresid flows through unchanged to mid.
             let dbranch = branchGradient(alpha)
             dact.zero()
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dact.pointer, G.at(o.down), o.downBias.map { G.at($0) }, dbranch, al, P.at(o.down), rows: N, inDim: I, outDim: H)
-            }
+            linearBackward(dact.pointer, G, o.down, o.downBias, dbranch, operand(al, half?.act.at(l * N * I)), rows: N, inDim: I, outDim: H)
             OpProfiler.time("swiglu.bwd") {
             swigluBackward(dgate.pointer, dup.pointer, dact.pointer, gl, ul, count: N * I)
             }
             dln.zero()
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dln.pointer, G.at(o.gate), o.gateBias.map { G.at($0) }, dgate.pointer, ln2l, P.at(o.gate), rows: N, inDim: H, outDim: I)
-            }
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dln.pointer, G.at(o.up), o.upBias.map { G.at($0) }, dup.pointer, ln2l, P.at(o.up), rows: N, inDim: H, outDim: I)
-            }
+            let ln2x = operand(ln2l, half?.ln2.at(l * N * H))
+            linearBackward(dln.pointer, G, o.gate, o.gateBias, dgate.pointer, ln2x, rows: N, inDim: H, outDim: I)
+            linearBackward(dln.pointer, G, o.up, o.upBias, dup.pointer, ln2x, rows: N, inDim: H, outDim: I)
             OpProfiler.time("rmsnorm.bwd") {
             rmsnormBackward(dresid.pointer, G.at(o.postNorm), dln.pointer, midl, P.at(o.postNorm), rstd2.at(l * N), rows: N, dim: H)
             }
             // Attention half: mid = x + α·o_proj(att).
             let dbranch2 = branchGradient(alpha)
             datt.zero()
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(datt.pointer, G.at(o.o), o.oBias.map { G.at($0) }, dbranch2, attl, P.at(o.o), rows: N, inDim: c.qDim, outDim: H)
-            }
+            linearBackward(datt.pointer, G, o.o, o.oBias, dbranch2, operand(attl, half?.att.at(l * N * c.qDim)), rows: N, inDim: c.qDim, outDim: H)
             dk.zero(); dv.zero()
             OpProfiler.time("attention.bwd") {
             attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, slots: attSlots, datt.pointer,
@@ -269,15 +266,10 @@ public final class TrainingPass: @unchecked Sendable {
                 }
             }
             dln.zero()
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dln.pointer, G.at(o.q), o.qBias.map { G.at($0) }, dq.pointer, ln1l, P.at(o.q), rows: N, inDim: H, outDim: c.qDim)
-            }
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dln.pointer, G.at(o.k), o.kBias.map { G.at($0) }, dk.pointer, ln1l, P.at(o.k), rows: N, inDim: H, outDim: c.kvDim)
-            }
-            OpProfiler.time("matmul.bwd") {
-            matmulBackward(dln.pointer, G.at(o.v), o.vBias.map { G.at($0) }, dv.pointer, ln1l, P.at(o.v), rows: N, inDim: H, outDim: c.kvDim)
-            }
+            let ln1x = operand(ln1l, half?.ln1.at(l * N * H))
+            linearBackward(dln.pointer, G, o.q, o.qBias, dq.pointer, ln1x, rows: N, inDim: H, outDim: c.qDim)
+            linearBackward(dln.pointer, G, o.k, o.kBias, dk.pointer, ln1x, rows: N, inDim: H, outDim: c.kvDim)
+            linearBackward(dln.pointer, G, o.v, o.vBias, dv.pointer, ln1x, rows: N, inDim: H, outDim: c.kvDim)
             OpProfiler.time("rmsnorm.bwd") {
             rmsnormBackward(dresid.pointer, G.at(o.inputNorm), dln.pointer, x, P.at(o.inputNorm), rstd1.at(l * N), rows: N, dim: H)
             }
@@ -285,6 +277,43 @@ public final class TrainingPass: @unchecked Sendable {
         tokens.withUnsafeBufferPointer { tok in
             OpProfiler.time("embedding.bwd") {
             embeddingBackward(G.at(model.layout.embedding), dresid.pointer, tok.baseAddress!, rows: N, dim: H)
+            }
+        }
+    }
+
+    /// A matmul input: fp32, and in a bf16 pass also its bf16 copy (made here when `count` is given).
+    struct Operand {
+        let f32: UnsafeMutablePointer<Float>
+        let b16: UnsafeMutablePointer<UInt16>?
+    }
+
+    private func operand(_ x: UnsafeMutablePointer<Float>, _ slot: UnsafeMutablePointer<UInt16>?, count: Int? = nil) -> Operand {
+        guard weightsB != nil, let slot else { return Operand(f32: x, b16: nil) }
+        if let count { OpProfiler.time("bf16.convert") { convertToBF16(slot, x, count: count) } }
+        return Operand(f32: x, b16: slot)
+    }
+
+    /// `out = x·Wᵀ + b` for the weight at `w` (and bias at `bias`) of the layout, in this pass's precision.
+    private func linear(_ out: UnsafeMutablePointer<Float>, _ x: Operand, _ w: Int, _ bias: Int?, rows: Int, inDim: Int, outDim: Int) {
+        let P = model.parameters
+        OpProfiler.time("matmul.fwd") {
+            if let xb = x.b16, let W = weightsB {
+                matmulForwardBF16(out, xb, W.at(w), bias.map { P.at($0) }, rows: rows, inDim: inDim, outDim: outDim)
+            } else {
+                matmulForward(out, x.f32, P.at(w), bias.map { P.at($0) }, rows: rows, inDim: inDim, outDim: outDim)
+            }
+        }
+    }
+
+    /// Backward of `linear`: `dinp += dout·W`, gradients of W and the bias added into `G`.
+    private func linearBackward(_ dinp: UnsafeMutablePointer<Float>?, _ G: FloatBuffer, _ w: Int, _ bias: Int?,
+                                _ dout: UnsafePointer<Float>, _ x: Operand, rows: Int, inDim: Int, outDim: Int) {
+        OpProfiler.time("matmul.bwd") {
+            if let xb = x.b16, let W = weightsB, let h = half {
+                matmulBackwardBF16(dinp, G.at(w), bias.map { G.at($0) }, dout, doutScratch: h.dout.pointer, doutTScratch: h.doutT.pointer,
+                                   xb, W.at(w), rows: rows, inDim: inDim, outDim: outDim)
+            } else {
+                matmulBackward(dinp, G.at(w), bias.map { G.at($0) }, dout, x.f32, model.parameters.at(w), rows: rows, inDim: inDim, outDim: outDim)
             }
         }
     }
@@ -300,4 +329,19 @@ public final class TrainingPass: @unchecked Sendable {
 
     /// Per-position losses of the last `forward` (0 where ignored).
     public var positionLosses: [Float] { losses.array() }
+}
+
+/// The bf16 side of a training pass: copies of every matmul input (kept for the weight
+/// gradients) and two scratch copies of an output gradient (plain and transposed).
+struct HalfBuffers {
+    let ln1: BF16Buffer, att: BF16Buffer, ln2: BF16Buffer, act: BF16Buffer, lnf: BF16Buffer
+    let dout: BF16Buffer, doutT: BF16Buffer
+
+    init(config c: ModelConfig, rows N: Int) {
+        let L = c.numHiddenLayers, H = c.hiddenSize, I = c.intermediateSize
+        ln1 = BF16Buffer(count: L * N * H); att = BF16Buffer(count: L * N * c.qDim)
+        ln2 = BF16Buffer(count: L * N * H); act = BF16Buffer(count: L * N * I); lnf = BF16Buffer(count: N * H)
+        let widest = max(c.vocabSize, I, H, c.qDim)
+        dout = BF16Buffer(count: N * widest); doutT = BF16Buffer(count: N * widest)
+    }
 }

@@ -99,12 +99,27 @@ public func matmulForward(
         parallelSgemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, alpha: 1,
                       inp, lda: inDim, weight, ldb: inDim, beta: 0, out, ldc: outDim)
     }
-    if let bias {
-        parallelChunks(rows, minChunk: 16) { r0, r1 in
-            for r in r0..<r1 {
-                let row = out + r * outDim
-                for o in 0..<outDim { row[o] += bias[o] }
-            }
+    if let bias { addBias(out, bias, rows: rows, dim: outDim) }
+}
+
+/// `out[r, o] += bias[o]` for every row.
+@inline(__always)
+public func addBias(_ out: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, rows: Int, dim: Int) {
+    parallelChunks(rows, minChunk: 16) { r0, r1 in
+        for r in r0..<r1 {
+            let row = out + r * dim
+            for o in 0..<dim { row[o] += bias[o] }
+        }
+    }
+}
+
+/// `dbias[o] += Σ_r dout[r, o]`: column sums, split over columns so each is summed in row order.
+@inline(__always)
+public func biasBackward(_ dbias: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, rows: Int, dim: Int) {
+    parallelChunks(dim, minChunk: 64) { o0, o1 in
+        for r in 0..<rows {
+            let row = dout + r * dim
+            for o in o0..<o1 { dbias[o] += row[o] }
         }
     }
 }
@@ -126,15 +141,7 @@ public func matmulBackward(
         parallelSgemm(transA: true, transB: false, m: outDim, n: inDim, k: rows, alpha: 1,
                       dout, lda: outDim, inp, ldb: inDim, beta: 1, dweight, ldc: inDim)
     }
-    if let dbias {
-        // Column sums, split over columns so each output element is summed in row order.
-        parallelChunks(outDim, minChunk: 64) { o0, o1 in
-            for r in 0..<rows {
-                let row = dout + r * outDim
-                for o in o0..<o1 { dbias[o] += row[o] }
-            }
-        }
-    }
+    if let dbias { biasBackward(dbias, dout, rows: rows, dim: outDim) }
 }
 
 /// Plain triple-loop oracle for `matmulForward` (tests only compare against it).

@@ -74,6 +74,7 @@ public final class Trainer {
             throw DataError("step \(step + 1): non-finite \(loss.isFinite ? "gradient norm" : "loss") (\(loss), \(norm)); lower the learning rate")
         }
         optimizer.update(params: model.parameters, grads: grads, lr: lr)
+        model.parametersChanged()
         step += 1
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         return StepRecord(step: step, loss: loss, learningRate: lr, gradNorm: norm, tokens: count, seconds: seconds)
