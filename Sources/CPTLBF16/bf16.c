@@ -98,18 +98,6 @@ void ptl_bf16_to_f32(float *restrict dst, const uint16_t *restrict src, size_t n
     }
 }
 
-void ptl_f32_to_bf16_transposed(uint16_t *restrict dst, const float *restrict src, size_t rows, size_t cols, size_t ld) {
-    // 16×16 tiles keep both sides in cache.
-    for (size_t r0 = 0; r0 < rows; r0 += 16) {
-        size_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
-        for (size_t c0 = 0; c0 < cols; c0 += 16) {
-            size_t c1 = c0 + 16 < cols ? c0 + 16 : cols;
-            for (size_t r = r0; r < r1; r++)
-                for (size_t c = c0; c < c1; c++) dst[c * rows + r] = to_bf16(src[r * ld + c]);
-        }
-    }
-}
-
 // ---- matmul primitives, cached by shape ----------------------------------------------------
 
 typedef struct {

@@ -9,6 +9,10 @@ import PTLTensor
 /// the coordinator's machine, while the workers wait.
 public final class ClusterBackend: ComputeBackend {
     public let coordinator: Coordinator
+    /// Sent with every task; workers follow it.
+    public var precision: Precision = .fp32
+
+    var wirePrecision: Ptl_V1_Precision { precision == .bf16 ? .bf16 : .fp32 }
 
     /// `tokenizerJSON` travels with every model version (workers need it to evaluate); nil keeps
     /// the coordinator's.
@@ -41,6 +45,7 @@ public final class ClusterBackend: ComputeBackend {
             if let lossScale { spec.lossScale = lossScale }
             spec.batchSize = UInt32(part.count)
             spec.seqLen = UInt32(longest)   // workers size one pass for every shard of the phase
+            spec.precision = wirePrecision
             return (Self.taskKey(key, phase: phase, shard: s), spec, TaskCoding.encode(part) + extra)
         }
     }
@@ -109,6 +114,7 @@ public final class ClusterBackend: ComputeBackend {
             spec.recordsJsonl = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)].joined(separator: "\n")
             spec.maxNewTokens = UInt32(maxNewTokens)
             spec.batchSize = UInt32(batchSize)
+            spec.precision = wirePrecision
             return (Self.taskKey(key, phase: .eval, shard: s), spec, [])
         }
         func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] {

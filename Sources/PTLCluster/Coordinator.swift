@@ -306,8 +306,9 @@ public final class Coordinator: @unchecked Sendable {
         scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
         switch env.type {
         case .ready:
-            logger.info("worker \(worker) ready (\(env.ready.threads) threads)",
-                        metadata: ["worker": .string(worker), "threads": "\(env.ready.threads)", "worker_version": .string(env.ready.version)])
+            logger.info("worker \(worker) ready (\(env.ready.threads) threads; bf16: \(env.ready.bf16.isEmpty ? "not reported" : env.ready.bf16))",
+                        metadata: ["worker": .string(worker), "threads": "\(env.ready.threads)", "worker_version": .string(env.ready.version),
+                                   "bf16": .string(env.ready.bf16)])
         case .result:
             take(env.task, from: worker, message)
         case .disconnect:

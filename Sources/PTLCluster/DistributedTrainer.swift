@@ -76,6 +76,7 @@ public final class DistributedTrainer {
         guard shards >= 1, shards <= settings.batchSize else { throw DataError("shards must be between 1 and the batch size") }
         self.coordinator = coordinator
         backend = ClusterBackend(coordinator: coordinator)
+        backend.precision = settings.precision
         self.model = model
         self.settings = settings
         self.shards = shards

@@ -1,5 +1,6 @@
 import Foundation
 import PTLFormats
+import PTLTensor
 
 /// Builders for the envelopes both sides send.
 public enum Messages {
@@ -19,8 +20,15 @@ public enum Messages {
         r.version = "ptl 0.1"
         r.capabilities = capabilities.map(\.name)
         r.cachedModelHash = cachedModel
+        r.bf16 = bf16Capability
         e.ready = r
         return WireMessage(envelope: e)
+    }
+
+    /// What this machine offers bf16 tasks: oneDNN's version and ISA, and whether bf16 products
+    /// run (else bf16 tasks compute fp32).
+    public static var bf16Capability: String {
+        "\(BF16Support.summary)\(BF16Support.available ? "" : ", bf16 tasks run fp32")"
     }
 
     /// The phases a worker runs (`GradPhase.handler()`), announced in READY.

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PTLLoop
 import PTLModel
 import PTLTensor
@@ -11,15 +12,18 @@ import PTLTokenizer
 public enum WorkerTasks {
     /// The handler of a worker; it keeps the last model version, its tokenizer, one training
     /// pass and one gradient buffer across tasks.
-    public static func handler() -> TaskHandler {
+    /// `logger` hears of a bf16 task this machine computes in fp32.
+    public static func handler(logger: Logger = .silent) -> TaskHandler {
         let cache = ModelCache()
+        cache.logger = logger
         return { key, spec, inputs, version in
             let m = try cache.model(hash: spec.modelHash, config: version.config, weights: version.weights)
+            let precision = try cache.precision(spec.precision)
             switch key.phase {
             case .eval:
                 let (counts, seconds) = try ShardCompute.evaluate(model: m, tokenizer: try cache.tokenizer(json: version.tokenizer),
                                                                    jsonl: spec.recordsJsonl, maxNewTokens: Int(spec.maxNewTokens),
-                                                                   batchSize: Int(spec.batchSize))
+                                                                   batchSize: Int(spec.batchSize), precision: precision)
                 var r = Ptl_V1_Result()
                 r.correct = UInt64(counts.correct)
                 r.examples = UInt64(counts.total)
@@ -29,13 +33,13 @@ public enum WorkerTasks {
                 return (r, [WireTensor(name: "correct", dtype: .u8, shape: [flags.count], bytes: flags)])
             case .stats:
                 let (out, stats) = try cache.compute.statistics(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
-                                                                branchScale: try TaskCoding.decodeBranchScale(inputs))
+                                                                branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)
                 return (result(out), TaskCoding.encode(stats))
             case .grad:
                 let grads = cache.compute.gradientBuffer(count: m.layout.count)
                 let out = try cache.compute.gradient(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
                                                      lossScale: Float(spec.lossScale), branchScale: try TaskCoding.decodeBranchScale(inputs),
-                                                     into: grads)
+                                                     precision: precision, into: grads)
                 return (result(out), [WireTensor(name: "grad", buffer: grads)])   // sent from the buffer itself
             default:
                 throw WireError(kind: .unknownType, message: "phase \(key.phase.name) is not run by this worker")
@@ -60,6 +64,25 @@ public enum WorkerTasks {
         var current: (hash: String, config: String, model: Model)?
         var tokenizer: (source: String, tokenizer: Tokenizer)?
         let compute = ShardCompute()
+        var warnedFallback = false
+        var logger = Logger.silent
+
+        /// What this worker runs for the task's precision; a fallback to fp32 is logged once.
+        func precision(_ wire: Ptl_V1_Precision) throws -> Precision {
+            switch wire {
+            case .fp32: return .fp32
+            case .bf16:
+                let (p, note) = Precision.bf16.resolved()
+                lock.lock(); defer { lock.unlock() }
+                if let note, !warnedFallback {
+                    warnedFallback = true
+                    logger.warning("\(note)")
+                }
+                return p
+            case .UNRECOGNIZED(let n):
+                throw WireError(kind: .descriptorMismatch, message: "precision \(n) is not one this worker knows (fp32 = 0, bf16 = 1)")
+            }
+        }
 
         func tokenizer(json: String) throws -> Tokenizer {
             lock.lock(); defer { lock.unlock() }

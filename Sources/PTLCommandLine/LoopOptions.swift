@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PTLLoop
 import PTLPrune
+import PTLTensor
 
 /// What a job does: the Prune–Tune Loop, one of its baselines, or (ptl-coordinator only) plain
 /// continual pre-training.
@@ -22,6 +23,7 @@ extension BudgetKind: ExpressibleByArgument {}
 extension LayerRemoval: ExpressibleByArgument {}
 extension OptimizerCarry: ExpressibleByArgument {}
 extension CalibrationSource: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
 
 /// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
 public struct LoopOptions: ParsableArguments {
@@ -93,6 +95,9 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "Eval problems of the rounds in between (the original and the final model get --eval-count).")
     public var roundEvalCount: Int = 200
 
+    @Option(help: "Matmul arithmetic of every phase: bf16 (oneDNN, fp32 accumulation; fp32 master weights, norms, softmax, loss and AdamW) or fp32 (OpenBLAS). Default: bf16 where the CPU has AVX512-BF16 or AMX, else fp32; bf16 on a CPU without them runs fp32 and says so.")
+    public var precision: Precision = .machineDefault
+
     public func validate() throws {
         if shards < 1 || shards > batchSize { throw ValidationError("--shards must be between 1 and --batch-size") }
         if batchSize < 1 || batchSize > 1 << 16 { throw ValidationError("--batch-size must be between 1 and 65536") }
@@ -134,6 +139,7 @@ public struct LoopOptions: ParsableArguments {
         ls.checkpointEvery = checkpointEvery
         ls.evalMaxNewTokens = maxNewTokens
         ls.roundEvalCount = roundEvalCount
+        ls.precision = precision
         return ls
     }
 }

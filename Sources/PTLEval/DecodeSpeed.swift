@@ -7,9 +7,9 @@ import PTLModel
 /// when comparing two models).
 public enum DecodeSpeed {
     public static func tokensPerSecond(model: Model, batch b: Int = 1, promptTokens: Int = 64, newTokens: Int = 128,
-                                       reps: Int = 3, seed: UInt64 = 1, best: Bool = false) -> Double {
+                                       reps: Int = 3, seed: UInt64 = 1, best: Bool = false, precision: Precision = .fp32) -> Double {
         var rng = SplitMix64(seed: seed)
-        let decoder = Decoder(model: model, batch: b, capacity: promptTokens + newTokens, maxChunk: promptTokens)
+        let decoder = Decoder(model: model, batch: b, capacity: promptTokens + newTokens, maxChunk: promptTokens, precision: precision)
         let prompt = (0..<(b * promptTokens)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         var next = [Int32](repeating: 0, count: b)
         var times: [Double] = []

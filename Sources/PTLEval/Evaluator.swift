@@ -1,3 +1,4 @@
+import PTLTensor
 import Foundation
 import PTLData
 import PTLModel
@@ -10,6 +11,8 @@ public struct EvalSettings: Sendable {
     public var template = PromptTemplate.standard
     /// Solved examples put before every question.
     public var fewShot: [CorpusRecord] = []
+    /// Matmul arithmetic of the decoder (bf16 on a CPU without bf16 products runs fp32).
+    public var precision: Precision = .fp32
     public init() {}
 }
 
@@ -81,7 +84,8 @@ public enum Evaluator {
         var prefillSeconds = 0.0, decodeSeconds = 0.0, contextSum = 0.0
         let maxPrompt = items.map(\.ids.count).max() ?? 1
         let B = max(1, min(settings.batchSize, items.count))
-        let decoder = Decoder(model: model, batch: B, capacity: maxPrompt + settings.maxNewTokens, maxChunk: min(256, maxPrompt))
+        let decoder = Decoder(model: model, batch: B, capacity: maxPrompt + settings.maxNewTokens, maxChunk: min(256, maxPrompt),
+                              precision: settings.precision)
         for start in stride(from: 0, to: order.count, by: B) {
             let group = Array(order[start..<min(order.count, start + B)])
             let longest = group.map { items[$0].ids.count }.max()!

@@ -58,6 +58,10 @@ public struct EvalCounts: Sendable, Equatable {
 /// contiguous shards (`Shards.range`) that do not depend on who computes them, and results are
 /// added in shard order, so every backend gives the same bits for the same inputs.
 public protocol ComputeBackend: AnyObject {
+    /// The job's matmul arithmetic, which every phase follows (the loop sets it from its
+    /// settings); a machine without bf16 products computes fp32 and says so.
+    var precision: Precision { get set }
+
     /// Σ-loss gradients of `batch`, each shard's scaled by 1/(tokens of the whole batch), added
     /// in shard order in Double and rounded once into `grads`. Throws when the sum is not finite.
     func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
@@ -78,7 +82,8 @@ public protocol ComputeBackend: AnyObject {
 extension ComputeBackend {
     /// Measured in this process (on a cluster: the coordinator's machine, while workers wait).
     public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
-        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
+        SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps,
+                                               precision: precision.resolved().precision)
     }
 }
 

@@ -13,9 +13,16 @@ public final class LocalBackend: ComputeBackend {
     let compute = ShardCompute()
     /// One gradient buffer per shard, kept across steps.
     var shardGrads: [FloatBuffer] = []
+    public var precision: Precision = .fp32 {
+        didSet { computed = precision.resolved().precision }
+    }
+    /// What this machine runs for `precision`.
+    var computed: Precision = .fp32
 
-    public init(tokenizer: Tokenizer) {
+    public init(tokenizer: Tokenizer, precision: Precision = .fp32) {
         self.tokenizer = tokenizer
+        self.precision = precision
+        computed = precision.resolved().precision
     }
 
     /// The longest sequence of a phase: every shard's pass is sized for it, as on workers.
@@ -35,7 +42,8 @@ public final class LocalBackend: ComputeBackend {
             let g = shardGrads[s]
             g.zero()
             let out = try compute.gradient(model: model, sequences: Array(batch[Shards.range(s, of: batch.count, shards: shards)]),
-                                           seqLen: longest, lossScale: lossScale, branchScale: branchScale, into: g)
+                                           seqLen: longest, lossScale: lossScale, branchScale: branchScale,
+                                           precision: computed, into: g)
             lossSum += out.lossSum
             tokens += out.tokens
             seconds += out.seconds
@@ -53,7 +61,7 @@ public final class LocalBackend: ComputeBackend {
         let longest = Self.seqLen(sequences)
         for s in 0..<shards {
             var (out, stats) = try compute.statistics(model: model, sequences: Array(sequences[Shards.range(s, of: sequences.count, shards: shards)]),
-                                                      seqLen: longest, branchScale: branchScale)
+                                                      seqLen: longest, branchScale: branchScale, precision: computed)
             stats.tokens = out.tokens
             total.add(stats)
             lossSum += out.lossSum
@@ -67,7 +75,7 @@ public final class LocalBackend: ComputeBackend {
         for s in 0..<shards {
             let part = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)]
             counts.add(try ShardCompute.evaluate(model: model, tokenizer: tokenizer, jsonl: part.joined(separator: "\n"),
-                                                 maxNewTokens: maxNewTokens, batchSize: batchSize).0)
+                                                 maxNewTokens: maxNewTokens, batchSize: batchSize, precision: computed).0)
         }
         return counts
     }
@@ -76,10 +84,11 @@ public final class LocalBackend: ComputeBackend {
 /// Decode speed as the report quotes it: greedy, batch 1, on one thread, the best of `reps`
 /// runs. The thread count is the process's, so it is set for the measurement and restored.
 public enum SpeedMeasurement {
-    public static func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) -> Double {
+    public static func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int, precision: Precision = .fp32) -> Double {
         let threads = ComputeThreads.count
         ComputeThreads.set(1)
         defer { ComputeThreads.set(threads) }
-        return DecodeSpeed.tokensPerSecond(model: model, batch: 1, promptTokens: promptTokens, newTokens: newTokens, reps: reps, best: true)
+        return DecodeSpeed.tokensPerSecond(model: model, batch: 1, promptTokens: promptTokens, newTokens: newTokens, reps: reps, best: true,
+                                         precision: precision)
     }
 }

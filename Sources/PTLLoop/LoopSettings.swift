@@ -1,5 +1,6 @@
 import Foundation
 import PTLPrune
+import PTLTensor
 
 /// How a doomed layer leaves: at once, or with its branches annealed to zero while tuning first.
 public enum LayerRemoval: String, Codable, Sendable, CaseIterable { case anneal, cut }
@@ -41,6 +42,8 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var decodeNewTokens = 96
     /// Eval problems of the rounds in between (the original and the final model get all of them).
     public var roundEvalCount = 200
+    /// Matmul arithmetic of every phase: fp32, or bf16 with fp32 accumulation (see `Precision`).
+    public var precision: Precision = .fp32
     public init() {}
 }
 

@@ -36,7 +36,10 @@ public final class PruneTuneLoop {
     public init(backend: ComputeBackend, model start: Model, data: LoopData, settings: LoopSettings, out: String,
                 tokenizerSource: String?, fresh: Bool, logger: Logger = .silent) throws {
         self.backend = backend
+        backend.precision = settings.precision
         self.logger = logger
+        if let note = settings.precision.resolved().note { logger.warning("\(note)") }
+        logger.info("precision \(settings.precision); here: \(BF16Support.summary)")
         self.out = out
         self.data = data
         self.tokenizerSource = tokenizerSource
@@ -51,7 +54,12 @@ public final class PruneTuneLoop {
         let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"), logger: logger)
         if let found {
             let stateFile = (found as NSString).appendingPathComponent("loop.json")
-            let s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
+            let s: LoopState
+            do {
+                s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
+            } catch {
+                throw LoopError("\(stateFile) cannot be read as this version's loop state (\(error)); pass --fresh to start over")
+            }
             guard s.settings == settings else {
                 throw LoopError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
             }

@@ -80,12 +80,13 @@ public final class ShardCompute: @unchecked Sendable {
         return g
     }
 
-    func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?) throws -> (TrainingPass, ShardOutput) {
+    func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision) throws -> (TrainingPass, ShardOutput) {
         try Self.validate(sequences, model: model, seqLen: seqLen)
         try Self.validate(branchScale: branchScale, model: model)
         let batch = TokenBatch(sequences: sequences, multiple: 8)
         let p = pass(model: model, batch: batch.batch, seq: batch.seq, seqLen: seqLen)
         p.branchScale = branchScale
+        p.precision = precision
         let t0 = Date()
         let (sum, count) = p.forward(tokens: batch.tokens, targets: batch.targets)
         return (p, ShardOutput(lossSum: sum, tokens: count, examples: sequences.count, seconds: Date().timeIntervalSince(t0)))
@@ -93,28 +94,28 @@ public final class ShardCompute: @unchecked Sendable {
 
     /// Adds the gradient of `lossScale × Σ losses` of `sequences` into `grads` (zeroed by the caller).
     public func gradient(model: Model, sequences: [[Int]], seqLen: Int, lossScale: Float, branchScale: [Float]?,
-                         into grads: FloatBuffer) throws -> ShardOutput {
+                         precision: Precision, into grads: FloatBuffer) throws -> ShardOutput {
         lock.lock(); defer { lock.unlock() }
         guard grads.count == model.layout.count else { throw LoopError("gradient buffer of \(grads.count) floats for \(model.layout.count) parameters") }
         guard lossScale.isFinite else { throw LoopError("loss scale \(lossScale) is not finite") }
         let t0 = Date()
-        var (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale)
+        var (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
         p.backward(into: grads, scale: lossScale)
         out.seconds = Date().timeIntervalSince(t0)
         return out
     }
 
     /// Activation statistics and the loss sum of `sequences`.
-    public func statistics(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?) throws
+    public func statistics(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision) throws
         -> (ShardOutput, ActivationStatistics) {
         lock.lock(); defer { lock.unlock() }
-        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale)
+        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
         return (out, p.statistics())
     }
 
     /// Greedy answers to a shard of eval records (JSONL), counted.
-    public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int) throws
-        -> (EvalCounts, seconds: Double) {
+    public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int,
+                                precision: Precision) throws -> (EvalCounts, seconds: Double) {
         guard (1...65536).contains(maxNewTokens), (1...4096).contains(batchSize) else {
             throw LoopError("eval shard: max_new_tokens \(maxNewTokens) or batch size \(batchSize) out of range")
         }
@@ -123,6 +124,7 @@ public final class ShardCompute: @unchecked Sendable {
         var settings = EvalSettings()
         settings.maxNewTokens = maxNewTokens
         settings.batchSize = batchSize
+        settings.precision = precision
         let t0 = Date()
         let (report, predictions) = Evaluator.run(model: model, tokenizer: tokenizer, records: records, settings: settings)
         return (EvalCounts(correct: report.correct, total: report.total, generatedTokens: report.generatedTokens,

@@ -23,8 +23,15 @@ public final class Decoder: @unchecked Sendable {
     /// Logits of the last fed token of each sequence, (batch, vocab).
     public let logits: FloatBuffer
     var tokenScratch: [Int32]
+    /// fp32 (OpenBLAS and our matvec) or bf16 matmuls (bf16 weights and inputs, fp32
+    /// accumulation); attention, norms and the KV cache stay fp32.
+    public let precision: Precision
+    /// bf16 copy of a matmul input (bf16 only): up to R·max(hidden, qDim, intermediate) values.
+    let inputB: BF16Buffer?
+    var weightsB: BF16Buffer?
 
-    public init(model: Model, batch: Int = 1, capacity: Int, maxChunk: Int = 256) {
+    /// `precision` bf16 on a CPU without bf16 products runs fp32 (see `Precision.resolved`).
+    public init(model: Model, batch: Int = 1, capacity: Int, maxChunk: Int = 256, precision: Precision = .fp32) {
         let c = model.config
         self.model = model
         self.batch = batch
@@ -43,6 +50,8 @@ public final class Decoder: @unchecked Sendable {
         logits = FloatBuffer(count: batch * c.vocabSize)
         tokenScratch = [Int32](repeating: 0, count: R)
         padding = [Int](repeating: 0, count: batch)
+        self.precision = precision.resolved().precision
+        inputB = self.precision == .bf16 ? BF16Buffer(count: R * max(H, c.qDim, c.intermediateSize)) : nil
     }
 
     /// Left padding of each sequence: positions before it are invisible to that sequence and
@@ -93,21 +102,23 @@ public final class Decoder: @unchecked Sendable {
         // For one row these are contiguous: [q | k | v] and [gate | up].
         let q = qkv.pointer, kNew = qkv.pointer + R * c.qDim, vNew = qkv.pointer + R * (c.qDim + c.kvDim)
         let gate = gateUp.pointer, up = gateUp.pointer + R * I
+        weightsB = precision == .bf16 ? model.bf16Parameters() : nil
         for l in 0..<c.numHiddenLayers {
             let o = model.layout.layers[l]
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.inputNorm), rows: R, dim: H, eps: c.rmsNormEps)
             OpProfiler.time("dec.qkv") {
+                let x = input(ln.pointer, count: R * H)
                 if R == 1 {
                     // q, k, v weights are adjacent in the layout and q/kNew/vNew adjacent in qkv:
                     // one fused matrix-vector product.
-                    matvec(qkv.pointer, P.at(o.q), ln.pointer, rows: c.qDim + 2 * c.kvDim, cols: H)
+                    linear(qkv.pointer, x, o.q, nil, rows: 1, inDim: H, outDim: c.qDim + 2 * c.kvDim)
                     if let b = o.qBias { addInPlace(q, P.at(b), count: c.qDim) }
                     if let b = o.kBias { addInPlace(kNew, P.at(b), count: c.kvDim) }
                     if let b = o.vBias { addInPlace(vNew, P.at(b), count: c.kvDim) }
                 } else {
-                    matmulForward(q, ln.pointer, P.at(o.q), o.qBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.qDim)
-                    matmulForward(kNew, ln.pointer, P.at(o.k), o.kBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
-                    matmulForward(vNew, ln.pointer, P.at(o.v), o.vBias.map { P.at($0) }, rows: R, inDim: H, outDim: c.kvDim)
+                    linear(q, x, o.q, o.qBias, rows: R, inDim: H, outDim: c.qDim)
+                    linear(kNew, x, o.k, o.kBias, rows: R, inDim: H, outDim: c.kvDim)
+                    linear(vNew, x, o.v, o.vBias, rows: R, inDim: H, outDim: c.kvDim)
                 }
             }
             rope.cos.withUnsafeBufferPointer { cs in
@@ -136,21 +147,22 @@ public final class Decoder: @unchecked Sendable {
             }
             }
             OpProfiler.time("dec.o") {
-            matmulForward(tmp.pointer, attOut.pointer, P.at(o.o), o.oBias.map { P.at($0) }, rows: R, inDim: c.qDim, outDim: H)
+            linear(tmp.pointer, input(attOut.pointer, count: R * c.qDim), o.o, o.oBias, rows: R, inDim: c.qDim, outDim: H)
             }
             addInPlace(x.pointer, tmp.pointer, count: R * H)
             rmsnormForward(ln.pointer, nil, x.pointer, P.at(o.postNorm), rows: R, dim: H, eps: c.rmsNormEps)
             OpProfiler.time("dec.ffn") {
+            let x = input(ln.pointer, count: R * H)
             if R == 1 {
-                matvec(gate, P.at(o.gate), ln.pointer, rows: 2 * I, cols: H)   // gate then up
+                linear(gate, x, o.gate, nil, rows: 1, inDim: H, outDim: 2 * I)   // gate then up
                 if let b = o.gateBias { addInPlace(gate, P.at(b), count: I) }
                 if let b = o.upBias { addInPlace(up, P.at(b), count: I) }
             } else {
-                matmulForward(gate, ln.pointer, P.at(o.gate), o.gateBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
-                matmulForward(up, ln.pointer, P.at(o.up), o.upBias.map { P.at($0) }, rows: R, inDim: H, outDim: I)
+                linear(gate, x, o.gate, o.gateBias, rows: R, inDim: H, outDim: I)
+                linear(up, x, o.up, o.upBias, rows: R, inDim: H, outDim: I)
             }
             swigluForward(gate, gate, up, count: R * I)
-            matmulForward(tmp.pointer, gate, P.at(o.down), o.downBias.map { P.at($0) }, rows: R, inDim: I, outDim: H)
+            linear(tmp.pointer, input(gate, count: R * I), o.down, o.downBias, rows: R, inDim: I, outDim: H)
             }
             addInPlace(x.pointer, tmp.pointer, count: R * H)
         }
@@ -159,9 +171,27 @@ public final class Decoder: @unchecked Sendable {
         }
         rmsnormForward(lastHidden.pointer, nil, lastHidden.pointer, P.at(model.layout.finalNorm), rows: batch, dim: H, eps: c.rmsNormEps)
         OpProfiler.time("dec.lm_head") {
-        matmulForward(self.logits.pointer, lastHidden.pointer, P.at(model.layout.lmHead), nil, rows: batch, inDim: H, outDim: c.vocabSize)
+        linear(self.logits.pointer, input(lastHidden.pointer, count: batch * H), model.layout.lmHead, nil, rows: batch, inDim: H, outDim: c.vocabSize)
         }
         position += n
+    }
+
+    /// A matmul input: fp32, with its bf16 copy in `inputB` in a bf16 decoder.
+    private func input(_ x: UnsafeMutablePointer<Float>, count: Int) -> (f32: UnsafeMutablePointer<Float>, b16: UnsafeMutablePointer<UInt16>?) {
+        guard let b = inputB else { return (x, nil) }
+        convertToBF16(b.pointer, x, count: count)
+        return (x, b.pointer)
+    }
+
+    /// `out = x·Wᵀ + b` for the weight at `w` of the layout (matrix-vector for one row).
+    private func linear(_ out: UnsafeMutablePointer<Float>, _ x: (f32: UnsafeMutablePointer<Float>, b16: UnsafeMutablePointer<UInt16>?),
+                        _ w: Int, _ bias: Int?, rows: Int, inDim: Int, outDim: Int) {
+        let P = model.parameters
+        if let xb = x.b16, let W = weightsB {
+            matmulForwardBF16(out, xb, W.at(w), bias.map { P.at($0) }, rows: rows, inDim: inDim, outDim: outDim)
+        } else {
+            matmulForward(out, x.f32, P.at(w), bias.map { P.at($0) }, rows: rows, inDim: inDim, outDim: outDim)
+        }
     }
 
     private var promptProbsBuffer: FloatBuffer?

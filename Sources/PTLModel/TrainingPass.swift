@@ -310,7 +310,7 @@ public final class TrainingPass: @unchecked Sendable {
                                 _ dout: UnsafePointer<Float>, _ x: Operand, rows: Int, inDim: Int, outDim: Int) {
         OpProfiler.time("matmul.bwd") {
             if let xb = x.b16, let W = weightsB, let h = half {
-                matmulBackwardBF16(dinp, G.at(w), bias.map { G.at($0) }, dout, doutScratch: h.dout.pointer, doutTScratch: h.doutT.pointer,
+                matmulBackwardBF16(dinp, G.at(w), bias.map { G.at($0) }, dout, doutScratch: h.dout.pointer,
                                    xb, W.at(w), rows: rows, inDim: inDim, outDim: outDim)
             } else {
                 matmulBackward(dinp, G.at(w), bias.map { G.at($0) }, dout, x.f32, model.parameters.at(w), rows: rows, inDim: inDim, outDim: outDim)
@@ -332,16 +332,16 @@ public final class TrainingPass: @unchecked Sendable {
 }
 
 /// The bf16 side of a training pass: copies of every matmul input (kept for the weight
-/// gradients) and two scratch copies of an output gradient (plain and transposed).
+/// gradients) and the scratch copy of an output gradient.
 struct HalfBuffers {
     let ln1: BF16Buffer, att: BF16Buffer, ln2: BF16Buffer, act: BF16Buffer, lnf: BF16Buffer
-    let dout: BF16Buffer, doutT: BF16Buffer
+    let dout: BF16Buffer
 
     init(config c: ModelConfig, rows N: Int) {
         let L = c.numHiddenLayers, H = c.hiddenSize, I = c.intermediateSize
         ln1 = BF16Buffer(count: L * N * H); att = BF16Buffer(count: L * N * c.qDim)
         ln2 = BF16Buffer(count: L * N * H); act = BF16Buffer(count: L * N * I); lnf = BF16Buffer(count: N * H)
         let widest = max(c.vocabSize, I, H, c.qDim)
-        dout = BF16Buffer(count: N * widest); doutT = BF16Buffer(count: N * widest)
+        dout = BF16Buffer(count: N * widest)
     }
 }

@@ -123,7 +123,8 @@ public func convertToBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePoin
 /// threads: the bits of C depend on the shape, never on the thread count. (oneDNN's own blocking
 /// is not split-invariant: a transposed-A product cut into row blocks of different heights gives
 /// different bits.) Column blocks also pack each slice of B once, where row blocks would pack
-/// all of B once per block.
+/// all of B once per block. A transposed A (the weight gradient's `doutᵀ`) costs no more than a
+/// plain one: oneDNN copies it into its blocked layout as it goes.
 @inline(__always)
 public func parallelBF16Gemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
@@ -149,14 +150,6 @@ public func parallelBF16Gemm(
 public func bf16ColumnBlockWidth(m: Int, n: Int, k: Int) -> Int {
     let blocks = max(1, min(12, n / 64, m * n * k >> 20))
     return max(16, (n + blocks - 1) / blocks + 15) / 16 * 16
-}
-
-/// `dst (cols, rows) = bf16(src (rows, cols))ᵀ`, `src` with row stride `ld`; split over the threads.
-@inline(__always)
-public func convertToBF16Transposed(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) {
-    parallelChunks(cols, minChunk: 64) { c0, c1 in
-        ptl_f32_to_bf16_transposed(dst + c0 * rows, src + c0, rows, c1 - c0, ld)
-    }
 }
 
 /// `y (rows) = W (rows, cols) · x (cols)` with W and x bf16, fp32 accumulation: batch-1 decoding,
@@ -190,25 +183,27 @@ public func matmulForwardBF16(
 }
 
 /// Backward of `matmulForwardBF16`: `dinp += dout·W`, `dweight += doutᵀ·inp`, `dbias += Σ_rows dout`,
-/// with `dout` fp32 and fp32 results. `doutScratch` holds rows·outDim bf16 values (dout for
-/// `dinp`), `doutTScratch` as many (doutᵀ for `dweight`).
+/// with `dout` fp32 (its bf16 copy goes to `doutScratch`, rows·outDim values) and fp32 results.
 @inline(__always)
 public func matmulBackwardBF16(
     _ dinp: UnsafeMutablePointer<Float>?, _ dweight: UnsafeMutablePointer<Float>?,
     _ dbias: UnsafeMutablePointer<Float>?,
-    _ dout: UnsafePointer<Float>, doutScratch: UnsafeMutablePointer<UInt16>, doutTScratch: UnsafeMutablePointer<UInt16>,
+    _ dout: UnsafePointer<Float>, doutScratch: UnsafeMutablePointer<UInt16>,
     _ inp: UnsafePointer<UInt16>, _ weight: UnsafePointer<UInt16>,
     rows: Int, inDim: Int, outDim: Int
 ) {
+    OpProfiler.time("matmul.bwd.convert") { convertToBF16(doutScratch, dout, count: rows * outDim) }
     if let dinp {
-        convertToBF16(doutScratch, dout, count: rows * outDim)
+        OpProfiler.time("matmul.bwd.dinp") {
         parallelBF16Gemm(transA: false, transB: false, m: rows, n: inDim, k: outDim, doutScratch, lda: outDim, weight, ldb: inDim,
                          accumulate: true, dinp, ldc: inDim)
+        }
     }
     if let dweight {
-        convertToBF16Transposed(doutTScratch, dout, rows: rows, cols: outDim, ld: outDim)
-        parallelBF16Gemm(transA: false, transB: false, m: outDim, n: inDim, k: rows, doutTScratch, lda: rows, inp, ldb: inDim,
+        OpProfiler.time("matmul.bwd.dweight") {
+        parallelBF16Gemm(transA: true, transB: false, m: outDim, n: inDim, k: rows, doutScratch, lda: outDim, inp, ldb: inDim,
                          accumulate: true, dweight, ldc: inDim)
+        }
     }
     if let dbias { biasBackward(dbias, dout, rows: rows, dim: outDim) }
 }

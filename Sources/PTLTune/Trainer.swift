@@ -15,6 +15,8 @@ public struct TrainingSettings: Sendable {
     public var clip: Float = 1
     public var adamW = AdamWSettings()
     public var seed: UInt64 = 0
+    /// Matmul arithmetic of the passes (bf16: oneDNN with fp32 accumulation; AdamW stays fp32).
+    public var precision: Precision = .fp32
     public init(steps: Int, batchSize: Int, learningRate: Float) {
         self.steps = steps; self.batchSize = batchSize; self.learningRate = learningRate
     }
@@ -55,7 +57,7 @@ public final class Trainer {
         order = EpochOrder(count: usable.count, seed: settings.seed)
         schedule = LearningRateSchedule(kind: settings.schedule, peak: settings.learningRate, warmup: settings.warmup,
                                         total: settings.steps, minRatio: settings.minLearningRateRatio)
-        passes = PassCache(model: model)
+        passes = PassCache(model: model, precision: settings.precision)
     }
 
     /// Runs one step; throws if the loss or gradient is not finite (the weights are left as they were).

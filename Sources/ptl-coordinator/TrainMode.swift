@@ -23,6 +23,7 @@ extension PTLCoordinatorCommand {
         let sequences = records.map { Array(tokenizer.encode(PromptTemplate.standard.render($0)).prefix(data.seqLen)) }
         var settings = TrainingSettings(steps: steps, batchSize: loop.batchSize, learningRate: loop.lr)
         settings.seed = loop.seed
+        settings.precision = loop.precision
         settings.warmup = min(steps / 10, 100)
         let checkpointDir = (output.out as NSString).appendingPathComponent("checkpoint")
         var start: (Model, AdamW, Checkpoint.State)? = nil

@@ -70,12 +70,13 @@ struct PTLWorkerCommand: ParsableCommand {
             settings.curve = (try KeyFiles.read(curveServerKey), try KeyFiles.read(curveSecretKey))
         }
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
-        let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
-                                      handler: WorkerTasks.handler())
         var logger = log.logger(name)
         logger[metadataKey: "worker"] = .string(name)
+        let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
+                                      handler: WorkerTasks.handler(logger: logger))
         worker.logger = logger
-        logger.info("connecting to \(connect) with \(threads) thread(s)", metadata: ["endpoint": .string(connect), "threads": "\(threads)"])
+        logger.info("connecting to \(connect) with \(threads) thread(s); bf16: \(Messages.bf16Capability)",
+                    metadata: ["endpoint": .string(connect), "threads": "\(threads)", "bf16": .string(Messages.bf16Capability)])
         let parent = parentPid
         try worker.run(shouldStop: { stopRequested || (parent != nil && getppid() != parent) })
     }

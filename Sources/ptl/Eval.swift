@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PTLTensor
 import PTLData
 import PTLEval
 import PTLModel
@@ -14,6 +15,7 @@ struct Eval: ParsableCommand {
         """)
 
     @OptionGroup var options: ModelOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(help: "JSONL with question and answer fields.")
     var data: String
@@ -56,6 +58,7 @@ struct Eval: ParsableCommand {
         var settings = EvalSettings()
         settings.maxNewTokens = maxNewTokens
         settings.batchSize = batchSize
+        settings.precision = precision.resolved()
         settings.template = try PromptTemplate(template)
         if fewShot > 0 {
             let source = fewShotData ?? URL(fileURLWithPath: data).deletingLastPathComponent().appendingPathComponent("train.jsonl").path

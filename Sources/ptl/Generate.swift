@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PTLTensor
 import PTLModel
 
 struct Generate: ParsableCommand {
@@ -7,6 +8,7 @@ struct Generate: ParsableCommand {
         abstract: "Continue a prompt with the model (KV-cached decoding).")
 
     @OptionGroup var options: ModelOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(help: "The prompt text (tokenized with the tokenizer's special tokens).")
     var prompt: String
@@ -47,7 +49,7 @@ struct Generate: ParsableCommand {
         let stop = ignoreEos ? [] : Set(model.config.eosTokenIds)
         let out = Generation.generate(model: model, prompt: ids, maxNewTokens: maxNewTokens,
                                       sampling: SamplingSettings(temperature: temperature, topK: topK, topP: topP),
-                                      seed: seed, stop: stop)
+                                      seed: seed, stop: stop, precision: precision.resolved())
         let text = tokenizer.decode(out, skipSpecialTokens: true)
         if json {
             printJSON(.object(["prompt_ids": .ints(ids), "generated_ids": .ints(out), "text": .string(text)]))

@@ -38,6 +38,19 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// The matmul arithmetic of a command that runs the model.
+struct PrecisionOptions: ParsableArguments {
+    @Option(help: "Matmul arithmetic: bf16 (oneDNN, fp32 accumulation; norms, softmax, loss and AdamW in fp32) or fp32 (OpenBLAS). Default: bf16 where the CPU has AVX512-BF16 or AMX, else fp32; bf16 on a CPU without them runs fp32 and says so.")
+    var precision: Precision = .machineDefault
+
+    /// What runs on this machine; a fallback is said on standard error.
+    func resolved() -> Precision {
+        let (p, note) = precision.resolved()
+        if let note { FileHandle.standardError.write(Data("\(note)\n".utf8)) }
+        return p
+    }
+}
+
 /// Options for reading a JSONL corpus.
 struct DataOptions: ParsableArguments {
     @Option(help: "JSONL data: one {\"question\",\"answer\"} or {\"text\"} object a line.")

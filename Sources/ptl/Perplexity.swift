@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PTLTensor
 import PTLModel
 import PTLTune
 
@@ -9,6 +10,7 @@ struct Perplexity: ParsableCommand {
 
     @OptionGroup var options: ModelOptions
     @OptionGroup var dataOptions: DataOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(help: "Lines per forward pass.")
     var batchSize: Int = 8
@@ -25,7 +27,7 @@ struct Perplexity: ParsableCommand {
         let tokenizer = try options.loadTokenizer()
         let lines = try dataOptions.tokenizedLines(with: tokenizer)
         let started = Date()
-        let (sum, tokens) = LossEvaluation.evaluate(model: model, sequences: lines, batchSize: batchSize)
+        let (sum, tokens) = LossEvaluation.evaluate(model: model, sequences: lines, batchSize: batchSize, precision: precision.resolved())
         guard tokens > 0 else { throw ValidationError("no line has two or more tokens: nothing to predict") }
         let mean = sum / Double(tokens)
         let seconds = Date().timeIntervalSince(started)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PTLTensor
 import PTLData
 import PTLFormats
 import PTLModel
@@ -124,6 +125,7 @@ struct BenchDecode: ParsableCommand {
         abstract: "Measure greedy decode speed (tokens/s) at batch 1 and batch 8: 64-token prompt, 128 new tokens.")
 
     @OptionGroup var options: ModelOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(parsing: .upToNextOption, help: "Batch sizes.")
     var batch: [Int] = [1, 8]
@@ -144,8 +146,12 @@ struct BenchDecode: ParsableCommand {
         let model = try options.loadModel()
         let c = model.config
         var results: [String: JSONValue] = [:]
+        let p = precision.resolved()
+        results["precision"] = .string(p.rawValue)
+        if !json { print("precision \(p) (\(BF16Support.summary))") }
         for b in batch {
-            let tps = DecodeSpeed.tokensPerSecond(model: model, batch: b, promptTokens: promptTokens, newTokens: newTokens, reps: reps)
+            let tps = DecodeSpeed.tokensPerSecond(model: model, batch: b, promptTokens: promptTokens, newTokens: newTokens, reps: reps,
+                                                  precision: p)
             results["batch_\(b)_tokens_per_s"] = .number(tps)
             if !json { print(String(format: "batch %d: %.1f tokens/s (%.2f ms per step)", b, tps, Double(b) / tps * 1000)) }
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PTLTensor
 import PTLFormats
 import PTLModel
 import PTLTune
@@ -10,6 +11,7 @@ struct Train: ParsableCommand {
 
     @OptionGroup var options: ModelOptions
     @OptionGroup var dataOptions: DataOptions
+    @OptionGroup var precision: PrecisionOptions
 
     @Option(help: "Optimizer steps.")
     var steps: Int
@@ -77,6 +79,7 @@ struct Train: ParsableCommand {
         settings.clip = clip
         settings.adamW = AdamWSettings(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
         settings.seed = seed
+        settings.precision = precision.resolved()
         let trainer = try Trainer(model: model, sequences: lines, settings: settings)
         var logHandle: FileHandle? = nil
         if let log {

@@ -31,8 +31,6 @@ const char *ptl_bf16_onednn_version(void);
 void ptl_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
 /// bf16 -> fp32 (exact).
 void ptl_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
-/// fp32 (rows, cols) with row stride `ld` -> bf16 (cols, rows) dense: a transposed copy.
-void ptl_f32_to_bf16_transposed(uint16_t *dst, const float *src, size_t rows, size_t cols, size_t ld);
 
 /// C (m, n) = op(A) · op(B), or C += op(A) · op(B) when `accumulate`; row-major, A and B bf16,
 /// C fp32; op(A) is (m, k), op(B) is (k, n). lda/ldb/ldc are the row strides of the stored

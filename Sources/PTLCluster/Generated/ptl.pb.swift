@@ -267,6 +267,42 @@ public nonisolated enum Ptl_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+/// fp32 throughout, or bf16 matmuls with fp32 accumulation (a worker without bf16 products runs
+/// fp32 and says so in its log).
+public nonisolated enum Ptl_V1_Precision: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case fp32 // = 0
+  case bf16 // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .fp32
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .fp32
+    case 1: self = .bf16
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .fp32: return 0
+    case .bf16: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Ptl_V1_Precision] = [
+    .fp32,
+    .bf16,
+  ]
+
+}
+
 /// The identity of a task: results are keyed (and deduplicated) by everything but attempt.
 public nonisolated struct Ptl_V1_TaskKey: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -335,6 +371,9 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// the model version it already holds, if any
   public var cachedModelHash: String = String()
 
+  /// its bf16 products: "oneDNN 2.6.3 avx512_core_bf16", or a sentence why none
+  public var bf16: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -370,6 +409,9 @@ public nonisolated struct Ptl_V1_Task: Sendable {
 
   /// EVAL: the shard's {"question","answer"} lines
   public var recordsJsonl: String = String()
+
+  /// the job's matmul arithmetic (GRAD, STATS, EVAL)
+  public var precision: Ptl_V1_Precision = .fp32
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -587,6 +629,10 @@ nonisolated extension Ptl_V1_DType: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}F32\0\u{1}BF16\0\u{1}F16\0\u{1}F64\0\u{1}I32\0\u{1}I64\0\u{1}U8\0")
 }
 
+nonisolated extension Ptl_V1_Precision: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PRECISION_FP32\0\u{1}PRECISION_BF16\0")
+}
+
 nonisolated extension Ptl_V1_TaskKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskKey"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}run\0\u{1}round\0\u{1}phase\0\u{1}step\0\u{1}shard\0\u{1}attempt\0\u{1}measurement\0")
@@ -699,7 +745,7 @@ nonisolated extension Ptl_V1_TensorDescriptor: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}threads\0\u{1}version\0\u{1}capabilities\0\u{3}cached_model_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}threads\0\u{1}version\0\u{1}capabilities\0\u{3}cached_model_hash\0\u{1}bf16\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -712,6 +758,7 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case 3: try { try decoder.decodeSingularStringField(value: &self.version) }()
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.capabilities) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.cachedModelHash) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.bf16) }()
       default: break
       }
     }
@@ -733,6 +780,9 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.cachedModelHash.isEmpty {
       try visitor.visitSingularStringField(value: self.cachedModelHash, fieldNumber: 5)
     }
+    if !self.bf16.isEmpty {
+      try visitor.visitSingularStringField(value: self.bf16, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -742,6 +792,7 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.version != rhs.version {return false}
     if lhs.capabilities != rhs.capabilities {return false}
     if lhs.cachedModelHash != rhs.cachedModelHash {return false}
+    if lhs.bf16 != rhs.bf16 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -768,7 +819,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -782,6 +833,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.lossScale) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
+      case 10: try { try decoder.decodeSingularEnumField(value: &self.precision) }()
       default: break
       }
     }
@@ -806,6 +858,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if !self.recordsJsonl.isEmpty {
       try visitor.visitSingularStringField(value: self.recordsJsonl, fieldNumber: 9)
     }
+    if self.precision != .fp32 {
+      try visitor.visitSingularEnumField(value: self.precision, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -816,6 +871,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.lossScale != rhs.lossScale {return false}
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
     if lhs.recordsJsonl != rhs.recordsJsonl {return false}
+    if lhs.precision != rhs.precision {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

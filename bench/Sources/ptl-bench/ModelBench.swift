@@ -96,20 +96,41 @@ func memoryBandwidth(reps: Int) -> (copy: Double, read: Double) {
     return (2.0 * Double(n * 4) / tc.median / 1e9, Double(n * 4) / tr.median / 1e9)
 }
 
-func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference: Bool) -> [String: Double] {
+/// bf16 GFLOP/s of our split oneDNN product (`parallelBF16Gemm`, our threads) on the same shapes.
+func bf16GemmRate(rows: Int, c: ModelConfig, reps: Int) -> Double {
+    let shapes = [(rows, c.intermediateSize, c.hiddenSize), (rows, c.hiddenSize, c.intermediateSize), (rows, c.qDim, c.hiddenSize)]
+    var flops = 0.0, seconds = 0.0
+    for (m, n, k) in shapes {
+        let a = BF16Buffer(count: m * k), b = BF16Buffer(count: n * k), out = FloatBuffer(count: m * n)
+        for i in 0..<a.count { a.pointer[i] = 0x3f80 }
+        for i in 0..<b.count { b.pointer[i] = 0x3c00 }
+        let t = timeIt(reps: reps) {
+            parallelBF16Gemm(transA: false, transB: true, m: m, n: n, k: k, a.pointer, lda: k, b.pointer, ldb: k,
+                             accumulate: false, out.pointer, ldc: n)
+        }
+        flops += 2.0 * Double(m * n * k)
+        seconds += t.median
+    }
+    return flops / seconds / 1e9
+}
+
+func runModelBench(_ bc: BenchConfig, precision: Precision, reps: Int, skipTrain: Bool, skipInference: Bool) -> [String: Double] {
     let c = bc.config
     let model = Model(config: c)
     model.initializeRandomly(seed: 1)
     let cost = ModelCost(config: c)
     var r: [String: Double] = ["parameters": Double(cost.parameters)]
     let N = bc.batch * bc.seq
-    let sgemm = sgemmRate(rows: N, c: c, reps: reps, threads: ComputeThreads.count)
-    r["sgemm_gflops"] = sgemm
+    // The matmul rate of the precision measured: OpenBLAS sgemm (its own threads) or our bf16 split.
+    let sgemm = precision == .bf16 ? bf16GemmRate(rows: N, c: c, reps: reps)
+                                   : sgemmRate(rows: N, c: c, reps: reps, threads: ComputeThreads.count)
+    r[precision == .bf16 ? "bf16_gemm_gflops" : "sgemm_gflops"] = sgemm
     var rng = SplitMix64(seed: 2)
     let tokens = (0..<N).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
     let targets = (0..<N).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
     if !skipTrain {
         let pass = TrainingPass(model: model, batch: bc.batch, seq: bc.seq)
+        pass.precision = precision
         let grads = FloatBuffer(count: model.layout.count)
         let opt = AdamW(layout: model.layout)
         var forwardOnly = 0.0
@@ -120,7 +141,10 @@ func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference:
             grads.zero()
             pass.backward(into: grads, scale: 1 / Float(n))
             GradientClipping.clip(grads, maxNorm: 1)
+            OpProfiler.time("adamw") {
             opt.update(params: model.parameters, grads: grads, lr: 1e-5)
+            }
+            model.parametersChanged()
         }
         let tokPerSec = Double(N) / t.median
         let gflops = cost.trainingFlopsPerToken(sequenceLength: bc.seq) * tokPerSec / 1e9
@@ -128,12 +152,12 @@ func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference:
         r["train_step_seconds_min"] = t.min
         r["train_tokens_per_s"] = tokPerSec
         r["train_gflops"] = gflops
-        r["train_fraction_of_sgemm"] = gflops / sgemm
+        r["train_fraction_of_matmul_rate"] = gflops / sgemm
         r["train_forward_seconds_last"] = forwardOnly
     }
     if skipInference { return r }
     // Prefill: one cached forward over batch × seq.
-    let prefillDecoder = Decoder(model: model, batch: bc.batch, capacity: bc.seq, maxChunk: bc.seq)
+    let prefillDecoder = Decoder(model: model, batch: bc.batch, capacity: bc.seq, maxChunk: bc.seq, precision: precision)
     let tp = timeIt(reps: reps) {
         prefillDecoder.reset()
         prefillDecoder.step(tokens: tokens)
@@ -141,7 +165,7 @@ func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference:
     r["prefill_tokens_per_s"] = Double(N) / tp.median
     // Decode: 64-token prompt, 128 new tokens, greedy; batch 1 and 8.
     for batch in [1, 8] {
-        let decoder = Decoder(model: model, batch: batch, capacity: 64 + 128, maxChunk: 64)
+        let decoder = Decoder(model: model, batch: batch, capacity: 64 + 128, maxChunk: 64, precision: precision)
         let prompt = Array(tokens[0..<(64 * batch)])
         var next = [Int32](repeating: 0, count: batch)
         let td = timeIt(reps: max(1, reps / 2)) {
@@ -162,10 +186,10 @@ func runModelBench(_ bc: BenchConfig, reps: Int, skipTrain: Bool, skipInference:
 }
 
 /// Times one batch-1 decode step by op (for `--profile-decode`).
-func profileDecode(_ bc: BenchConfig) {
+func profileDecode(_ bc: BenchConfig, precision: Precision) {
     let model = Model(config: bc.config)
     model.initializeRandomly(seed: 1)
-    let decoder = Decoder(model: model, batch: 1, capacity: 256, maxChunk: 64)
+    let decoder = Decoder(model: model, batch: 1, capacity: 256, maxChunk: 64, precision: precision)
     decoder.step(tokens: [Int32](repeating: 1, count: 64))
     OpProfiler.reset()
     OpProfiler.enabled = true
