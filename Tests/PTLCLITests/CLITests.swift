@@ -35,8 +35,12 @@ func scratchDirectory() -> URL {
 }
 
 @Suite struct CLITests {
-    @Test(arguments: ["tiny-llama", "tiny-qwen2"])
-    func trainOnOneLineReproducesPyTorchsAdamWTrajectory(model: String) throws {
+    /// fp32 follows PyTorch's fp32 trajectory to 1e-4. bf16 (where the CPU has it) follows it
+    /// within bf16's rounding: each matmul input keeps 8 significant bits (2⁻⁹ relative), which
+    /// moves the loss by ~1e-4 and the gradient norm by up to ~1 % (measured: 1.2 % at worst).
+    @Test(arguments: ["tiny-llama", "tiny-qwen2"], ["fp32", "bf16"])
+    func trainOnOneLineReproducesPyTorchsAdamWTrajectory(model: String, precision: String) throws {
+        let (lossTolerance, normTolerance) = precision == "fp32" ? (1e-4, 1e-4) : (2e-3, 3e-2)
         let golden = try json(fixtures.appendingPathComponent("golden/train-one-line.json"))
         let s = golden["settings"] as! [String: Any], ref = golden[model] as! [String: Any]
         let out = scratchDirectory()
@@ -45,7 +49,7 @@ func scratchDirectory() -> URL {
                             "--batch-size", "1", "--seq-len", "\(s["seq_len"]!)", "--steps", "\(s["steps"]!)", "--lr", "\(s["lr"]!)",
                             "--warmup", "\(s["warmup"]!)", "--schedule", "cosine", "--clip", "\(s["clip"]!)",
                             "--weight-decay", "\(s["weight_decay"]!)", "--out", out.appendingPathComponent("m").path,
-                            "--log", out.appendingPathComponent("log.jsonl").path])
+                            "--log", out.appendingPathComponent("log.jsonl").path, "--precision", precision])
         #expect(r.status == 0, "\(r.stderr)")
         let lines = try String(contentsOf: out.appendingPathComponent("log.jsonl"), encoding: .utf8).split(separator: "\n")
         let steps = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
@@ -53,9 +57,9 @@ func scratchDirectory() -> URL {
         #expect(steps.count == refLosses.count)
         for (i, step) in steps.enumerated() {
             let loss = step["loss"] as! Double, lr = step["lr"] as! Double, norm = step["grad_norm"] as! Double
-            #expect(abs(loss - refLosses[i]) / refLosses[i] <= 1e-4, "step \(i + 1): loss \(loss) vs \(refLosses[i])")
+            #expect(abs(loss - refLosses[i]) / refLosses[i] <= lossTolerance, "step \(i + 1): loss \(loss) vs \(refLosses[i])")
             #expect(abs(lr - refLRs[i]) / refLRs[i] <= 1e-6)
-            #expect(abs(norm - refNorms[i]) / refNorms[i] <= 1e-4)
+            #expect(abs(norm - refNorms[i]) / refNorms[i] <= normTolerance, "step \(i + 1): grad norm \(norm) vs \(refNorms[i])")
             #expect(step["tokens_per_s"] is Double)
         }
         #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("m/model.safetensors").path))

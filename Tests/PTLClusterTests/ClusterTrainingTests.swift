@@ -28,15 +28,17 @@ func clusterModel() throws -> Model {
 
 let clusterLines: [[Int]] = (0..<24).map { k in (0..<(6 + k % 7)).map { ($0 * 5 + k) % 40 } }
 
-func clusterSettings() -> TrainingSettings {
+func clusterSettings(precision: Precision = .fp32) -> TrainingSettings {
     var s = TrainingSettings(steps: 3, batchSize: 6, learningRate: 1e-2)
     s.warmup = 1
+    s.precision = precision
     return s
 }
 
 /// Trains 3 steps over `workers` in-process workers (real sockets on loopback); `vanishingWorker`
 /// makes worker 0 vanish after its first task.
-func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = false, updates: ModelUpdates = .always) throws -> (weights: [Float], losses: [Double], dropped: Int, fullSends: Int, updateSends: Int) {
+func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = false, updates: ModelUpdates = .always,
+                      precision: Precision = .fp32) throws -> (weights: [Float], losses: [Double], dropped: Int, fullSends: Int, updateSends: Int) {
     let ctx = try ZMQContext()
     var cs = CoordinatorSettings()
     cs.heartbeatInterval = 0.05
@@ -67,7 +69,7 @@ func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = fal
     }
     let model = try clusterModel()
     let trainer = try DistributedTrainer(coordinator: coordinator, model: model, sequences: clusterLines,
-                                         settings: clusterSettings(), shards: shards)
+                                         settings: clusterSettings(precision: precision), shards: shards)
     let losses = try (0..<3).map { _ in try trainer.runStep().loss }
     stop.stop()
     _ = group.wait(timeout: .now() + 2)
@@ -107,6 +109,28 @@ final class Counter: @unchecked Sendable {
 
     /// Over loopback `auto` sends the whole weights every step (copying beats coding there);
     /// the weights are the same either way.
+    /// bf16 tasks: every worker computes the same bits for a shard, so 1, 2 and 3 workers train
+    /// the same model; and it is not the fp32 model (the tasks did run bf16).
+    @Test(.enabled(if: BF16Support.available, "needs AVX512-BF16 or AMX"))
+    func bf16WeightsAreBitIdenticalForOneTwoAndThreeWorkers() throws {
+        let one = try trainOverCluster(workers: 1, precision: .bf16)
+        let two = try trainOverCluster(workers: 2, precision: .bf16)
+        let three = try trainOverCluster(workers: 3, precision: .bf16)
+        #expect(one.weights == two.weights && one.losses == two.losses)
+        #expect(one.weights == three.weights && one.losses == three.losses)
+        let fp32 = try trainOverCluster(workers: 1)
+        #expect(fp32.weights != one.weights)
+        // Both moved the weights the same way: Adam turns a small gradient's sign into a full
+        // step, so single weights may differ by a few learning rates; the moves as a whole agree.
+        let start = try clusterModel().parameters.array()
+        var diff = 0.0, moved = 0.0
+        for i in start.indices {
+            let a = Double(one.weights[i] - start[i]), b = Double(fp32.weights[i] - start[i])
+            diff += (a - b) * (a - b); moved += b * b
+        }
+        #expect((diff / moved).squareRoot() < 0.25, "bf16's update differs from fp32's by \((diff / moved).squareRoot()) of its size")
+    }
+
     @Test func theWholeWeightsAndUpdatesGiveTheSameRun() throws {
         let updates = try trainOverCluster(workers: 1, updates: .always)
         let whole = try trainOverCluster(workers: 1, updates: .auto)
