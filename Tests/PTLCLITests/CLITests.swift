@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// Runs the built `ptl` executable (it sits beside the test bundle) and returns its output.
-func runPTL(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+func runPTL(_ args: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
     let buildDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     var exe = buildDir.appendingPathComponent("ptl")
     if !FileManager.default.fileExists(atPath: exe.path) {
@@ -12,6 +12,9 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: 
     let p = Process()
     p.executableURL = exe
     p.arguments = args
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
@@ -35,6 +38,21 @@ func scratchDirectory() -> URL {
 }
 
 @Suite struct CLITests {
+    /// A CPU without AVX512-BF16 or AMX, forced two ways: oneDNN held to AVX512_CORE (its ISA
+    /// check then finds no bf16), or ptl's own switch. `--precision bf16` says what it runs
+    /// instead, and gives exactly the fp32 answer.
+    @Test(arguments: [["ONEDNN_MAX_CPU_ISA": "AVX512_CORE"], ["PTL_NO_BF16": "1"]])
+    func bf16FallsBackToFP32WhereTheCPUHasNoBF16(environment: [String: String]) throws {
+        let args = ["generate", "--model", fixtures.appendingPathComponent("tiny-llama").path, "--prompt", "Question: 2+3?",
+                    "--max-new-tokens", "12", "--ignore-eos", "--json"]
+        let forced = try runPTL(args + ["--precision", "bf16"], environment: environment)
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(forced.stderr.contains("bf16 was asked for, but") && forced.stderr.contains("running fp32 (OpenBLAS) instead"), "\(forced.stderr)")
+        let fp32 = try runPTL(args + ["--precision", "fp32"])
+        #expect(fp32.status == 0 && forced.stdout == fp32.stdout)
+        #expect(!fp32.stderr.contains("bf16 was asked for"))
+    }
+
     /// fp32 follows PyTorch's fp32 trajectory to 1e-4. bf16 (where the CPU has it) follows it
     /// within bf16's rounding: each matmul input keeps 8 significant bits (2⁻⁹ relative), which
     /// moves the loss by ~1e-4 and the gradient norm by up to ~1 % (measured: 1.2 % at worst).
