@@ -126,7 +126,7 @@ public final class TrainingPass: @unchecked Sendable {
         self.tokens = tokens
         self.targets = targets
         if precision == .bf16 {
-            if half == nil { half = HalfBuffers(config: c, rows: capacity.batch * capacity.seq) }
+            if half == nil { half = HalfBuffers(config: c, rows: capacity.batch * capacity.seq, seq: capacity.seq, slots: attSlots) }
             weightsB = OpProfiler.time("bf16.weights") { model.bf16Parameters() }
         } else {
             half = nil
@@ -165,7 +165,15 @@ public final class TrainingPass: @unchecked Sendable {
                 }
             }
             OpProfiler.time("attention.fwd") {
-            attentionForward(attl, probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            if let h = half {
+                let qB = h.q.at(l * N * c.qDim), kB = h.k.at(l * N * c.kvDim), vB = h.v.at(l * N * c.kvDim)
+                convertToBF16(qB, ql, count: N * c.qDim)
+                convertToBF16(kB, kl, count: N * c.kvDim)
+                convertToBF16(vB, vl, count: N * c.kvDim)
+                attentionForwardBF16(attl, probs.at(l * shape.probsCount), qB, kB, vB, scratch: h.attention.pointer, slots: attSlots, shape: shape)
+            } else {
+                attentionForward(attl, probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            }
             }
             linear(tmp.pointer, operand(attl, half?.att.at(l * N * c.qDim), count: N * c.qDim), o.o, o.oBias, rows: N, inDim: c.qDim, outDim: H)
             if alpha != 1 { scaleInPlace(tmp.pointer, alpha, count: N * H) }
@@ -252,8 +260,15 @@ public final class TrainingPass: @unchecked Sendable {
             linearBackward(datt.pointer, G, o.o, o.oBias, dbranch2, operand(attl, half?.att.at(l * N * c.qDim)), rows: N, inDim: c.qDim, outDim: H)
             dk.zero(); dv.zero()
             OpProfiler.time("attention.bwd") {
-            attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, slots: attSlots, datt.pointer,
-                              probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            if let h = half {
+                convertToBF16(h.datt.pointer, datt.pointer, count: N * c.qDim)
+                attentionBackwardBF16(dq.pointer, dk.pointer, dv.pointer, dpScratch: attScratch.pointer, scratch: h.attention.pointer,
+                                      slots: attSlots, h.datt.pointer, probs.at(l * shape.probsCount),
+                                      h.q.at(l * N * c.qDim), h.k.at(l * N * c.kvDim), h.v.at(l * N * c.kvDim), shape: shape)
+            } else {
+                attentionBackward(dq.pointer, dk.pointer, dv.pointer, attScratch.pointer, slots: attSlots, datt.pointer,
+                                  probs.at(l * shape.probsCount), ql, kl, vl, shape: shape)
+            }
             }
             rope.cos.withUnsafeBufferPointer { cs in
                 rope.sin.withUnsafeBufferPointer { sn in
@@ -332,15 +347,20 @@ public final class TrainingPass: @unchecked Sendable {
 }
 
 /// The bf16 side of a training pass: copies of every matmul input (kept for the weight
-/// gradients) and the scratch copy of an output gradient.
+/// gradients) and of q, k, v (kept for attention's backward), the scratch copy of an output
+/// gradient, and attention's scratch.
 struct HalfBuffers {
     let ln1: BF16Buffer, att: BF16Buffer, ln2: BF16Buffer, act: BF16Buffer, lnf: BF16Buffer
+    let q: BF16Buffer, k: BF16Buffer, v: BF16Buffer, datt: BF16Buffer, attention: BF16Buffer
     let dout: BF16Buffer
 
-    init(config c: ModelConfig, rows N: Int) {
+    init(config c: ModelConfig, rows N: Int, seq: Int, slots: Int) {
         let L = c.numHiddenLayers, H = c.hiddenSize, I = c.intermediateSize
         ln1 = BF16Buffer(count: L * N * H); att = BF16Buffer(count: L * N * c.qDim)
         ln2 = BF16Buffer(count: L * N * H); act = BF16Buffer(count: L * N * I); lnf = BF16Buffer(count: N * H)
+        q = BF16Buffer(count: L * N * c.qDim); k = BF16Buffer(count: L * N * c.kvDim); v = BF16Buffer(count: L * N * c.kvDim)
+        datt = BF16Buffer(count: N * c.qDim)
+        attention = BF16Buffer(count: attentionBF16ScratchCount(seq: seq, slots: slots))
         let widest = max(c.vocabSize, I, H, c.qDim)
         dout = BF16Buffer(count: N * widest)
     }

@@ -48,11 +48,13 @@ public func attentionForward(
     }
 }
 
-/// Softmax of row t over columns 0...t of a (T, T) matrix; columns after t set to 0.
+/// Softmax of row t over columns 0...t of a (T, T) matrix (times `scale` first, when given);
+/// columns after t set to 0.
 @inline(__always)
-func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, _ T: Int) {
+func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, _ T: Int, scale: Float = 1) {
     for t in 0..<T {
         let row = p + t * T
+        if scale != 1 { vectorScale(row, scale, t + 1) }
         let m = vectorMax(row, t + 1)
         let sum = vectorExpShiftSum(row, shift: m, t + 1)
         vectorScale(row, 1 / sum, t + 1)
