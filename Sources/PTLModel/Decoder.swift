@@ -137,7 +137,17 @@ public final class Decoder: @unchecked Sendable {
                 // A fresh prompt: the training kernel (sgemm per head) over the new tokens alone.
                 let shape = AttentionShape(batch: batch, seq: n, qHeads: c.numAttentionHeads,
                                            kvHeads: c.numKeyValueHeads, headDim: c.headDim)
-                attentionForward(attOut.pointer, promptProbs(count: shape.probsCount), q, kNew, vNew, shape: shape)
+                if let scratch = promptBF16(rows: R, seq: n) {
+                    // bf16 products, as in training: q, k, v of the prompt in bf16.
+                    let qB = scratch.pointer, kB = qB + R * c.qDim, vB = kB + R * c.kvDim, rest = vB + R * c.kvDim
+                    convertToBF16(qB, q, count: R * c.qDim)
+                    convertToBF16(kB, kNew, count: R * c.kvDim)
+                    convertToBF16(vB, vNew, count: R * c.kvDim)
+                    attentionForwardBF16(attOut.pointer, promptProbs(count: shape.probsCount), qB, kB, vB, scratch: rest,
+                                         slots: ComputeThreads.count, shape: shape)
+                } else {
+                    attentionForward(attOut.pointer, promptProbs(count: shape.probsCount), q, kNew, vNew, shape: shape)
+                }
             } else {
             pad.withUnsafeBufferPointer { pb in
                 attentionCachedForward(attOut.pointer, scores.pointer, q, kc, vc, batch: batch, newTokens: n,
@@ -192,6 +202,20 @@ public final class Decoder: @unchecked Sendable {
         } else {
             matmulForward(out, x.f32, P.at(w), bias.map { P.at($0) }, rows: rows, inDim: inDim, outDim: outDim)
         }
+    }
+
+    private var promptBF16Buffer: BF16Buffer?
+
+    /// bf16 scratch of a fresh prompt's attention (q, k, v and the per-thread blocks) in a bf16
+    /// decoder, allocated on first use; nil in an fp32 one.
+    private func promptBF16(rows R: Int, seq n: Int) -> BF16Buffer? {
+        guard precision == .bf16 else { return nil }
+        let c = model.config
+        let count = R * (c.qDim + 2 * c.kvDim) + attentionBF16ScratchCount(seq: n, slots: ComputeThreads.count)
+        if let b = promptBF16Buffer, b.count >= count { return b }
+        let b = BF16Buffer(count: count)
+        promptBF16Buffer = b
+        return b
     }
 
     private var promptProbsBuffer: FloatBuffer?

@@ -85,4 +85,28 @@ struct BF16PassTests {
         let after = gradient(model, precision: .bf16, batch: 1, seq: 16, seed: 7).loss
         #expect(before != after)
     }
+
+    /// The bf16 decoder (oneDNN for the prompt and batches, the VDPBF16PS matvec at batch 1)
+    /// against the fp32 one, step by step, and batched against single.
+    @Test(arguments: ["llama", "qwen2"])
+    func decoderStaysCloseToFP32AndBatchesAgree(type: String) throws {
+        let model = randomModel(try mediumConfig(type: type), seed: 24, std: 0.05)
+        let prompts: [[Int32]] = [(0..<40).map { Int32($0 * 7 % 1024) }, (0..<40).map { Int32($0 * 13 % 1024) }]
+        func run(_ precision: Precision, batch: Int) -> [[Float]] {
+            let d = Decoder(model: model, batch: batch, capacity: 64, maxChunk: 64, precision: precision)
+            d.step(tokens: Array(prompts[0..<batch].joined()))
+            var out: [[Float]] = [Array(d.logits(of: 0))]
+            for step in 0..<4 {
+                d.step(tokens: (0..<batch).map { Int32(($0 + 1) * (step + 3)) })
+                out.append(Array(d.logits(of: 0)))
+            }
+            return out
+        }
+        let half = run(.bf16, batch: 1), full = run(.fp32, batch: 1), batched = run(.bf16, batch: 2)
+        for i in half.indices {
+            let e = normRelativeError(half[i][...], full[i][...]), eb = normRelativeError(batched[i][...], half[i][...])
+            #expect(e < 1e-2, "step \(i): bf16 logits \(e) from fp32")
+            #expect(eb < 1e-2, "step \(i): batch 2 \(eb) from batch 1")
+        }
+    }
 }
