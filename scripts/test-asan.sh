@@ -23,6 +23,9 @@ SUITES=(
     WireTests
     HostileTaskTests
     BadResultTests
+    BF16ConversionTests
+    BF16MatmulTests
+    BF16PassTests
 )
 
 cd "$(dirname "$0")/.."
