@@ -1,4 +1,5 @@
 import Foundation
+import PTLTensor
 import PTLCluster
 import PTLCommandLine
 import PTLData
@@ -34,7 +35,7 @@ extension PTLCoordinatorCommand {
             logger.info("resuming from \(found) at step \(start!.2.step)")
         }
         let m = try start?.0 ?? ModelSource.loadModel(data.model)
-        logger.info("\(sequences.count) lines, \(steps) steps of \(loop.batchSize) lines in \(loop.shards) shards")
+        logger.info("\(sequences.count) lines, \(steps) steps of \(loop.batchSize) lines in \(loop.shards) shards, precision \(loop.precision) (workers follow it; here: \(BF16Support.summary))")
         return { coordinator, status in
             coordinator.tokenizerJSON = tokenizerJSON
             try train(coordinator: coordinator, status: status, model: m, sequences: sequences, settings: settings, start: start, ledger: ledger)
