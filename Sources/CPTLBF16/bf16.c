@@ -196,6 +196,31 @@ static int lookup(const gemm_key *key, gemm_entry **out) {
     return (int)dnnl_out_of_memory;   // more shapes than the cache holds
 }
 
+/// Per thread, the four memory objects of each cached primitive, made on the thread's first
+/// call with it; later calls only point them at the new buffers.
+static __thread dnnl_memory_t (*thread_memories)[4];
+
+static dnnl_status_t thread_memory(gemm_entry *e, dnnl_memory_t out[4]) {
+    if (!thread_memories) {
+        thread_memories = calloc(CACHE_SLOTS, sizeof *thread_memories);
+        if (!thread_memories) return dnnl_out_of_memory;
+    }
+    dnnl_memory_t *m = thread_memories[e - cache];
+    if (!m[0]) {
+        dnnl_status_t st;
+        const dnnl_memory_desc_t *mds[4] = {&e->a, &e->b, &e->c, &e->scratch};
+        for (int i = 0; i < 4; i++) {
+            if ((st = dnnl_memory_create(&m[i], mds[i], engine, DNNL_MEMORY_NONE))) {
+                for (int j = 0; j < i; j++) { dnnl_memory_destroy(m[j]); m[j] = NULL; }
+                m[i] = NULL;
+                return st;
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = m[i];
+    return dnnl_success;
+}
+
 int ptl_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                   const uint16_t *a, int64_t lda, const uint16_t *b, int64_t ldb,
                   int accumulate, float *c, int64_t ldc) {
@@ -215,21 +240,16 @@ int ptl_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         thread_scratch_size = thread_scratch ? e->scratch_bytes : 0;
         if (!thread_scratch) return (int)dnnl_out_of_memory;
     }
-    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
-    dnnl_status_t st;
-    if ((st = dnnl_memory_create(&ma, &e->a, engine, (void *)a)) == dnnl_success
-        && (st = dnnl_memory_create(&mb, &e->b, engine, (void *)b)) == dnnl_success
-        && (st = dnnl_memory_create(&mc, &e->c, engine, c)) == dnnl_success
-        && (st = dnnl_memory_create(&ms, &e->scratch, engine, e->scratch_bytes ? thread_scratch : NULL)) == dnnl_success) {
-        dnnl_exec_arg_t args[4] = {
-            {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
-        st = dnnl_primitive_execute(e->primitive, thread_stream, 4, args);
-        if (st == dnnl_success) st = dnnl_stream_wait(thread_stream);
-    }
-    if (ma) dnnl_memory_destroy(ma);
-    if (mb) dnnl_memory_destroy(mb);
-    if (mc) dnnl_memory_destroy(mc);
-    if (ms) dnnl_memory_destroy(ms);
+    dnnl_memory_t mem[4];
+    dnnl_status_t st = thread_memory(e, mem);
+    if (st) return (int)st;
+    void *handles[4] = {(void *)a, (void *)b, c, e->scratch_bytes ? thread_scratch : NULL};
+    for (int i = 0; i < 4; i++)
+        if ((st = dnnl_memory_set_data_handle(mem[i], handles[i]))) return (int)st;
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]}, {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};
+    st = dnnl_primitive_execute(e->primitive, thread_stream, 4, args);
+    if (st == dnnl_success) st = dnnl_stream_wait(thread_stream);
     return (int)st;
 }
 
