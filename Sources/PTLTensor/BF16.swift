@@ -148,7 +148,7 @@ public func parallelBF16Gemm(
 /// 4 or 6 threads), at least 64 columns each and about 2²⁰ multiply-adds, a multiple of 16.
 @inline(__always)
 public func bf16ColumnBlockWidth(m: Int, n: Int, k: Int) -> Int {
-    let blocks = max(1, min(12, n / 64, m * n * k >> 20))
+    let blocks = max(1, min(12, n / 64, (m * n * k) >> 20))
     return max(16, (n + blocks - 1) / blocks + 15) / 16 * 16
 }
 

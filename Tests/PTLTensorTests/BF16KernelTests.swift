@@ -72,6 +72,17 @@ struct BF16MatmulTests {
         #expect(maxRelativeDifference(c, expected) < 1e-6)
     }
 
+    /// The split is the shape's: 12 blocks of 128 columns for the SmolLM2 FFN product, one block
+    /// for a product too small to share. (A precedence slip once made every product one block:
+    /// `m * n * k >> 20` shifts k alone.)
+    @Test func columnBlocksFollowTheShape() {
+        #expect(bf16ColumnBlockWidth(m: 1024, n: 1536, k: 576) == 128)
+        #expect(bf16ColumnBlockWidth(m: 1024, n: 576, k: 1536) == 64)
+        #expect(bf16ColumnBlockWidth(m: 1024, n: 49152, k: 576) == 4096)
+        #expect(bf16ColumnBlockWidth(m: 8, n: 576, k: 576) == 288)
+        #expect(bf16ColumnBlockWidth(m: 4, n: 40, k: 16) == 48)
+    }
+
     /// Every element of C is computed by one full-K product whatever the split, so the bits do
     /// not depend on the thread count (the training step's gradients rely on it).
     @Test func bitsDoNotDependOnThreadCount() {
