@@ -118,38 +118,44 @@ public func convertToBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePoin
 
 /// `C (m, n) = op(A)·op(B)` (`accumulate`: `C +=`), A and B bf16, C fp32, row-major.
 ///
-/// C is cut into column blocks fixed by the shape alone (`bf16ColumnBlocks`), each one
-/// single-threaded oneDNN matmul over the full M and K, and the blocks are spread over our
-/// threads: the bits of C depend on the shape, never on the thread count. (oneDNN's own blocking
-/// is not split-invariant: a transposed-A product cut into row blocks of different heights gives
-/// different bits.) Column blocks also pack each slice of B once, where row blocks would pack
-/// all of B once per block. A transposed A (the weight gradient's `doutᵀ`) costs no more than a
-/// plain one: oneDNN copies it into its blocked layout as it goes.
+/// C is cut into blocks fixed by the shape alone (`bf16Split`), each one single-threaded oneDNN
+/// matmul over the full K, and the blocks are spread over our threads: the bits of C depend on
+/// the shape, never on the thread count. (oneDNN's own blocking is not split-invariant: a
+/// transposed-A product cut into row blocks of different heights gives different bits.) The
+/// longer side of C is cut: each block then packs its own slice of the operand along that side
+/// and repacks only the smaller other one — cutting the LM head's weight gradient (49152 × 576,
+/// A = doutᵀ) into column blocks made every block transpose all of A, 2.5× slower.
 @inline(__always)
 public func parallelBF16Gemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
     _ a: UnsafePointer<UInt16>, lda: Int, _ b: UnsafePointer<UInt16>, ldb: Int,
     accumulate: Bool, _ c: UnsafeMutablePointer<Float>, ldc: Int
 ) {
-    let width = bf16ColumnBlockWidth(m: m, n: n, k: k)
-    let blocks = (n + width - 1) / width
+    let (rows, size) = bf16Split(m: m, n: n, k: k)
+    let blocks = ((rows ? m : n) + size - 1) / size
     let run = { (blk: Int) in
-        let c0 = blk * width, c1 = min(n, c0 + width)
-        let status = ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(c1 - c0), Int64(k), a, Int64(lda),
-                                   b + (transB ? c0 * ldb : c0), Int64(ldb), accumulate ? 1 : 0, c + c0, Int64(ldc))
+        let lo = blk * size, hi = min(rows ? m : n, lo + size)
+        let status = rows
+            ? ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(hi - lo), Int64(n), Int64(k), a + (transA ? lo : lo * lda), Int64(lda),
+                            b, Int64(ldb), accumulate ? 1 : 0, c + lo * ldc, Int64(ldc))
+            : ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(hi - lo), Int64(k), a, Int64(lda),
+                            b + (transB ? lo * ldb : lo), Int64(ldb), accumulate ? 1 : 0, c + lo, Int64(ldc))
         // Shapes and strides are ours (from checked configs); a failure here is the library's.
-        if status != 0 { fatalError("oneDNN bf16 matmul (\(m)×\(k))·(\(k)×\(c1 - c0)) failed with status \(status)") }
+        if status != 0 { fatalError("oneDNN bf16 matmul (\(m)×\(k))·(\(k)×\(n)) block \(blk) failed with status \(status)") }
     }
     if blocks == 1 { run(0); return }
     parallelFor(blocks, run)
 }
 
-/// Width of the column blocks of a bf16 product: at most 12 blocks (an even split over 1, 2, 3,
-/// 4 or 6 threads), at least 64 columns each and about 2²⁰ multiply-adds, a multiple of 16.
+/// How a bf16 product of C (m, n) is cut: along its rows when m > n, else its columns, into at
+/// most 12 blocks (an even split over 1, 2, 3, 4 or 6 threads) of at least 64 and a multiple of
+/// 16 rows or columns, each about 2²⁰ multiply-adds or more.
 @inline(__always)
-public func bf16ColumnBlockWidth(m: Int, n: Int, k: Int) -> Int {
-    let blocks = max(1, min(12, n / 64, (m * n * k) >> 20))
-    return max(16, (n + blocks - 1) / blocks + 15) / 16 * 16
+public func bf16Split(m: Int, n: Int, k: Int) -> (rows: Bool, size: Int) {
+    let rows = m > n
+    let long = rows ? m : n
+    let blocks = max(1, min(12, long / 64, (m * n * k) >> 20))   // parenthesised: >> binds tighter than *
+    return (rows, max(16, (long + blocks - 1) / blocks + 15) / 16 * 16)
 }
 
 /// `y (rows) = W (rows, cols) · x (cols)` with W and x bf16, fp32 accumulation: batch-1 decoding,

@@ -72,15 +72,16 @@ struct BF16MatmulTests {
         #expect(maxRelativeDifference(c, expected) < 1e-6)
     }
 
-    /// The split is the shape's: 12 blocks of 128 columns for the SmolLM2 FFN product, one block
-    /// for a product too small to share. (A precedence slip once made every product one block:
-    /// `m * n * k >> 20` shifts k alone.)
-    @Test func columnBlocksFollowTheShape() {
-        #expect(bf16ColumnBlockWidth(m: 1024, n: 1536, k: 576) == 128)
-        #expect(bf16ColumnBlockWidth(m: 1024, n: 576, k: 1536) == 64)
-        #expect(bf16ColumnBlockWidth(m: 1024, n: 49152, k: 576) == 4096)
-        #expect(bf16ColumnBlockWidth(m: 8, n: 576, k: 576) == 288)
-        #expect(bf16ColumnBlockWidth(m: 4, n: 40, k: 16) == 48)
+    /// The split is the shape's: the SmolLM2 FFN product in 12 column blocks of 128, the LM
+    /// head's weight gradient in 12 row blocks of 4096, one block for a product too small to
+    /// share. (A precedence slip once made every product one block: `m * n * k >> 20` shifts k.)
+    @Test func blocksFollowTheShape() {
+        #expect(bf16Split(m: 1024, n: 1536, k: 576) == (false, 128))
+        #expect(bf16Split(m: 1024, n: 576, k: 1536) == (true, 96))
+        #expect(bf16Split(m: 49152, n: 576, k: 1024) == (true, 4096))
+        #expect(bf16Split(m: 1024, n: 49152, k: 576) == (false, 4096))
+        #expect(bf16Split(m: 8, n: 576, k: 576) == (false, 288))
+        #expect(bf16Split(m: 4, n: 40, k: 16) == (false, 48))
     }
 
     /// Every element of C is computed by one full-K product whatever the split, so the bits do
@@ -89,7 +90,7 @@ struct BF16MatmulTests {
         let saved = ComputeThreads.count
         defer { ComputeThreads.set(saved) }
         for (ta, tb, m, n, k) in [(false, true, 512, 576, 192), (true, false, 576, 192, 512), (false, false, 96, 1536, 160),
-                                  (true, true, 300, 700, 250)] {
+                                  (true, true, 300, 700, 250), (true, false, 1536, 96, 300)] {
             let a = bf16(randomValues(m * k, seed: 46)).bits, b = bf16(randomValues(k * n, seed: 47)).bits
             var results: [[Float]] = []
             for threads in [1, 2, 3] {
