@@ -334,3 +334,51 @@ void ptl_bf16_matvec_rows(float *y, const uint16_t *w, const uint16_t *x, int64_
 #endif
     matvec_portable(y, w, x, r0, r1, cols);
 }
+
+// ---- small batches: each weight row read once for every sequence --------------------------
+
+static void gemv_batch_portable(float *y, int64_t ldy, const uint16_t *w, const uint16_t *x, int64_t batch,
+                                int64_t r0, int64_t r1, int64_t cols) {
+    for (int64_t b = 0; b < batch; b++) matvec_portable(y + b * ldy, w, x + b * cols, r0, r1, cols);
+}
+
+#if defined(__x86_64__)
+/// Up to 8 sequences against one weight row: 8 accumulators, the row's 32-value chunk loaded once.
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static void gemv_batch_avx512bf16(float *y, int64_t ldy, const uint16_t *w, const uint16_t *x, int64_t batch,
+                                  int64_t r0, int64_t r1, int64_t cols) {
+    const int64_t full = cols / 32 * 32;
+    const __mmask32 tail = (__mmask32)((1ull << (cols - full)) - 1);
+    for (int64_t b0 = 0; b0 < batch; b0 += 8) {
+        const int64_t nb = batch - b0 < 8 ? batch - b0 : 8;
+        const uint16_t *xs = x + b0 * cols;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *row = w + r * cols;
+            __m512 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps();
+            int64_t i = 0;
+            for (; i < full; i += 32) {
+                __m512bh wv = (__m512bh)_mm512_loadu_si512(row + i);
+                for (int j = 0; j < nb; j++)
+                    acc[j] = _mm512_dpbf16_ps(acc[j], wv, (__m512bh)_mm512_loadu_si512(xs + j * cols + i));
+            }
+            if (tail) {
+                __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, row + i);
+                for (int j = 0; j < nb; j++)
+                    acc[j] = _mm512_dpbf16_ps(acc[j], wv, (__m512bh)_mm512_maskz_loadu_epi16(tail, xs + j * cols + i));
+            }
+            for (int j = 0; j < nb; j++) y[(b0 + j) * ldy + r] = _mm512_reduce_add_ps(acc[j]);
+        }
+    }
+}
+#endif
+
+void ptl_bf16_gemv_batch(float *y, int64_t ldy, const uint16_t *w, const uint16_t *x, int64_t batch,
+                         int64_t r0, int64_t r1, int64_t cols) {
+#if defined(__x86_64__)
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    if (has) { gemv_batch_avx512bf16(y, ldy, w, x, batch, r0, r1, cols); return; }
+#endif
+    gemv_batch_portable(y, ldy, w, x, batch, r0, r1, cols);
+}

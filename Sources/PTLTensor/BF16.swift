@@ -171,6 +171,26 @@ public func matvecBF16(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<UInt
     }
 }
 
+/// Up to this many rows (sequences decoding together) a bf16 linear layer reads each weight row
+/// once for all of them (`gemvBatchBF16`) instead of calling oneDNN: decoding is bound by reading
+/// the weights, and a oneDNN call per block costs more than the product at 8 rows.
+public let smallBatchRows = 32
+
+/// `Y (batch, rows) = X (batch, cols) · Wᵀ`, W and X bf16, fp32 accumulation: each weight row
+/// read once for the whole batch; rows split over our threads (each element computed whole by
+/// one thread, so the bits do not depend on the thread count).
+@inline(__always)
+public func gemvBatchBF16(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<UInt16>, _ x: UnsafePointer<UInt16>,
+                          batch: Int, rows: Int, cols: Int) {
+    let blocks = rows * cols < 1 << 15 ? 1 : min(ComputeThreads.count, max(1, rows / 16))
+    parallelChunks(blocks) { b0, b1 in
+        for blk in b0..<b1 {
+            let r0 = blk * rows / blocks, r1 = (blk + 1) * rows / blocks
+            if r1 > r0 { ptl_bf16_gemv_batch(y, Int64(rows), w, x, Int64(batch), Int64(r0), Int64(r1), Int64(cols)) }
+        }
+    }
+}
+
 /// bf16 linear layer, HF layout: `out (rows, outDim) = inp (rows, inDim) · weightᵀ + bias`, with
 /// the input already in bf16 and the bias in fp32.
 @inline(__always)
@@ -181,6 +201,8 @@ public func matmulForwardBF16(
 ) {
     if rows == 1 {
         matvecBF16(out, weight, inp, rows: outDim, cols: inDim)
+    } else if rows <= smallBatchRows {
+        gemvBatchBF16(out, weight, inp, batch: rows, rows: outDim, cols: inDim)
     } else {
         parallelBF16Gemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, inp, lda: inDim, weight, ldb: inDim,
                          accumulate: false, out, ldc: outDim)

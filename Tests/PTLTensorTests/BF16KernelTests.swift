@@ -114,6 +114,24 @@ struct BF16MatmulTests {
         }
     }
 
+    /// Small batches (decoding 2–32 sequences) read each weight row once: the same bits as one
+    /// matrix–vector product per sequence.
+    @Test func smallBatchesEqualOneMatvecPerSequence() {
+        for (batch, rows, cols) in [(2, 7, 33), (8, 130, 576), (11, 64, 1000), (32, 96, 64)] {
+            let w = bf16(randomValues(rows * cols, seed: 53)).bits, x = bf16(randomValues(batch * cols, seed: 54)).bits
+            var y = [Float](repeating: 0, count: batch * rows), single = y
+            gemvBatchBF16(&y, w, x, batch: batch, rows: rows, cols: cols)
+            for b in 0..<batch {
+                x.withUnsafeBufferPointer { xp in
+                    single.withUnsafeMutableBufferPointer { sp in
+                        matvecBF16(sp.baseAddress! + b * rows, w, xp.baseAddress! + b * cols, rows: rows, cols: cols)
+                    }
+                }
+            }
+            #expect(y == single, "\(batch)×\(rows)×\(cols)")
+        }
+    }
+
     @Test func backwardMatchesFP32BackwardOnBF16Inputs() {
         let rows = 24, inDim = 40, outDim = 36
         let x = bf16(randomValues(rows * inDim, seed: 50)), w = bf16(randomValues(outDim * inDim, seed: 51))

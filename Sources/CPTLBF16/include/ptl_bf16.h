@@ -47,6 +47,12 @@ const char *ptl_bf16_gemm_impl(int trans_a, int trans_b, int64_t m, int64_t n, i
 /// accumulation (pairs of products, as VDPBF16PS adds them), y fp32.
 void ptl_bf16_matvec_rows(float *y, const uint16_t *w, const uint16_t *x, int64_t r0, int64_t r1, int64_t cols);
 
+/// Y[b, r] = Σ_i W[r, i] · X[b, i] for r in r0..<r1 and b < batch: W (rows, cols) bf16, X (batch,
+/// cols) bf16, Y (batch, ldy) fp32. Each row of W is read once for the whole batch (small
+/// batches: decoding 2–32 sequences), the same pair-wise fp32 accumulation as the matvec.
+void ptl_bf16_gemv_batch(float *y, int64_t ldy, const uint16_t *w, const uint16_t *x, int64_t batch,
+                         int64_t r0, int64_t r1, int64_t cols);
+
 #ifdef __cplusplus
 }
 #endif
