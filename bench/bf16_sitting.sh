@@ -18,7 +18,7 @@ swift build -c release --product ptl-bench >/dev/null
         .build/release/ptl-bench --config all --reps 3 --precision both | grep -E '^(JSON|#)' | sed 's/^JSON/PTL/'
     done
 } | tee "$OUT"
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' | sed 's/^/# /' | tee -a "$OUT"
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
