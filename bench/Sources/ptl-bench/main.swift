@@ -53,7 +53,8 @@ ComputeThreads.set(threads)
 let env = ProcessInfo.processInfo.environment
 print("# ptl-bench  threads \(threads)  OpenBLAS core \(ComputeThreads.blasCoreName)  OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)") OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
 let (copyGBs, readGBs) = memoryBandwidth(reps: reps)
-print("# CPU \(cpuModelName())  bf16: \(BF16Support.summary), \(BF16Support.available ? "bf16 products on" : "no bf16 products (bf16 runs fp32)")")
+print("# CPU \(cpuModelName())  bf16: \(BF16Support.summary), " +
+      (BF16Support.available ? "bf16 products on, kernel \(BF16Support.implementation(m: 1024, n: 1536, k: 576))" : "no bf16 products (bf16 runs fp32)"))
 print(String(format: "memory bandwidth: copy %.1f GB/s, read %.1f GB/s", copyGBs, readGBs))
 // Decoding streams the weights once per token: the read bandwidth bounds it.
 let bandwidth = readGBs
