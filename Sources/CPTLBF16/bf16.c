@@ -326,14 +326,6 @@ static void matvec_avx512bf16(float *y, const uint16_t *w, const uint16_t *x, in
 }
 #endif
 
-void ptl_bf16_matvec_rows(float *y, const uint16_t *w, const uint16_t *x, int64_t r0, int64_t r1, int64_t cols) {
-#if defined(__x86_64__)
-    static int has = -1;
-    if (has < 0) has = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
-    if (has) { matvec_avx512bf16(y, w, x, r0, r1, cols); return; }
-#endif
-    matvec_portable(y, w, x, r0, r1, cols);
-}
 
 // ---- small batches: each weight row read once for every sequence --------------------------
 
@@ -378,6 +370,7 @@ void ptl_bf16_gemv_batch(float *y, int64_t ldy, const uint16_t *w, const uint16_
 #if defined(__x86_64__)
     static int has = -1;
     if (has < 0) has = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    if (has && batch == 1) { matvec_avx512bf16(y, w, x, r0, r1, cols); return; }
     if (has) { gemv_batch_avx512bf16(y, ldy, w, x, batch, r0, r1, cols); return; }
 #endif
     gemv_batch_portable(y, ldy, w, x, batch, r0, r1, cols);

@@ -13,16 +13,13 @@ public final class LocalBackend: ComputeBackend {
     let compute = ShardCompute()
     /// One gradient buffer per shard, kept across steps.
     var shardGrads: [FloatBuffer] = []
-    public var precision: Precision = .fp32 {
-        didSet { computed = precision.resolved().precision }
-    }
+    public var precision: Precision = .fp32
     /// What this machine runs for `precision`.
-    var computed: Precision = .fp32
+    var computed: Precision { precision.resolved().precision }
 
     public init(tokenizer: Tokenizer, precision: Precision = .fp32) {
         self.tokenizer = tokenizer
         self.precision = precision
-        computed = precision.resolved().precision
     }
 
     /// The longest sequence of a phase: every shard's pass is sized for it, as on workers.

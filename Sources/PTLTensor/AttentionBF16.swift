@@ -9,15 +9,6 @@ import CPTLBF16
 /// two seq×seq blocks per slot.
 public func attentionBF16ScratchCount(seq: Int, slots: Int) -> Int { 2 * seq * seq * slots }
 
-@inline(__always)
-func bf16Gemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
-              _ a: UnsafePointer<UInt16>, _ lda: Int, _ b: UnsafePointer<UInt16>, _ ldb: Int,
-              accumulate: Bool, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    let status = ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), a, Int64(lda), b, Int64(ldb),
-                               accumulate ? 1 : 0, c, Int64(ldc))
-    if status != 0 { fatalError("oneDNN bf16 matmul (\(m)×\(k))·(\(k)×\(n)) failed with status \(status)") }
-}
-
 /// `attentionForward` with bf16 products: `qB`, `kB`, `vB` are the bf16 copies of q, k, v (same
 /// layout); `scratch` holds `slots` blocks of 2·seq·seq bf16 values.
 public func attentionForwardBF16(

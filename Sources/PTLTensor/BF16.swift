@@ -135,16 +135,25 @@ public func parallelBF16Gemm(
     let blocks = ((rows ? m : n) + size - 1) / size
     let run = { (blk: Int) in
         let lo = blk * size, hi = min(rows ? m : n, lo + size)
-        let status = rows
-            ? ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(hi - lo), Int64(n), Int64(k), a + (transA ? lo : lo * lda), Int64(lda),
-                            b, Int64(ldb), accumulate ? 1 : 0, c + lo * ldc, Int64(ldc))
-            : ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(hi - lo), Int64(k), a, Int64(lda),
-                            b + (transB ? lo * ldb : lo), Int64(ldb), accumulate ? 1 : 0, c + lo, Int64(ldc))
-        // Shapes and strides are ours (from checked configs); a failure here is the library's.
-        if status != 0 { fatalError("oneDNN bf16 matmul (\(m)×\(k))·(\(k)×\(n)) block \(blk) failed with status \(status)") }
+        if rows {
+            bf16Gemm(transA, transB, hi - lo, n, k, a + (transA ? lo : lo * lda), lda, b, ldb, accumulate: accumulate, c + lo * ldc, ldc)
+        } else {
+            bf16Gemm(transA, transB, m, hi - lo, k, a, lda, b + (transB ? lo * ldb : lo), ldb, accumulate: accumulate, c + lo, ldc)
+        }
     }
     if blocks == 1 { run(0); return }
     parallelFor(blocks, run)
+}
+
+/// One single-threaded oneDNN product on this thread (`ptl_bf16_gemm`). Shapes and strides are
+/// ours (from checked configs): a failure here is the library's.
+@inline(__always)
+func bf16Gemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int,
+              _ a: UnsafePointer<UInt16>, _ lda: Int, _ b: UnsafePointer<UInt16>, _ ldb: Int,
+              accumulate: Bool, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    let status = ptl_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), a, Int64(lda), b, Int64(ldb),
+                               accumulate ? 1 : 0, c, Int64(ldc))
+    if status != 0 { fatalError("oneDNN bf16 matmul (\(m)×\(k))·(\(k)×\(n)) failed with status \(status)") }
 }
 
 /// How a bf16 product of C (m, n) is cut: along its rows when m > n, else its columns, into at
@@ -158,34 +167,22 @@ public func bf16Split(m: Int, n: Int, k: Int) -> (rows: Bool, size: Int) {
     return (rows, max(16, (long + blocks - 1) / blocks + 15) / 16 * 16)
 }
 
-/// `y (rows) = W (rows, cols) · x (cols)` with W and x bf16, fp32 accumulation: batch-1 decoding,
-/// bound by reading W once; rows split over our threads.
+/// Up to this many rows (sequences decoding together) a bf16 linear layer reads each weight row
+/// once for all of them (`matvecBF16`) instead of calling oneDNN: decoding is bound by reading
+/// the weights, and a oneDNN call per block costs more than the product at 8 rows.
+public let smallBatchRows = 32
+
+/// `Y (batch, rows) = X (batch, cols) · Wᵀ` with W and X bf16, fp32 accumulation: decoding 1–32
+/// sequences, bound by reading W once for all of them. Rows are split over our threads at
+/// multiples of 4 (the batch-1 kernel's row group); each element is computed whole by one thread,
+/// so the bits do not depend on the thread count, nor on the batch.
 @inline(__always)
-public func matvecBF16(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<UInt16>, _ x: UnsafePointer<UInt16>, rows: Int, cols: Int) {
+public func matvecBF16(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<UInt16>, _ x: UnsafePointer<UInt16>,
+                       batch: Int = 1, rows: Int, cols: Int) {
     let blocks = rows * cols < 1 << 16 ? 1 : min(ComputeThreads.count, max(1, rows / 16))
     parallelChunks(blocks) { b0, b1 in
         for blk in b0..<b1 {
             let r0 = blk * rows / blocks / 4 * 4, r1 = blk + 1 == blocks ? rows : (blk + 1) * rows / blocks / 4 * 4
-            if r1 > r0 { ptl_bf16_matvec_rows(y, w, x, Int64(r0), Int64(r1), Int64(cols)) }
-        }
-    }
-}
-
-/// Up to this many rows (sequences decoding together) a bf16 linear layer reads each weight row
-/// once for all of them (`gemvBatchBF16`) instead of calling oneDNN: decoding is bound by reading
-/// the weights, and a oneDNN call per block costs more than the product at 8 rows.
-public let smallBatchRows = 32
-
-/// `Y (batch, rows) = X (batch, cols) · Wᵀ`, W and X bf16, fp32 accumulation: each weight row
-/// read once for the whole batch; rows split over our threads (each element computed whole by
-/// one thread, so the bits do not depend on the thread count).
-@inline(__always)
-public func gemvBatchBF16(_ y: UnsafeMutablePointer<Float>, _ w: UnsafePointer<UInt16>, _ x: UnsafePointer<UInt16>,
-                          batch: Int, rows: Int, cols: Int) {
-    let blocks = rows * cols < 1 << 15 ? 1 : min(ComputeThreads.count, max(1, rows / 16))
-    parallelChunks(blocks) { b0, b1 in
-        for blk in b0..<b1 {
-            let r0 = blk * rows / blocks, r1 = (blk + 1) * rows / blocks
             if r1 > r0 { ptl_bf16_gemv_batch(y, Int64(rows), w, x, Int64(batch), Int64(r0), Int64(r1), Int64(cols)) }
         }
     }
@@ -199,10 +196,8 @@ public func matmulForwardBF16(
     _ inp: UnsafePointer<UInt16>, _ weight: UnsafePointer<UInt16>, _ bias: UnsafePointer<Float>?,
     rows: Int, inDim: Int, outDim: Int
 ) {
-    if rows == 1 {
-        matvecBF16(out, weight, inp, rows: outDim, cols: inDim)
-    } else if rows <= smallBatchRows {
-        gemvBatchBF16(out, weight, inp, batch: rows, rows: outDim, cols: inDim)
+    if rows <= smallBatchRows {
+        matvecBF16(out, weight, inp, batch: rows, rows: outDim, cols: inDim)
     } else {
         parallelBF16Gemm(transA: false, transB: true, m: rows, n: outDim, k: inDim, inp, lda: inDim, weight, ldb: inDim,
                          accumulate: false, out, ldc: outDim)

@@ -120,7 +120,7 @@ struct BF16MatmulTests {
         for (batch, rows, cols) in [(2, 7, 33), (8, 130, 576), (11, 64, 1000), (32, 96, 64)] {
             let w = bf16(randomValues(rows * cols, seed: 53)).bits, x = bf16(randomValues(batch * cols, seed: 54)).bits
             var y = [Float](repeating: 0, count: batch * rows), single = y
-            gemvBatchBF16(&y, w, x, batch: batch, rows: rows, cols: cols)
+            matvecBF16(&y, w, x, batch: batch, rows: rows, cols: cols)
             for b in 0..<batch {
                 x.withUnsafeBufferPointer { xp in
                     single.withUnsafeMutableBufferPointer { sp in

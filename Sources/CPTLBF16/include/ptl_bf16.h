@@ -43,13 +43,10 @@ int ptl_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 /// NULL when it could not make one.
 const char *ptl_bf16_gemm_impl(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k);
 
-/// y[r] = Σ_i W[r, i] · x[i] for r in r0..<r1: W (rows, cols) bf16 row-major, x bf16, fp32
-/// accumulation (pairs of products, as VDPBF16PS adds them), y fp32.
-void ptl_bf16_matvec_rows(float *y, const uint16_t *w, const uint16_t *x, int64_t r0, int64_t r1, int64_t cols);
-
 /// Y[b, r] = Σ_i W[r, i] · X[b, i] for r in r0..<r1 and b < batch: W (rows, cols) bf16, X (batch,
-/// cols) bf16, Y (batch, ldy) fp32. Each row of W is read once for the whole batch (small
-/// batches: decoding 2–32 sequences), the same pair-wise fp32 accumulation as the matvec.
+/// cols) bf16, Y (batch, ldy) fp32, fp32 accumulation (pairs of products, as VDPBF16PS adds
+/// them). Each row of W is read once for the whole batch (decoding 1–32 sequences); batch 1 runs
+/// a four-row kernel with the same bits.
 void ptl_bf16_gemv_batch(float *y, int64_t ldy, const uint16_t *w, const uint16_t *x, int64_t batch,
                          int64_t r0, int64_t r1, int64_t cols);
 
