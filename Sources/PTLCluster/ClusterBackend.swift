@@ -11,6 +11,11 @@ public final class ClusterBackend: ComputeBackend {
     public let coordinator: Coordinator
     /// Sent with every task; workers follow it.
     public var precision: Precision = .fp32
+    /// Pinned on the coordinator when set; grad tasks name it and workers fetch it once.
+    public var teacher: Teacher? {
+        didSet { teacherHash = teacher.map { TaskCoding.pin($0.model, on: coordinator) } }
+    }
+    var teacherHash: String?
 
     var wirePrecision: Ptl_V1_Precision { precision == .bf16 ? .bf16 : .fp32 }
 
@@ -57,7 +62,15 @@ public final class ClusterBackend: ComputeBackend {
         let t0 = clock.now(), wait0 = coordinator.waitSeconds
         let hash = TaskCoding.publish(model, on: coordinator)
         let t1 = clock.now()
-        let tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: lossScale, branchScale: branchScale)
+        var tasks = sequenceTasks(batch, shards: shards, key: key, phase: .grad, hash: hash, lossScale: lossScale, branchScale: branchScale)
+        if let teacher, let teacherHash {
+            try teacher.check(student: model)
+            for i in tasks.indices {
+                tasks[i].spec.teacherHash = teacherHash
+                tasks[i].spec.kdTemperature = teacher.temperature
+                tasks[i].spec.kdWeight = teacher.kdWeight
+            }
+        }
         let n = grads.count
         /// The result's gradient frame, checked (size, finite loss, plausible counts).
         func gradient(_ k: Ptl_V1_TaskKey, _ message: WireMessage) throws -> Frame {

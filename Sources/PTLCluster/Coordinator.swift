@@ -66,6 +66,9 @@ public final class Coordinator: @unchecked Sendable {
     }
     /// The version tasks run on now.
     public private(set) var currentModel: String?
+    /// Versions served for the whole run besides the current one (the teacher of distillation),
+    /// always sent whole.
+    public private(set) var pinnedModels: [String: (config: String, weights: [UInt8])] = [:]
     /// MODEL_RESPONSE frames by (version, base: "" for the whole weights), encoded (and
     /// checksummed) once however many workers ask for them.
     var encodedModels: [ModelKey: [Frame]] = [:]
@@ -134,6 +137,12 @@ public final class Coordinator: @unchecked Sendable {
             models[hash] = (config, w)
         }
         currentModel = hash
+    }
+
+    /// Keeps `hash` servable for the rest of the run (a distillation teacher workers fetch once).
+    public func pin(_ hash: String, config: String, weights raw: UnsafeRawBufferPointer) {
+        guard pinnedModels[hash] == nil else { return }
+        pinnedModels[hash] = (config, Array(raw))
     }
 
     /// Runs one phase to completion: `tasks` (key, spec, input tensors) → results in shard order.
@@ -324,13 +333,13 @@ public final class Coordinator: @unchecked Sendable {
             scheduler.failed(env.task, on: worker, reason: env.error.message)
         case .modelRequest:
             let hash = env.modelRequest.modelHash
-            guard let m = models[hash] else {
+            guard let m = models[hash] ?? pinnedModels[hash] else {
                 try? send(to: worker, Messages.error(nil, "unknown model version \(hash)", retryable: false))
                 return
             }
             // An update when the worker holds the version before this one (same shape), else the weights.
             let base = env.modelRequest.baseModelHash
-            let update = !base.isEmpty && base != hash && settings.modelUpdates.updates(peer: peer)
+            let update = !base.isEmpty && base != hash && models[hash] != nil && settings.modelUpdates.updates(peer: peer)
                 && models[base].map { $0.config == m.config && $0.weights.count == m.weights.count } == true
             let key = ModelKey(hash: hash, base: update ? base : "")
             if encodedModels[key] == nil {

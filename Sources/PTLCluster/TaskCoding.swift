@@ -94,6 +94,15 @@ public enum TaskCoding {
         return s
     }
 
+    /// Pins `model` (a distillation teacher) on the coordinator for the run and returns its hash.
+    public static func pin(_ model: Model, on coordinator: Coordinator) -> String {
+        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
+        let n = model.parameters.count
+        let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
+        coordinator.pin(hash, config: config, weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
+        return hash
+    }
+
     /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
     /// holding it fetch an update) and returns its hash.
     public static func publish(_ model: Model, on coordinator: Coordinator) -> String {

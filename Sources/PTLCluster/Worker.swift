@@ -2,8 +2,9 @@ import Foundation
 import Logging
 
 /// What a worker computes for one task: the model version it needs, given as (config, weights).
+/// `teacher` is the distillation teacher the task names (`spec.teacherHash`), nil when it names none.
 public typealias TaskHandler = @Sendable (_ key: Ptl_V1_TaskKey, _ spec: Ptl_V1_Task, _ inputs: [WireTensor],
-                                          _ model: ModelVersion) throws -> (Ptl_V1_Result, [WireTensor])
+                                          _ model: ModelVersion, _ teacher: ModelVersion?) throws -> (Ptl_V1_Result, [WireTensor])
 
 /// A model version as workers receive it.
 public struct ModelVersion: Sendable {
@@ -54,6 +55,8 @@ public final class WorkerClient: @unchecked Sendable {
     let handler: TaskHandler
     var socket: ZMQSocket
     var models: [String: ModelVersion] = [:]
+    /// The distillation teacher of the run (fetched whole once, checked against its hash).
+    var teacher: ModelVersion?
     var waiting: (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])?
     let done = DoneBox()
     var busy = false
@@ -195,14 +198,24 @@ public final class WorkerClient: @unchecked Sendable {
             if models[env.taskSpec.modelHash] == nil, let cached = loadCached(env.taskSpec.modelHash) {
                 models = [cached.hash: cached]
             }
-            if models[env.taskSpec.modelHash] == nil {
-                waiting = (env.task, env.taskSpec, message.tensors)
-                try requestModel(env.taskSpec.modelHash, base: models.keys.first)
-            } else {
-                start(env.task, env.taskSpec, message.tensors)
-            }
+            waiting = (env.task, env.taskSpec, message.tensors)
+            try startOrFetch()
         case .modelResponse:
             let r = env.modelResponse
+            if let t = waiting, !t.spec.teacherHash.isEmpty, r.modelHash == t.spec.teacherHash, r.modelHash != t.spec.modelHash {
+                // The teacher: always whole, kept beside the student's version.
+                guard r.baseModelHash.isEmpty, let w = message.tensor("weights")?.floats,
+                      w.withUnsafeBufferPointer({ modelHash(configJSON: r.configJson, weights: $0) }) == r.modelHash else {
+                    logger.warning("the teacher \(r.modelHash) came damaged or as an update: task \(TaskID(t.key)) fails")
+                    waiting = nil
+                    try send(Messages.error(t.key, "the teacher \(r.modelHash) arrived damaged"))
+                    return
+                }
+                teacher = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
+                logger.info("\(String(format: "teacher %@ received (%.1f MB) in %.2f s", r.modelHash, Double(4 * w.count) / 1e6, clock.now() - requestedAt))")
+                try startOrFetch()
+                return
+            }
             var w: [Float]
             if r.baseModelHash.isEmpty {
                 guard let t = message.tensor("weights"), t.dtype == .f32, t.byteCount % 4 == 0 else { logger.warning("model response without weights"); return }
@@ -242,15 +255,26 @@ public final class WorkerClient: @unchecked Sendable {
             logger.info("\(String(format: "model %@ received %@ (%.1f MB) in %.2f s", r.modelHash, r.baseModelHash.isEmpty ? "whole" : "as an update on \(r.baseModelHash)", mb, clock.now() - requestedAt))",
                         metadata: ["model": .string(r.modelHash), "update": "\(!r.baseModelHash.isEmpty)"])
             if settings.cacheDirectory != nil { unstored = (r.modelHash, clock.now()) }
-            if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash {
-                waiting = nil
-                start(t.key, t.spec, t.inputs)
-            }
+            if let t = waiting, t.spec.modelHash == env.modelResponse.modelHash { try startOrFetch() }
         case .error:
             logger.warning("coordinator error: \(env.error.message)")
             if let t = waiting { waiting = nil; try send(Messages.error(t.key, env.error.message)) }
         default:
             break
+        }
+    }
+
+    /// Starts the waiting task when its model version (and teacher, if it names one) are here;
+    /// else asks for the one missing (the student's version first).
+    func startOrFetch() throws {
+        guard let t = waiting else { return }
+        if models[t.spec.modelHash] == nil {
+            try requestModel(t.spec.modelHash, base: models.keys.first)
+        } else if !t.spec.teacherHash.isEmpty, t.spec.teacherHash != t.spec.modelHash, teacher?.hash != t.spec.teacherHash {
+            try requestModel(t.spec.teacherHash, base: nil)
+        } else {
+            waiting = nil
+            start(t.key, t.spec, t.inputs)
         }
     }
 
@@ -322,13 +346,14 @@ public final class WorkerClient: @unchecked Sendable {
         busy = true
         logger.info("task \(TaskID(key)) attempt \(key.attempt): computing", metadata: key.logMetadata)
         let model = models[spec.modelHash]!
+        let teacher = spec.teacherHash.isEmpty ? nil : spec.teacherHash == spec.modelHash ? model : self.teacher
         let handler = self.handler, done = self.done, faults = settings.faults, logger = self.logger
         DispatchQueue.global().async {
             let reply: WireMessage
             let t0 = Date()
             do {
                 if let f = faults, f.delayMilliseconds > 0 { usleep(UInt32(f.delayMilliseconds) * 1000) }
-                let (result, tensors) = try handler(key, spec, inputs, model)
+                let (result, tensors) = try handler(key, spec, inputs, model, teacher)
                 if faults?.fault(for: key) == .dieMidCompute {
                     logger.notice("fault injection: dying while computing \(TaskID(key))", metadata: key.logMetadata)
                     _exit(70)

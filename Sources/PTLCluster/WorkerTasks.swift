@@ -16,7 +16,7 @@ public enum WorkerTasks {
     public static func handler(logger: Logger = .silent) -> TaskHandler {
         let cache = ModelCache()
         cache.logger = logger
-        return { key, spec, inputs, version in
+        return { key, spec, inputs, version, teacherVersion in
             let m = try cache.model(hash: spec.modelHash, config: version.config, weights: version.weights)
             let precision = try cache.precision(spec.precision)
             switch key.phase {
@@ -36,10 +36,11 @@ public enum WorkerTasks {
                                                                 branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)
                 return (result(out), TaskCoding.encode(stats))
             case .grad:
+                let teacher = try cache.teacher(spec, version: teacherVersion, student: (spec.modelHash, m))
                 let grads = cache.compute.gradientBuffer(count: m.layout.count)
                 let out = try cache.compute.gradient(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
                                                      lossScale: Float(spec.lossScale), branchScale: try TaskCoding.decodeBranchScale(inputs),
-                                                     precision: precision, into: grads)
+                                                     precision: precision, teacher: teacher, into: grads)
                 return (result(out), [WireTensor(name: "grad", buffer: grads)])   // sent from the buffer itself
             default:
                 throw WireError(kind: .unknownType, message: "phase \(key.phase.name) is not run by this worker")
@@ -62,6 +63,7 @@ public enum WorkerTasks {
     final class ModelCache: @unchecked Sendable {
         let lock = NSLock()
         var current: (hash: String, config: String, model: Model)?
+        var teacherModel: (hash: String, model: Model)?
         var tokenizer: (source: String, tokenizer: Tokenizer)?
         let compute = ShardCompute()
         var warnedFallback = false
@@ -91,6 +93,34 @@ public enum WorkerTasks {
             let t = try Tokenizer(data: Data(json.utf8), source: "tokenizer.json from the coordinator")
             tokenizer = (json, t)
             return t
+        }
+
+        /// The task's distillation teacher (its knobs checked), nil for cross-entropy. The teacher's
+        /// model is built once per hash (its bf16 copy, made on first use, is kept with it).
+        func teacher(_ spec: Ptl_V1_Task, version: ModelVersion?, student: (hash: String, model: Model)) throws -> Teacher? {
+            guard !spec.teacherHash.isEmpty else { return nil }
+            guard let version, version.hash == spec.teacherHash else {
+                throw WireError(kind: .descriptorMismatch, message: "the task names the teacher \(spec.teacherHash), which this worker does not hold")
+            }
+            lock.lock()
+            defer { lock.unlock() }
+            let m: Model
+            if spec.teacherHash == student.hash {
+                m = student.model
+            } else if let t = teacherModel, t.hash == spec.teacherHash {
+                m = t.model
+            } else {
+                teacherModel = nil
+                let cfg = try ModelConfig(data: Data(version.config.utf8), source: "teacher \(version.hash)")
+                guard version.weights.count == ParameterLayout(config: cfg).count else {
+                    throw WireError(kind: .descriptorMismatch, message: "teacher \(version.hash): \(version.weights.count) weights for its config")
+                }
+                m = Model(config: cfg, parameters: FloatBuffer(version.weights))
+                teacherModel = (version.hash, m)
+            }
+            do { return try Teacher(model: m, temperature: spec.kdTemperature, kdWeight: spec.kdWeight) } catch {
+                throw WireError(kind: .descriptorMismatch, message: "\(error)")
+            }
         }
 
         func model(hash: String, config: String, weights: [Float]) throws -> Model {

@@ -24,6 +24,7 @@ extension LayerRemoval: ExpressibleByArgument {}
 extension OptimizerCarry: ExpressibleByArgument {}
 extension CalibrationSource: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
+extension RecoveryLoss: ExpressibleByArgument {}
 
 /// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
 public struct LoopOptions: ParsableArguments {
@@ -74,6 +75,15 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "Tune steps per PTL round; every method gets this × the PTL round count in total.")
     public var tuneSteps: Int = 20
 
+    @Option(help: "The tune phase's loss: ce (next-token cross-entropy), kd (logit distillation from the unpruned starting model or --teacher: forward KL on the full vocabulary) or kd+ce (weighted by --kd-weight).")
+    public var recover: RecoveryLoss = .ce
+
+    @Option(help: "Distillation temperature T (the loss is T² · KL at T).")
+    public var kdTemperature: Float = 1
+
+    @Option(help: "With --recover kd+ce: the weight w of w · T² · KL + (1 − w) · CE.")
+    public var kdWeight: Float = 0.5
+
     @Option(help: "Peak learning rate (per round, with a warm-up and cosine decay).")
     public var lr: Float = 3e-4
 
@@ -111,6 +121,8 @@ public struct LoopOptions: ParsableArguments {
         if !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number") }
         if maxNewTokens < 1 || maxNewTokens > 65536 { throw ValidationError("--max-new-tokens must be between 1 and 65536") }
         if roundEvalCount < 1 { throw ValidationError("--round-eval-count must be at least 1") }
+        if !(kdTemperature > 0 && kdTemperature <= 100) { throw ValidationError("--kd-temperature must be in (0, 100]") }
+        if !(kdWeight > 0 && kdWeight <= 1) { throw ValidationError("--kd-weight must be in (0, 1]") }
     }
 
     /// The loop's settings: built here and nowhere else.
@@ -140,6 +152,9 @@ public struct LoopOptions: ParsableArguments {
         ls.evalMaxNewTokens = maxNewTokens
         ls.roundEvalCount = roundEvalCount
         ls.precision = precision
+        ls.recover = recover
+        ls.kdTemperature = kdTemperature
+        ls.kdWeight = kdWeight
         return ls
     }
 }
@@ -150,6 +165,9 @@ public struct LoopDataOptions: ParsableArguments {
 
     @Option(help: "The model to compress (HF directory or .gguf).")
     public var model: String = "models/demo"
+
+    @Option(help: "The teacher of --recover kd / kd+ce (HF directory or .gguf; default: the unpruned starting model).")
+    public var teacher: String?
 
     @Option(help: "JSONL training data (default: the arithmetic task, seed 0, generated in memory).")
     public var data: String?
@@ -182,6 +200,7 @@ public struct LoopDataOptions: ParsableArguments {
     public var settings: DataSettings {
         var d = DataSettings()
         d.model = model
+        d.teacher = teacher
         d.data = data
         d.evalData = evalData
         d.calibrationLines = calibrationLines

@@ -35,6 +35,35 @@ public struct GradientResult: Sendable {
     }
 }
 
+/// The teacher of distillation: a model with the student's vocabulary, and the loss's knobs.
+/// Gradients computed while a backend holds one are of `distillationForwardBackward`'s loss.
+public struct Teacher: @unchecked Sendable {
+    public let model: Model
+    public let temperature: Float
+    /// 1: distillation alone; below 1: w · T² · KL + (1 − w) · CE.
+    public let kdWeight: Float
+
+    /// Checks the knobs: 0 < T ≤ 100 and 0 < w ≤ 1, finite.
+    public init(model: Model, temperature: Float, kdWeight: Float) throws {
+        try Teacher.check(temperature: temperature, kdWeight: kdWeight)
+        self.model = model; self.temperature = temperature; self.kdWeight = kdWeight
+    }
+
+    public static func check(temperature: Float, kdWeight: Float) throws {
+        guard temperature.isFinite, temperature > 0, temperature <= 100 else {
+            throw LoopError("distillation temperature \(temperature) is outside (0, 100]")
+        }
+        guard kdWeight.isFinite, kdWeight > 0, kdWeight <= 1 else { throw LoopError("distillation weight \(kdWeight) is outside (0, 1]") }
+    }
+
+    /// The teacher for a student: the same vocabulary, or a thrown error naming both.
+    public func check(student: Model) throws {
+        guard model.config.vocabSize == student.config.vocabSize else {
+            throw LoopError("the teacher's vocabulary (\(model.config.vocabSize)) differs from the student's (\(student.config.vocabSize))")
+        }
+    }
+}
+
 /// Greedy evaluation of a set of problems.
 public struct EvalCounts: Sendable, Equatable {
     public var correct: Int
@@ -62,7 +91,12 @@ public protocol ComputeBackend: AnyObject {
     /// settings); a machine without bf16 products computes fp32 and says so.
     var precision: Precision { get set }
 
-    /// Σ-loss gradients of `batch`, each shard's scaled by 1/(tokens of the whole batch), added
+    /// The teacher of distillation: while set, `gradients` are of the distillation loss against
+    /// its logits (workers hold it and compute its logits for their own shards); nil is
+    /// cross-entropy. Statistics and held-out loss stay cross-entropy.
+    var teacher: Teacher? { get set }
+
+    /// Σ-loss gradients of `batch` (cross-entropy, or distillation's loss with a `teacher`), each shard's scaled by 1/(tokens of the whole batch), added
     /// in shard order in Double and rounded once into `grads`. Throws when the sum is not finite.
     func gradients(model: Model, batch: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey,
                    into grads: FloatBuffer) throws -> GradientResult

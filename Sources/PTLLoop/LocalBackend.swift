@@ -14,6 +14,7 @@ public final class LocalBackend: ComputeBackend {
     /// One gradient buffer per shard, kept across steps.
     var shardGrads: [FloatBuffer] = []
     public var precision: Precision = .fp32
+    public var teacher: Teacher?
     /// What this machine runs for `precision`.
     var computed: Precision { precision.resolved().precision }
 
@@ -40,7 +41,7 @@ public final class LocalBackend: ComputeBackend {
             g.zero()
             let out = try compute.gradient(model: model, sequences: Array(batch[Shards.range(s, of: batch.count, shards: shards)]),
                                            seqLen: longest, lossScale: lossScale, branchScale: branchScale,
-                                           precision: computed, into: g)
+                                           precision: computed, teacher: teacher, into: g)
             lossSum += out.lossSum
             tokens += out.tokens
             seconds += out.seconds

@@ -16,6 +16,8 @@ public enum CalibrationSource: String, Codable, Sendable, CaseIterable {
 public struct DataSettings: Sendable, Equatable {
     /// An HF model directory or a .gguf file.
     public var model = "models/demo"
+    /// The distillation teacher (nil: the starting model).
+    public var teacher: String?
     /// JSONL training data (nil: the arithmetic task, generated in memory).
     public var data: String?
     /// JSONL eval set (nil: the task's test split, or the end of `data`).
@@ -40,6 +42,8 @@ public struct LoopInputs {
     /// A directory whose tokenizer files go beside every saved model.
     public var tokenizerSource: String?
     public var data: LoopData
+    /// The distillation teacher when one was named (`DataSettings.teacher`), loaded.
+    public var teacher: Model?
 
     /// Loads `settings.model` and the data. A GGUF's tokenizer is rebuilt into `out/tokenizer`.
     public static func load(_ d: DataSettings, loop s: LoopSettings, out: String) throws -> LoopInputs {
@@ -88,8 +92,15 @@ public struct LoopInputs {
             source = (out as NSString).appendingPathComponent("tokenizer")
             try ModelSource.writeTokenizerFiles(d.model, to: source!)
         }
+        var teacher: Model? = nil
+        if let t = d.teacher {
+            teacher = try ModelSource.loadModel(t)
+            guard teacher!.config.vocabSize == start.config.vocabSize else {
+                throw LoopError("the teacher \(t) has a vocabulary of \(teacher!.config.vocabSize), the model \(d.model) one of \(start.config.vocabSize): distillation needs the same")
+            }
+        }
         return LoopInputs(model: start, tokenizer: tokenizer, tokenizerJSON: tokenizerJSON, tokenizerSource: source,
                           data: LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
-                                         evalLines: evalLines))
+                                         evalLines: evalLines), teacher: teacher)
     }
 }

@@ -7,6 +7,13 @@ public enum LayerRemoval: String, Codable, Sendable, CaseIterable { case anneal,
 /// Whether one AdamW state (sliced with the weights) lives across rounds.
 public enum OptimizerCarry: String, Codable, Sendable, CaseIterable { case carry, reset }
 
+/// The loss the tune phase recovers with: next-token cross-entropy on the tuning lines, logit
+/// distillation from the teacher (forward KL on the full vocabulary), or a weighted sum.
+public enum RecoveryLoss: String, Codable, Sendable, CaseIterable {
+    case ce, kd
+    case kdCE = "kd+ce"
+}
+
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
 public struct LoopSettings: Codable, Sendable, Equatable {
     public var method: PruneMethod = .ptl
@@ -44,7 +51,22 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var roundEvalCount = 200
     /// Matmul arithmetic of every phase: fp32, or bf16 with fp32 accumulation (see `Precision`).
     public var precision: Precision = .fp32
+    /// The tune phase's loss; with kd the teacher is the unpruned starting model (or `--teacher`).
+    public var recover: RecoveryLoss = .ce
+    /// Distillation's temperature T (the loss is T² · KL at T).
+    public var kdTemperature: Float = 1
+    /// With kd+ce: the weight w of w · T² · KL + (1 − w) · CE.
+    public var kdWeight: Float = 0.5
     public init() {}
+
+    /// What the tune phase asks of the backend's gradients: nil for cross-entropy.
+    public var distillationWeights: (temperature: Float, kdWeight: Float)? {
+        switch recover {
+        case .ce: return nil
+        case .kd: return (kdTemperature, 1)
+        case .kdCE: return (kdTemperature, kdWeight)
+        }
+    }
 }
 
 /// The data of a run, already tokenized: tuning lines (consumed in a seeded order, each line

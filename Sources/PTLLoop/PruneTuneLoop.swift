@@ -34,9 +34,18 @@ public final class PruneTuneLoop {
 
     /// Starts a run, or resumes the one checkpointed in OUT/checkpoint (unless `fresh`).
     public init(backend: ComputeBackend, model start: Model, data: LoopData, settings: LoopSettings, out: String,
-                tokenizerSource: String?, fresh: Bool, logger: Logger = .silent) throws {
+                tokenizerSource: String?, fresh: Bool, teacher: Model? = nil, logger: Logger = .silent) throws {
         self.backend = backend
         backend.precision = settings.precision
+        // Distillation's teacher: the unpruned starting model unless one is given.
+        if let (t, w) = settings.distillationWeights {
+            let teacher = try Teacher(model: teacher ?? start, temperature: t, kdWeight: w)
+            try teacher.check(student: start)
+            backend.teacher = teacher
+            logger.info("recovery: \(settings.recover.rawValue), T \(t), weight \(w), teacher \(ModelCost(config: teacher.model.config).parameters) parameters")
+        } else {
+            backend.teacher = nil
+        }
         self.logger = logger
         if let note = settings.precision.resolved().note { logger.warning("\(note)") }
         logger.info("precision \(settings.precision); here: \(BF16Support.summary)")

@@ -25,6 +25,8 @@ public struct ShardOutput: Sendable {
 public final class ShardCompute: @unchecked Sendable {
     let lock = NSLock()
     var trainingPass: TrainingPass?
+    /// The teacher's pass (distillation): its logits for the shard, kept across calls.
+    var teacherPass: TrainingPass?
     var grads: FloatBuffer?
 
     /// The longest sequence a shard may hold (tokens).
@@ -80,26 +82,52 @@ public final class ShardCompute: @unchecked Sendable {
         return g
     }
 
-    func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision) throws -> (TrainingPass, ShardOutput) {
+    /// The teacher's logits for `batch`, from a pass kept for it (sized like the student's).
+    func teacherLogits(_ teacher: Teacher, batch: TokenBatch, seqLen: Int, precision: Precision) -> FloatBuffer {
+        let tp: TrainingPass
+        if let p = teacherPass, p.model === teacher.model, p.fits(batch: batch.batch, seq: batch.seq) {
+            tp = p
+        } else {
+            teacherPass = nil
+            tp = TrainingPass(model: teacher.model, capacity: (batch.batch, max(batch.seq, (seqLen + 7) / 8 * 8)))
+            teacherPass = tp
+        }
+        tp.reshape(batch: batch.batch, seq: batch.seq)
+        tp.precision = precision
+        _ = OpProfiler.time("teacher.fwd") { tp.forward(tokens: batch.tokens, targets: batch.targets) }
+        return tp.logits
+    }
+
+    func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision,
+                 teacher: Teacher? = nil) throws -> (TrainingPass, ShardOutput) {
         try Self.validate(sequences, model: model, seqLen: seqLen)
         try Self.validate(branchScale: branchScale, model: model)
+        try teacher?.check(student: model)
         let batch = TokenBatch(sequences: sequences, multiple: 8)
+        let t0 = Date()
+        let distillation = teacher.map {
+            Distillation(teacherLogits: teacherLogits($0, batch: batch, seqLen: seqLen, precision: precision),
+                         temperature: $0.temperature, kdWeight: $0.kdWeight)
+        }
         let p = pass(model: model, batch: batch.batch, seq: batch.seq, seqLen: seqLen)
         p.branchScale = branchScale
         p.precision = precision
-        let t0 = Date()
+        p.distillation = distillation
         let (sum, count) = p.forward(tokens: batch.tokens, targets: batch.targets)
         return (p, ShardOutput(lossSum: sum, tokens: count, examples: sequences.count, seconds: Date().timeIntervalSince(t0)))
     }
 
-    /// Adds the gradient of `lossScale × Σ losses` of `sequences` into `grads` (zeroed by the caller).
+    /// Adds the gradient of `lossScale × Σ losses` of `sequences` into `grads` (zeroed by the
+    /// caller): next-token cross-entropy, or with a `teacher` distillation's loss against the
+    /// teacher's logits for the same positions.
     public func gradient(model: Model, sequences: [[Int]], seqLen: Int, lossScale: Float, branchScale: [Float]?,
-                         precision: Precision, into grads: FloatBuffer) throws -> ShardOutput {
+                         precision: Precision, teacher: Teacher? = nil, into grads: FloatBuffer) throws -> ShardOutput {
         lock.lock(); defer { lock.unlock() }
         guard grads.count == model.layout.count else { throw LoopError("gradient buffer of \(grads.count) floats for \(model.layout.count) parameters") }
         guard lossScale.isFinite else { throw LoopError("loss scale \(lossScale) is not finite") }
         let t0 = Date()
-        var (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
+        var (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision,
+                                   teacher: teacher)
         p.backward(into: grads, scale: lossScale)
         out.seconds = Date().timeIntervalSince(t0)
         return out

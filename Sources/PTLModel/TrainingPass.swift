@@ -60,6 +60,11 @@ public final class TrainingPass: @unchecked Sendable {
     /// nil means 1 for every layer (plain HF semantics).
     public var branchScale: [Float]? = nil
 
+    /// When set, the loss of `forward` and the gradient of `backward` are distillation's
+    /// (`distillationForwardBackward`) against these teacher logits, one row per position of
+    /// the current (batch, seq) like `logits`; nil is plain next-token cross-entropy.
+    public var distillation: Distillation? = nil
+
     public convenience init(model: Model, batch: Int, seq: Int) {
         self.init(model: model, capacity: (batch, seq))
     }
@@ -203,8 +208,13 @@ public final class TrainingPass: @unchecked Sendable {
                rows: N, inDim: H, outDim: c.vocabSize)
         return targets.withUnsafeBufferPointer { tg in
             OpProfiler.time("crossentropy") {
-            crossEntropyForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer,
-                                        targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, scale: 0)
+            if let d = distillation {
+                return distillationForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer, teacher: d.teacherLogits.pointer,
+                                                   targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, temperature: d.temperature,
+                                                   kdWeight: d.kdWeight, scale: 0)
+            }
+            return crossEntropyForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer,
+                                               targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, scale: 0)
             }
         }
     }
@@ -221,8 +231,13 @@ public final class TrainingPass: @unchecked Sendable {
         // dlogits in place of the logits.
         targets.withUnsafeBufferPointer { tg in
             OpProfiler.time("crossentropy") {
-            _ = crossEntropyForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer,
-                                            targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
+            if let d = distillation {
+                _ = distillationForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer, teacher: d.teacherLogits.pointer,
+                                                targets: tg.baseAddress!, rows: N, vocab: V, temperature: d.temperature, kdWeight: d.kdWeight, scale: scale)
+            } else {
+                _ = crossEntropyForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer,
+                                                targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
+            }
             }
         }
         dln.zero()
@@ -344,6 +359,19 @@ public final class TrainingPass: @unchecked Sendable {
 
     /// Per-position losses of the last `forward` (0 where ignored).
     public var positionLosses: [Float] { losses.array() }
+}
+
+/// Distillation's side of a training pass: the teacher's logits for the same positions and the
+/// loss's two knobs (see `distillationForwardBackward`).
+public struct Distillation {
+    /// (rows, vocab) with rows = batch × seq of the pass, the student's vocabulary.
+    public let teacherLogits: FloatBuffer
+    public let temperature: Float
+    /// 1: distillation alone; 0 < w < 1: w · T² · KL + (1 − w) · CE.
+    public let kdWeight: Float
+    public init(teacherLogits: FloatBuffer, temperature: Float, kdWeight: Float) {
+        self.teacherLogits = teacherLogits; self.temperature = temperature; self.kdWeight = kdWeight
+    }
 }
 
 /// The bf16 side of a training pass: copies of every matmul input (kept for the weight

@@ -55,9 +55,9 @@ func trainOverCluster(workers: Int, shards: Int = 3, vanishingWorker: Bool = fal
         let handler = WorkerTasks.handler()
         let vanish = vanishingWorker && w == 0
         let tasks = Counter()
-        let client = try WorkerClient(id: "w\(w)", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, model in
+        let client = try WorkerClient(id: "w\(w)", connect: coordinator.endpoint, context: ctx, settings: ws) { key, spec, inputs, model, teacher in
             if vanish && tasks.increment() > 1 { Thread.sleep(forTimeInterval: 3600) }   // hangs: never answers again
-            return try handler(key, spec, inputs, model)
+            return try handler(key, spec, inputs, model, teacher)
         }
         DispatchQueue.global().async(group: group) {
             // The vanishing worker's loop hangs too (no heartbeat, no goodbye) until the test ends.

@@ -82,8 +82,8 @@ import PTLTokenizer
         let honest = WorkerTasks.handler()
         let grads = Counter(), stats = Counter()
         // The only worker lies on the first task of each phase, then answers honestly.
-        let cluster = try InProcessCluster(workers: 1, handler: { _ in { key, spec, inputs, version in
-            var (result, tensors) = try honest(key, spec, inputs, version)
+        let cluster = try InProcessCluster(workers: 1, handler: { _ in { key, spec, inputs, version, teacher in
+            var (result, tensors) = try honest(key, spec, inputs, version, teacher)
             switch key.phase {
             case .grad where grads.increment() == 1: tensors = [WireTensor(name: "grad", shape: [3], floats: [1, 2, 3])]
             case .stats where stats.increment() == 1: tensors = tensors.filter { $0.name != "abs_sum" }

@@ -142,6 +142,27 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try rows(base + "/prune").map(\.accuracy) == rows(base + "/two").map(\.accuracy))
     }
 
+    /// Distillation from the unpruned model (kd+ce, T = 2): workers fetch the teacher once and
+    /// compute its logits for their shards; one process, one worker and three workers end at the
+    /// same model, bit for bit — and not at the cross-entropy run's.
+    @Test func distillationGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-kd-\(UUID().uuidString)").path
+        let kd = ["--recover", "kd+ce", "--kd-temperature", "2", "--kd-weight", "0.7"]
+        let args = Array(loopArgs(out: base + "/prune", extra: kd).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+        let local = try runPTL(["prune"] + args)
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(local.stderr.contains("recovery: kd+ce, T 2.0, weight 0.7"), "\(local.stderr)")
+        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: kd + ["--local-workers", "1"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: kd + ["--local-workers", "3"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/ce", extra: ["--local-workers", "1"])) == 0)
+        let w = try finalWeights(base + "/prune")
+        #expect(try w == finalWeights(base + "/one"))
+        #expect(try w == finalWeights(base + "/three"))
+        #expect(try w != finalWeights(base + "/ce"))
+        let config = try String(contentsOfFile: base + "/three/config.yaml", encoding: .utf8)
+        #expect(config.contains("recover: kd+ce") && config.contains("kd-temperature: 2"))
+    }
+
     @Test func theRecipeAndConfigYAMLReproduceARunAndFlagsOverrideThem() throws {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-recipe-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)

@@ -80,18 +80,24 @@ func sampleResult() -> WireMessage {
         #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval"])
     }
 
-    /// A v1 peer (BUSY as ERROR "busy", measurements in step) is refused before anything else is
-    /// read, with both versions in the message; so is an envelope without a version.
-    @Test func rejectsAVersion1Envelope() throws {
-        #expect(Wire.protocolVersion == 2)
+    /// A v1 peer (BUSY as ERROR "busy", measurements in step) or v2 peer (which would ignore a
+    /// distillation teacher) is refused before anything else is read, with both versions in the
+    /// message; so is an envelope without a version.
+    @Test func rejectsOlderVersionEnvelopes() throws {
+        #expect(Wire.protocolVersion == 3)
+        var v2 = Messages.heartbeat().envelope
+        v2.protocolVersion = 2
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 2, this build speaks 3: coordinator and workers must run the same protocol")) {
+            try Wire.decode([try v2.serializedBytes()])
+        }
         var v1 = Messages.error(sampleResult().envelope.task, "busy").envelope
         v1.protocolVersion = 1
-        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 1, this build speaks 2: coordinator and workers must run the same protocol")) {
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 1, this build speaks 3: coordinator and workers must run the same protocol")) {
             try Wire.decode([try v1.serializedBytes()])
         }
         var none = Messages.heartbeat().envelope                     // never stamped: version 0
         none.protocolVersion = 0
-        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 0, this build speaks 2: coordinator and workers must run the same protocol")) {
+        #expect(throws: WireError(kind: .wrongVersion, message: "peer speaks protocol version 0, this build speaks 3: coordinator and workers must run the same protocol")) {
             try Wire.decode([try none.serializedBytes()])
         }
     }

@@ -31,10 +31,13 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 ///   1: the first protocol.
 ///   2: BUSY is a message type (was an ERROR with the message "busy"); TaskKey.measurement (was
 ///      folded into TaskKey.step); Task.seed, example_indices, data_path reserved (never used).
+///   3: Task.precision and Ready.bf16 (bf16 products); Task.teacher_hash, kd_temperature,
+///      kd_weight (distillation: a worker of version 2 would ignore them and return
+///      cross-entropy gradients, so it must be refused).
 public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
-  case current // = 2
+  case current // = 3
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -44,7 +47,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public init?(rawValue: Int) {
     switch rawValue {
     case 0: self = .unspecified
-    case 2: self = .current
+    case 3: self = .current
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -52,7 +55,7 @@ public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIt
   public var rawValue: Int {
     switch self {
     case .unspecified: return 0
-    case .current: return 2
+    case .current: return 3
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -413,6 +416,15 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   /// the job's matmul arithmetic (GRAD, STATS, EVAL)
   public var precision: Ptl_V1_Precision = .fp32
 
+  /// GRAD with distillation: the teacher's model version (fetched once with MODEL_REQUEST and
+  /// kept beside the student's), T in (0, 100] and the weight w in (0, 1] of
+  /// w · T² · KL(teacher ‖ student) + (1 − w) · CE. Empty: cross-entropy.
+  public var teacherHash: String = String()
+
+  public var kdTemperature: Float = 0
+
+  public var kdWeight: Float = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -614,7 +626,7 @@ public nonisolated struct Ptl_V1_Envelope: @unchecked Sendable {
 fileprivate nonisolated let _protobuf_package = "ptl.v1"
 
 nonisolated extension Ptl_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{2}PROTOCOL_VERSION_CURRENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{3}PROTOCOL_VERSION_CURRENT\0")
 }
 
 nonisolated extension Ptl_V1_MessageType: SwiftProtobuf._ProtoNameProviding {
@@ -819,7 +831,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -834,6 +846,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
       case 10: try { try decoder.decodeSingularEnumField(value: &self.precision) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.teacherHash) }()
+      case 12: try { try decoder.decodeSingularFloatField(value: &self.kdTemperature) }()
+      case 13: try { try decoder.decodeSingularFloatField(value: &self.kdWeight) }()
       default: break
       }
     }
@@ -861,6 +876,15 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.precision != .fp32 {
       try visitor.visitSingularEnumField(value: self.precision, fieldNumber: 10)
     }
+    if !self.teacherHash.isEmpty {
+      try visitor.visitSingularStringField(value: self.teacherHash, fieldNumber: 11)
+    }
+    if self.kdTemperature.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.kdTemperature, fieldNumber: 12)
+    }
+    if self.kdWeight.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.kdWeight, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -872,6 +896,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
     if lhs.recordsJsonl != rhs.recordsJsonl {return false}
     if lhs.precision != rhs.precision {return false}
+    if lhs.teacherHash != rhs.teacherHash {return false}
+    if lhs.kdTemperature != rhs.kdTemperature {return false}
+    if lhs.kdWeight != rhs.kdWeight {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
