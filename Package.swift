@@ -53,7 +53,7 @@ let package = Package(
         // Hugging Face tokenizer.json byte-level BPE.
         .target(name: "PTLTokenizer", swiftSettings: optimizedAlways),
         // Config, parameters, training pass, AdamW, schedule, KV-cached decoder, sampler.
-        .target(name: "PTLModel", dependencies: ["PTLTensor", "PTLFormats", "PTLTokenizer"], swiftSettings: optimizedAlways),
+        .target(name: "PTLModel", dependencies: ["PTLTensor", "PTLFormats", "PTLTokenizer", "COpenBLAS"], swiftSettings: optimizedAlways),
         // Corpus (JSONL), prompt template, batches.
         .target(name: "PTLData", dependencies: ["PTLTokenizer", "PTLTensor"]),
         // Continual pre-training (trainer loop) and loss evaluation over token sequences.
@@ -61,7 +61,7 @@ let package = Package(
         // Evaluation: batched greedy generation, answer extraction, accuracy and speed.
         .target(name: "PTLEval", dependencies: ["PTLModel", "PTLData", "PTLTokenizer"], swiftSettings: optimizedAlways),
         // Pruning: scores, plans, surgery on the flat layout (weights and optimizer moments), budgets, plots.
-        .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor"], swiftSettings: optimizedAlways),
+        .target(name: "PTLPrune", dependencies: ["PTLModel", "PTLTensor", "COpenBLAS"], swiftSettings: optimizedAlways),
         // The Prune–Tune Loop: settings, state, plans, budgets, anneal, report, checkpoints; the
         // ComputeBackend protocol, the per-shard computation and the shard-order reduce; LocalBackend.
         .target(name: "PTLLoop", dependencies: ["CPTLKernels", "PTLModel", "PTLData", "PTLTune", "PTLEval", "PTLTokenizer", "PTLPrune", "PTLFormats",

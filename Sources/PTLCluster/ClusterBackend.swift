@@ -118,6 +118,20 @@ public final class ClusterBackend: ComputeBackend {
         return (total, lossSum / Double(max(1, total.tokens)))
     }
 
+    public func ffnGram(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws -> FFNGram {
+        try Shards.check(shards, items: sequences.count, what: "FFN Gram matrices of \(key)")
+        let hash = TaskCoding.publish(model, on: coordinator)
+        var tasks = sequenceTasks(sequences, shards: shards, key: key, phase: .stats, hash: hash, lossScale: nil, branchScale: branchScale)
+        for i in tasks.indices { tasks[i].spec.ffnGram = true }
+        let c = model.config
+        var total = FFNGram(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        let results = try coordinator.runPhase(tasks) { _, message in
+            _ = try TaskCoding.decodeGram(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        }
+        for (_, message) in results { try total.add(try TaskCoding.decodeGram(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)) }
+        return total
+    }
+
     public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> EvalCounts {
         let hash = TaskCoding.publish(model, on: coordinator)

@@ -103,6 +103,34 @@ public enum TaskCoding {
         return hash
     }
 
+    /// FFN Gram matrices as tensor frames, one F64 matrix a block.
+    public static func encode(_ g: FFNGram) -> [WireTensor] {
+        let n = g.intermediate * g.intermediate
+        return (0..<g.layers).map { l in
+            g.values.withUnsafeBufferPointer { v in
+                WireTensor(name: "gram.\(l)", dtype: .f64, shape: [g.intermediate, g.intermediate],
+                           bytes: Array(UnsafeRawBufferPointer(start: v.baseAddress! + l * n, count: 8 * n)))
+            }
+        }
+    }
+
+    /// The Gram matrices of a result, checked: one finite F64 intermediate² matrix a block.
+    public static func decodeGram(_ m: WireMessage, layers: Int, intermediate: Int) throws -> FFNGram {
+        var g = FFNGram(layers: layers, intermediate: intermediate)
+        g.tokens = Int(m.envelope.result.tokenCount)
+        let n = intermediate * intermediate
+        try g.values.withUnsafeMutableBufferPointer { v in
+            for l in 0..<layers {
+                guard let t = m.tensor("gram.\(l)"), t.dtype == .f64, t.byteCount == 8 * n else {
+                    throw WireError(kind: .descriptorMismatch, message: "the Gram result lacks gram.\(l) as \(n) F64 values")
+                }
+                t.withBytes { UnsafeMutableRawBufferPointer(start: v.baseAddress! + l * n, count: 8 * n).copyMemory(from: $0) }
+            }
+            guard v.allSatisfy({ $0.isFinite }) else { throw WireError(kind: .descriptorMismatch, message: "the Gram result has a non-finite entry") }
+        }
+        return g
+    }
+
     /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
     /// holding it fetch an update) and returns its hash.
     public static func publish(_ model: Model, on coordinator: Coordinator) -> String {

@@ -31,6 +31,10 @@ public enum WorkerTasks {
                 r.seconds = seconds
                 let flags = counts.perExample.map { UInt8($0 ? 1 : 0) }
                 return (r, [WireTensor(name: "correct", dtype: .u8, shape: [flags.count], bytes: flags)])
+            case .stats where spec.ffnGram:
+                let (out, gram) = try cache.compute.ffnGram(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
+                                                            branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)
+                return (result(out), TaskCoding.encode(gram))
             case .stats:
                 let (out, stats) = try cache.compute.statistics(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
                                                                 branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)

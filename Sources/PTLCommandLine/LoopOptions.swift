@@ -25,6 +25,7 @@ extension OptimizerCarry: ExpressibleByArgument {}
 extension CalibrationSource: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
 extension RecoveryLoss: ExpressibleByArgument {}
+extension ReconstructKind: ExpressibleByArgument {}
 
 /// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
 public struct LoopOptions: ParsableArguments {
@@ -84,6 +85,12 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "With --recover kd+ce: the weight w of w · T² · KL + (1 − w) · CE.")
     public var kdWeight: Float = 0.5
 
+    @Option(help: "After each neuron cut: none, or ffn (refit the kept columns of down_proj by least squares so each block's FFN output on the calibration tokens matches the unpruned block's).")
+    public var reconstruct: ReconstructKind = .none
+
+    @Option(help: "Damping of the reconstruction: λ = this × the mean diagonal of the kept neurons' Gram matrix.")
+    public var reconstructDamping: Double = 0.01
+
     @Option(help: "Peak learning rate (per round, with a warm-up and cosine decay).")
     public var lr: Float = 3e-4
 
@@ -123,6 +130,7 @@ public struct LoopOptions: ParsableArguments {
         if roundEvalCount < 1 { throw ValidationError("--round-eval-count must be at least 1") }
         if !(kdTemperature > 0 && kdTemperature <= 100) { throw ValidationError("--kd-temperature must be in (0, 100]") }
         if !(kdWeight > 0 && kdWeight <= 1) { throw ValidationError("--kd-weight must be in (0, 1]") }
+        if !(reconstructDamping >= 0 && reconstructDamping <= 1e6) { throw ValidationError("--reconstruct-damping must be in [0, 1e6]") }
     }
 
     /// The loop's settings: built here and nowhere else.
@@ -155,6 +163,8 @@ public struct LoopOptions: ParsableArguments {
         ls.recover = recover
         ls.kdTemperature = kdTemperature
         ls.kdWeight = kdWeight
+        ls.reconstruct = reconstruct
+        ls.reconstructDamping = reconstructDamping
         return ls
     }
 }

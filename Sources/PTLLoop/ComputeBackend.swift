@@ -105,6 +105,9 @@ public protocol ComputeBackend: AnyObject {
     func statistics(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws
         -> (statistics: ActivationStatistics, loss: Double)
 
+    /// FFN Gram matrices Σ a aᵀ of every block over `sequences` (for least-squares reconstruction).
+    func ffnGram(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws -> FFNGram
+
     /// Greedy answers to `jsonlLines` (one `{"question","answer"}` record a line), counted.
     func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> EvalCounts

@@ -67,6 +67,18 @@ public final class LocalBackend: ComputeBackend {
         return (total, lossSum / Double(max(1, total.tokens)))
     }
 
+    public func ffnGram(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws -> FFNGram {
+        try Shards.check(shards, items: sequences.count, what: "FFN Gram matrices of \(key)")
+        var total = FFNGram(layers: model.config.numHiddenLayers, intermediate: model.config.intermediateSize)
+        let longest = Self.seqLen(sequences)
+        for s in 0..<shards {
+            let (_, g) = try compute.ffnGram(model: model, sequences: Array(sequences[Shards.range(s, of: sequences.count, shards: shards)]),
+                                             seqLen: longest, branchScale: branchScale, precision: computed)
+            try total.add(g)
+        }
+        return total
+    }
+
     public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> EvalCounts {
         var counts = EvalCounts()

@@ -14,6 +14,11 @@ public enum RecoveryLoss: String, Codable, Sendable, CaseIterable {
     case kdCE = "kd+ce"
 }
 
+/// What happens to a block's remaining FFN after a neuron cut: nothing (the kept columns of
+/// down_proj stay as they were), or least-squares refitting of them to the unpruned block's FFN
+/// output on the calibration tokens (`Reconstruction`).
+public enum ReconstructKind: String, Codable, Sendable, CaseIterable { case none, ffn }
+
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
 public struct LoopSettings: Codable, Sendable, Equatable {
     public var method: PruneMethod = .ptl
@@ -57,6 +62,10 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var kdTemperature: Float = 1
     /// With kd+ce: the weight w of w · T² · KL + (1 − w) · CE.
     public var kdWeight: Float = 0.5
+    /// Least-squares reconstruction of down_proj after each neuron cut.
+    public var reconstruct: ReconstructKind = .none
+    /// Its damping: λ = this × mean diagonal of the kept neurons' Gram matrix.
+    public var reconstructDamping = 0.01
     public init() {}
 
     /// What the tune phase asks of the backend's gradients: nil for cross-entropy.

@@ -40,8 +40,18 @@ extension PruneTuneLoop {
                 record.how = .cut
             }
         }
+        // Reconstruction needs the unpruned block's activations: Gram matrices before the cut.
+        let gram = s.reconstruct == .ffn && plan.neurons > 0
+            ? try backend.ffnGram(model: model, sequences: data.calibration, shards: s.shards, branchScale: scale, key: measurementKey()) : nil
         let surgery = try Surgery(config: c, removeNeurons: removeNeurons, removeLayers: Set(removeLayers))
+        let unpruned = model
         model = surgery.apply(model: model)
+        var reconstructed = ""
+        if let gram {
+            let sliced = try heldOutLoss(model, scale: scale.map { surgery.apply(perLayer: $0) })
+            try Reconstruction.apply(to: model, surgery: surgery, original: unpruned, gram: gram, damping: s.reconstructDamping)
+            reconstructed = String(format: "; down_proj refitted by least squares on %d tokens (held-out loss %.4f sliced)", gram.tokens, sliced)
+        }
         let adam = optimizer.settings
         optimizer = s.optimizer == .carry ? surgery.apply(optimizer: optimizer) : AdamW(layout: model.layout, settings: adam)
         state.alpha = surgery.apply(perLayer: state.alpha)
@@ -76,7 +86,7 @@ extension PruneTuneLoop {
         state.tuneLossSum = 0
         let shape = "\(model.config.numHiddenLayers) blocks × FFN \(model.config.intermediateSize)"
         state.rows.append(row(.prune, seconds: Date().timeIntervalSince(t1), loss: after, steps: state.roundSteps,
-                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", damage))"))
+                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", damage))\(reconstructed)"))
         logger.info("\(String(format: "round %d: pruned to %@ (%.1f%% of the parameters); held-out loss %.4f → %.4f; %d tune steps", r, shape, 100 * Double(model.parameterCount) / Double(original.parameters), state.lossBefore, after, state.roundSteps))",
                     metadata: ["round": "\(r)", "parameters": "\(model.parameterCount)", "tune_steps": "\(state.roundSteps)"])
         state.stage = .tune

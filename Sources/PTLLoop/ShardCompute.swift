@@ -141,6 +141,13 @@ public final class ShardCompute: @unchecked Sendable {
         return (out, p.statistics())
     }
 
+    /// FFN Gram matrices of `sequences` (least-squares reconstruction).
+    public func ffnGram(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision) throws -> (ShardOutput, FFNGram) {
+        lock.lock(); defer { lock.unlock() }
+        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
+        return (out, p.ffnGram())
+    }
+
     /// Greedy answers to a shard of eval records (JSONL), counted.
     public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int,
                                 precision: Precision) throws -> (EvalCounts, seconds: Double) {

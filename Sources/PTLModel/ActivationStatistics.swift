@@ -1,5 +1,6 @@
 import Foundation
 import PTLTensor
+import COpenBLAS
 
 /// Redundancy statistics of a model over calibration tokens (DESIGN.md §1.1): for every FFN
 /// neuron j of layer ℓ, with a = silu(x·W_gate[j])·(x·W_up[j]), the sums of |a| and a² and
@@ -106,5 +107,66 @@ extension TrainingPass {
             s.deltaNormSum[l] = dsum; s.inputNormSum[l] = insum; s.cosineDistanceSum[l] = cossum
         }
         return s
+    }
+}
+
+/// Gram matrices of every block's FFN activations over calibration tokens: for layer ℓ,
+/// `G_ℓ = Σ_tokens a aᵀ` (intermediate × intermediate, a = silu(x·W_gate)·(x·W_up)), in Double —
+/// what least-squares reconstruction of `down_proj` after a neuron cut needs (`Reconstruction`).
+/// Shards add up in shard order.
+public struct FFNGram: Sendable, Equatable {
+    public let layers: Int
+    public let intermediate: Int
+    public var tokens: Int = 0
+    /// (layers, intermediate, intermediate), each matrix symmetric and full.
+    public var values: [Double]
+
+    public init(layers: Int, intermediate: Int) {
+        self.layers = layers
+        self.intermediate = intermediate
+        values = [Double](repeating: 0, count: layers * intermediate * intermediate)
+    }
+
+    /// Adds another shard's Gram matrices (call in shard order).
+    public mutating func add(_ o: FFNGram) throws {
+        guard o.layers == layers, o.intermediate == intermediate, o.values.count == values.count else {
+            throw ModelError("FFN Gram matrices of \(o.layers) blocks × \(o.intermediate) cannot be added to \(layers) × \(intermediate)")
+        }
+        tokens += o.tokens
+        for i in values.indices { values[i] += o.values[i] }
+    }
+
+    /// Adds `Σ_r a_r a_rᵀ` of `rows` activation rows (row-major, `intermediate` wide) to layer `l`.
+    public mutating func accumulate(layer l: Int, rows: UnsafePointer<Float>, count: Int) {
+        let I = intermediate
+        guard count > 0 else { return }
+        let a = UnsafeMutablePointer<Double>.allocate(capacity: count * I)
+        defer { a.deallocate() }
+        for i in 0..<(count * I) { a[i] = Double(rows[i]) }
+        values.withUnsafeMutableBufferPointer { v in
+            let g = v.baseAddress! + l * I * I
+            // G += Aᵀ A (upper triangle), single-threaded OpenBLAS: the same bits on every run.
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(I), Int32(count), 1, a, Int32(I), 1, g, Int32(I))
+            for i in 0..<I { for j in 0..<i { g[i * I + j] = g[j * I + i] } }
+        }
+    }
+}
+
+extension TrainingPass {
+    /// FFN Gram matrices of the last `forward` over the positions whose target is not ignored.
+    public func ffnGram() -> FFNGram {
+        let c = model.config
+        let L = c.numHiddenLayers, I = c.intermediateSize, N = batch * seq
+        var g = FFNGram(layers: L, intermediate: I)
+        let rows = (0..<N).filter { targets[$0] >= 0 }
+        g.tokens = rows.count
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows.count * I))
+        defer { packed.deallocate() }
+        for l in 0..<L {
+            let a = act.at(l * N * I)
+            for (k, r) in rows.enumerated() { (packed + k * I).update(from: a + r * I, count: I) }
+            g.accumulate(layer: l, rows: packed, count: rows.count)
+        }
+        return g
     }
 }

@@ -33,7 +33,7 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 ///      folded into TaskKey.step); Task.seed, example_indices, data_path reserved (never used).
 ///   3: Task.precision and Ready.bf16 (bf16 products); Task.teacher_hash, kd_temperature,
 ///      kd_weight (distillation: a worker of version 2 would ignore them and return
-///      cross-entropy gradients, so it must be refused).
+///      cross-entropy gradients, so it must be refused); Task.ffn_gram.
 public nonisolated enum Ptl_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
@@ -424,6 +424,10 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   public var kdTemperature: Float = 0
 
   public var kdWeight: Float = 0
+
+  /// STATS: return the FFN Gram matrices (one F64 tensor gram.<block>, intermediate²) instead of
+  /// the activation statistics (least-squares reconstruction).
+  public var ffnGram: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -831,7 +835,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{3}ffn_gram\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -849,6 +853,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 11: try { try decoder.decodeSingularStringField(value: &self.teacherHash) }()
       case 12: try { try decoder.decodeSingularFloatField(value: &self.kdTemperature) }()
       case 13: try { try decoder.decodeSingularFloatField(value: &self.kdWeight) }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.ffnGram) }()
       default: break
       }
     }
@@ -885,6 +890,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.kdWeight.bitPattern != 0 {
       try visitor.visitSingularFloatField(value: self.kdWeight, fieldNumber: 13)
     }
+    if self.ffnGram != false {
+      try visitor.visitSingularBoolField(value: self.ffnGram, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -899,6 +907,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.teacherHash != rhs.teacherHash {return false}
     if lhs.kdTemperature != rhs.kdTemperature {return false}
     if lhs.kdWeight != rhs.kdWeight {return false}
+    if lhs.ffnGram != rhs.ffnGram {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
