@@ -132,27 +132,62 @@ public final class ClusterBackend: ComputeBackend {
         return total
     }
 
-    public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
-        -> EvalCounts {
+    public func traces(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
+        -> (texts: [String], counts: EvalCounts) {
+        try Shards.check(shards, items: jsonlLines.count, what: "traces of \(key)")
+        let tasks = answerTasks(model: model, jsonlLines: jsonlLines, shards: shards, maxNewTokens: maxNewTokens, batchSize: batchSize,
+                                key: key, phase: .trace)
+        /// The shard's texts and flags, checked: one string a record, each within what the token budget can produce.
+        func decode(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> ([String], [Bool]) {
+            let flags = try self.flags(k, m, records: jsonlLines.count, shards: shards)
+            guard let t = m.tensor("traces"), t.dtype == .u8,
+                  let texts = try? JSONSerialization.jsonObject(with: Data(t.bytes)) as? [String], texts.count == flags.count,
+                  texts.allSatisfy({ $0.utf8.count <= 64 * maxNewTokens + 64 }) else {
+                throw WireError(kind: .descriptorMismatch, message: "the trace result of \(TaskID(k)) lacks one text (at most \(maxNewTokens) tokens) a record as a JSON array")
+            }
+            return (texts, flags)
+        }
+        var counts = EvalCounts(), texts: [String] = []
+        for (k, m) in try coordinator.runPhase(tasks, check: { k, m in _ = try decode(k, m) }) {
+            let (t, f) = try decode(k, m)
+            let r = m.envelope.result
+            counts.add(EvalCounts(correct: Int(r.correct), total: Int(r.examples), generatedTokens: Int(r.tokenCount), perExample: f))
+            texts += t
+        }
+        return (texts, counts)
+    }
+
+    /// EVAL or TRACE tasks: the records cut into shards.
+    func answerTasks(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey,
+                     phase: Ptl_V1_Phase) -> [(key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor])] {
         let hash = TaskCoding.publish(model, on: coordinator)
-        let tasks = (0..<shards).map { s -> (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor]) in
+        return (0..<shards).map { s -> (key: Ptl_V1_TaskKey, spec: Ptl_V1_Task, inputs: [WireTensor]) in
             var spec = Ptl_V1_Task()
             spec.modelHash = hash
             spec.recordsJsonl = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)].joined(separator: "\n")
             spec.maxNewTokens = UInt32(maxNewTokens)
             spec.batchSize = UInt32(batchSize)
             spec.precision = wirePrecision
-            return (Self.taskKey(key, phase: .eval, shard: s), spec, [])
+            return (Self.taskKey(key, phase: phase, shard: s), spec, [])
         }
-        func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] {
-            let r = m.envelope.result
-            let flags = (m.tensor("correct")?.bytes ?? []).map { $0 == 1 }
-            let expected = Shards.range(Int(k.shard), of: jsonlLines.count, shards: shards).count
-            guard flags.count == Int(r.examples), r.examples == UInt64(expected), r.correct == UInt64(flags.filter { $0 }.count) else {
-                throw WireError(kind: .descriptorMismatch, message: "the eval result of \(TaskID(k)) has \(flags.count) flags, \(r.correct) correct of \(r.examples) examples for a shard of \(expected)")
-            }
-            return flags
+    }
+
+    /// The per-record correct flags of an EVAL or TRACE result, checked against its shard.
+    func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage, records: Int, shards: Int) throws -> [Bool] {
+        let r = m.envelope.result
+        let flags = (m.tensor("correct")?.bytes ?? []).map { $0 == 1 }
+        let expected = Shards.range(Int(k.shard), of: records, shards: shards).count
+        guard flags.count == Int(r.examples), r.examples == UInt64(expected), r.correct == UInt64(flags.filter { $0 }.count) else {
+            throw WireError(kind: .descriptorMismatch, message: "the \(k.phase == .trace ? "trace" : "eval") result of \(TaskID(k)) has \(flags.count) flags, \(r.correct) correct of \(r.examples) examples for a shard of \(expected)")
         }
+        return flags
+    }
+
+    public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
+        -> EvalCounts {
+        let tasks = answerTasks(model: model, jsonlLines: jsonlLines, shards: shards, maxNewTokens: maxNewTokens, batchSize: batchSize,
+                                key: key, phase: .eval)
+        func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] { try self.flags(k, m, records: jsonlLines.count, shards: shards) }
         var counts = EvalCounts()
         for (k, m) in try coordinator.runPhase(tasks, check: { k, m in _ = try flags(k, m) }) {
             let r = m.envelope.result

@@ -5,7 +5,7 @@ import PTLModel
 import PTLTensor
 import PTLTokenizer
 
-/// The worker's side of the loop's phases: `stats`, `grad` and `eval` tasks computed by
+/// The worker's side of the loop's phases: `stats`, `grad`, `eval` and `trace` tasks computed by
 /// `ShardCompute` — the code `LocalBackend` runs — on the model version the task names. Every
 /// input from the network is checked first (sequences, token ids against the vocabulary, branch
 /// scales, eval sizes); a bad one fails the task with an error naming it, and the worker serves on.
@@ -20,17 +20,22 @@ public enum WorkerTasks {
             let m = try cache.model(hash: spec.modelHash, config: version.config, weights: version.weights)
             let precision = try cache.precision(spec.precision)
             switch key.phase {
-            case .eval:
-                let (counts, seconds) = try ShardCompute.evaluate(model: m, tokenizer: try cache.tokenizer(json: version.tokenizer),
-                                                                   jsonl: spec.recordsJsonl, maxNewTokens: Int(spec.maxNewTokens),
-                                                                   batchSize: Int(spec.batchSize), precision: precision)
+            case .eval, .trace:
+                let (counts, texts, seconds) = try ShardCompute.answers(model: m, tokenizer: try cache.tokenizer(json: version.tokenizer),
+                                                                         jsonl: spec.recordsJsonl, maxNewTokens: Int(spec.maxNewTokens),
+                                                                         batchSize: Int(spec.batchSize), precision: precision)
                 var r = Ptl_V1_Result()
                 r.correct = UInt64(counts.correct)
                 r.examples = UInt64(counts.total)
                 r.tokenCount = UInt64(counts.generatedTokens)
                 r.seconds = seconds
                 let flags = counts.perExample.map { UInt8($0 ? 1 : 0) }
-                return (r, [WireTensor(name: "correct", dtype: .u8, shape: [flags.count], bytes: flags)])
+                var tensors = [WireTensor(name: "correct", dtype: .u8, shape: [flags.count], bytes: flags)]
+                if key.phase == .trace {   // the generated texts, as one JSON array
+                    let json = Array(try JSONSerialization.data(withJSONObject: texts))
+                    tensors.append(WireTensor(name: "traces", dtype: .u8, shape: [json.count], bytes: json))
+                }
+                return (r, tensors)
             case .stats where spec.ffnGram:
                 let (out, gram) = try cache.compute.ffnGram(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
                                                             branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)

@@ -33,7 +33,8 @@ public struct LoopRun {
     @discardableResult
     public func run(backend: ComputeBackend, stop: @escaping () -> Bool, progress: @escaping (String) -> Void = { _ in }) throws -> Bool {
         let loop = try PruneTuneLoop(backend: backend, model: inputs.model, data: inputs.data, settings: settings, out: out,
-                                     tokenizerSource: inputs.tokenizerSource, fresh: fresh, teacher: inputs.teacher, logger: logger)
+                                     tokenizerSource: inputs.tokenizerSource, fresh: fresh, teacher: inputs.teacher,
+                                     tokenizer: inputs.tokenizer, logger: logger)
         loop.run = runName
         loop.progress = { round, rounds, activity, _ in progress("round \(round)/\(rounds) \(activity)") }
         let d = inputs.data

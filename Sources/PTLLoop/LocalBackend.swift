@@ -79,6 +79,20 @@ public final class LocalBackend: ComputeBackend {
         return total
     }
 
+    public func traces(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
+        -> (texts: [String], counts: EvalCounts) {
+        try Shards.check(shards, items: jsonlLines.count, what: "traces of \(key)")
+        var counts = EvalCounts(), texts: [String] = []
+        for s in 0..<shards {
+            let part = jsonlLines[Shards.range(s, of: jsonlLines.count, shards: shards)]
+            let (c, t, _) = try ShardCompute.answers(model: model, tokenizer: tokenizer, jsonl: part.joined(separator: "\n"),
+                                                    maxNewTokens: maxNewTokens, batchSize: batchSize, precision: computed)
+            counts.add(c)
+            texts += t
+        }
+        return (texts, counts)
+    }
+
     public func evaluate(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> EvalCounts {
         var counts = EvalCounts()

@@ -83,9 +83,18 @@ public struct LoopInputs {
             eval = problems(ArithmeticTask.testSeed(0), d.evalCount)
             if let evalData = d.evalData { eval = Array(try Corpus.load(path: evalData).records.prefix(d.evalCount)) }
         }
-        let evalLines = try eval.map { r -> String in
-            guard case .qa(let q, let a) = r else { throw LoopError("eval records need a question and an answer") }
+        func jsonl(_ r: CorpusRecord, _ what: String) throws -> String {
+            guard case .qa(let q, let a) = r else { throw LoopError("\(what) records need a question and an answer") }
             return String(decoding: try JSONSerialization.data(withJSONObject: ["question": q, "answer": a], options: [.sortedKeys]), as: UTF8.self)
+        }
+        let evalLines = try eval.map { try jsonl($0, "eval") }
+        // Prompts and on-policy traces need questions; text records calibrate as they are.
+        let calibrationLines = calibration.allSatisfy({ if case .qa = $0 { true } else { false } }) ? try calibration.map { try jsonl($0, "calibration") } : []
+        let calibrationPrompts = calibration.map { r -> [Int] in
+            guard case .qa(let q, _) = r else { return encode(r) }
+            var p = template.prompt(question: q)
+            while p.hasSuffix(" ") { p.removeLast() }
+            return Array(tokenizer.encodePrompt(p).prefix(d.seqLen))
         }
         var source: String? = d.model
         if ModelSource.isGGUF(d.model) {
@@ -101,6 +110,7 @@ public struct LoopInputs {
         }
         return LoopInputs(model: start, tokenizer: tokenizer, tokenizerJSON: tokenizerJSON, tokenizerSource: source,
                           data: LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
-                                         evalLines: evalLines), teacher: teacher)
+                                         evalLines: evalLines, calibrationLines: calibrationLines, calibrationPrompts: calibrationPrompts),
+                          teacher: teacher)
     }
 }

@@ -19,6 +19,15 @@ public enum RecoveryLoss: String, Codable, Sendable, CaseIterable {
 /// output on the calibration tokens (`Reconstruction`).
 public enum ReconstructKind: String, Codable, Sendable, CaseIterable { case none, ffn }
 
+/// What the stats phase (neuron and block scores, reconstruction's Gram matrices) runs on:
+/// the calibration lines as the dataset has them (question + its chain of thought), the prompts
+/// alone, or the prompts with the current model's own greedy chain of thought, generated anew
+/// every round (RAC's on-policy calibration).
+public enum CalibrationKind: String, Codable, Sendable, CaseIterable {
+    case dataset, prompts
+    case onPolicy = "on-policy"
+}
+
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
 public struct LoopSettings: Codable, Sendable, Equatable {
     public var method: PruneMethod = .ptl
@@ -66,6 +75,8 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var reconstruct: ReconstructKind = .none
     /// Its damping: λ = this × mean diagonal of the kept neurons' Gram matrix.
     public var reconstructDamping = 0.01
+    /// What the stats phase calibrates on.
+    public var calibration: CalibrationKind = .dataset
     public init() {}
 
     /// What the tune phase asks of the backend's gradients: nil for cross-entropy.
@@ -85,8 +96,14 @@ public struct LoopData: Sendable {
     public var calibration: [[Int]]
     public var heldOut: [[Int]]
     public var evalLines: [String]
-    public init(tune: [[Int]], calibration: [[Int]], heldOut: [[Int]], evalLines: [String]) {
+    /// The calibration records as JSONL lines (on-policy calibration answers their questions).
+    public var calibrationLines: [String]
+    /// The calibration records' prompts alone (`--calibration prompts`).
+    public var calibrationPrompts: [[Int]]
+    public init(tune: [[Int]], calibration: [[Int]], heldOut: [[Int]], evalLines: [String],
+                calibrationLines: [String] = [], calibrationPrompts: [[Int]] = []) {
         self.tune = tune; self.calibration = calibration; self.heldOut = heldOut; self.evalLines = evalLines
+        self.calibrationLines = calibrationLines; self.calibrationPrompts = calibrationPrompts
     }
 }
 

@@ -12,7 +12,8 @@ extension PruneTuneLoop {
         let t0 = Date()
         let stats = try calibrationStatistics()
         let tStats = Date().timeIntervalSince(t0)
-        state.rows.append(row(.stats, seconds: tStats, detail: "\(stats.tokens) calibration tokens"))
+        let source = settings.calibration == .onPolicy ? roundCalibration.map { "; \($0.detail)" } ?? "" : ""
+        state.rows.append(row(.stats, seconds: tStats, detail: "\(stats.tokens) calibration tokens (\(settings.calibration.rawValue))\(source)"))
         progress(r, rounds, LoopPhase.prune.rawValue, 0)
         let t1 = Date()
         let c = model.config
@@ -42,7 +43,7 @@ extension PruneTuneLoop {
         }
         // Reconstruction needs the unpruned block's activations: Gram matrices before the cut.
         let gram = s.reconstruct == .ffn && plan.neurons > 0
-            ? try backend.ffnGram(model: model, sequences: data.calibration, shards: s.shards, branchScale: scale, key: measurementKey()) : nil
+            ? try backend.ffnGram(model: model, sequences: try calibrationSequences(), shards: s.shards, branchScale: scale, key: measurementKey()) : nil
         let surgery = try Surgery(config: c, removeNeurons: removeNeurons, removeLayers: Set(removeLayers))
         let unpruned = model
         model = surgery.apply(model: model)

@@ -5,6 +5,7 @@ import PTLEval
 import PTLModel
 import PTLPrune
 import PTLTensor
+import PTLTokenizer
 
 /// The Prune–Tune Loop (and its baselines) over a compute backend — this process
 /// (`LocalBackend`, `ptl prune`) or a cluster's workers (`ptl-coordinator`): round 0 measures the
@@ -24,6 +25,10 @@ public final class PruneTuneLoop {
     let originalModel: Model
     let order: EpochOrder
     public var logger = Logger.silent
+    /// Encodes on-policy calibration traces (needed for `--calibration on-policy`).
+    let tokenizer: Tokenizer?
+    /// The calibration sequences of a round (on-policy traces are generated once per round).
+    var roundCalibration: (round: Int, sequences: [[Int]], detail: String)?
     /// Progress: (round, rounds, phase, fraction of the phase done).
     public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
     public var run = "ptl"
@@ -34,8 +39,18 @@ public final class PruneTuneLoop {
 
     /// Starts a run, or resumes the one checkpointed in OUT/checkpoint (unless `fresh`).
     public init(backend: ComputeBackend, model start: Model, data: LoopData, settings: LoopSettings, out: String,
-                tokenizerSource: String?, fresh: Bool, teacher: Model? = nil, logger: Logger = .silent) throws {
+                tokenizerSource: String?, fresh: Bool, teacher: Model? = nil, tokenizer: Tokenizer? = nil, logger: Logger = .silent) throws {
         self.backend = backend
+        self.tokenizer = tokenizer
+        switch settings.calibration {
+        case .dataset: break
+        case .prompts:
+            guard data.calibrationPrompts.count == data.calibration.count else { throw LoopError("--calibration prompts needs the calibration records' prompts") }
+        case .onPolicy:
+            guard tokenizer != nil, !data.calibrationLines.isEmpty else {
+                throw LoopError("--calibration on-policy needs question/answer calibration records and the tokenizer")
+            }
+        }
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
         if let (t, w) = settings.distillationWeights {
@@ -125,8 +140,40 @@ public final class PruneTuneLoop {
     }
 
     func calibrationStatistics() throws -> ActivationStatistics {
-        try backend.statistics(model: model, sequences: data.calibration, shards: settings.shards, branchScale: scale,
+        try backend.statistics(model: model, sequences: try calibrationSequences(), shards: settings.shards, branchScale: scale,
                                key: measurementKey()).statistics
+    }
+
+    /// What this round's stats phase runs on (`--calibration`): the dataset's lines, their
+    /// prompts, or the prompts with the current model's own greedy chains of thought — generated
+    /// once a round by the backend (a trace phase) and kept for the round's other measurements.
+    func calibrationSequences() throws -> [[Int]] {
+        switch settings.calibration {
+        case .dataset: return data.calibration
+        case .prompts: return data.calibrationPrompts
+        case .onPolicy:
+            if let c = roundCalibration, c.round == state.round { return c.sequences }
+            guard let tokenizer else { throw LoopError("--calibration on-policy needs the tokenizer") }
+            let t0 = Date()
+            let (texts, counts) = try backend.traces(model: model.foldingBranchScales(scale), jsonlLines: data.calibrationLines,
+                                                     shards: max(settings.shards, 2), maxNewTokens: settings.evalMaxNewTokens,
+                                                     batchSize: settings.evalBatchSize, key: measurementKey())
+            let records = try Corpus.parse(Data(data.calibrationLines.joined(separator: "\n").utf8), source: "calibration records").records
+            guard records.count == texts.count else { throw LoopError("internal: \(texts.count) traces for \(records.count) calibration records") }
+            let template = PromptTemplate.standard
+            let sequences = zip(records, texts).map { r, text -> [Int] in
+                guard case .qa(let q, _) = r else { return [] }
+                var answer = Substring(text)
+                while answer.first == " " { answer = answer.dropFirst() }
+                return tokenizer.encode(template.render(.qa(question: q, answer: String(answer))))
+            }
+            let detail = String(format: "on-policy traces of %d calibration questions (%.1f s, %.1f%% right, %.0f tokens generated on average)",
+                                texts.count, Date().timeIntervalSince(t0), counts.accuracy * 100,
+                                Double(counts.generatedTokens) / Double(max(1, texts.count)))
+            logger.info("round \(state.round): \(detail)")
+            roundCalibration = (state.round, sequences, detail)
+            return sequences
+        }
     }
 
     func row(_ phase: LoopPhase, seconds: Double, accuracy: Double? = nil, loss: Double? = nil, tps: Double? = nil,

@@ -151,6 +151,14 @@ public final class ShardCompute: @unchecked Sendable {
     /// Greedy answers to a shard of eval records (JSONL), counted.
     public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int,
                                 precision: Precision) throws -> (EvalCounts, seconds: Double) {
+        let (counts, _, seconds) = try answers(model: model, tokenizer: tokenizer, jsonl: jsonl, maxNewTokens: maxNewTokens,
+                                               batchSize: batchSize, precision: precision)
+        return (counts, seconds)
+    }
+
+    /// Greedy answers to a shard of records (JSONL): counted, and the generated texts in order.
+    public static func answers(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int,
+                               precision: Precision) throws -> (EvalCounts, texts: [String], seconds: Double) {
         guard (1...65536).contains(maxNewTokens), (1...4096).contains(batchSize) else {
             throw LoopError("eval shard: max_new_tokens \(maxNewTokens) or batch size \(batchSize) out of range")
         }
@@ -163,7 +171,7 @@ public final class ShardCompute: @unchecked Sendable {
         let t0 = Date()
         let (report, predictions) = Evaluator.run(model: model, tokenizer: tokenizer, records: records, settings: settings)
         return (EvalCounts(correct: report.correct, total: report.total, generatedTokens: report.generatedTokens,
-                           perExample: predictions.map(\.correct)), Date().timeIntervalSince(t0))
+                           perExample: predictions.map(\.correct)), predictions.map(\.generated), Date().timeIntervalSince(t0))
     }
 }
 

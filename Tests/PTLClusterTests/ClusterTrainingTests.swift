@@ -210,4 +210,29 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         }
         #expect(local == one.perExample)
     }
+
+    /// The trace phase of on-policy calibration: the model's own chains of thought for 24
+    /// questions, bit-identical text over 1 and 3 workers and in this process (bf16 where the
+    /// CPU has it, as the loop runs by default); the texts are the answers evaluation scores.
+    @Test func tracesAreTheSameForOneAndThreeWorkersAndLocally() throws {
+        let demo = packageRoot.appendingPathComponent("models/demo").path
+        let model = try HFModel.load(directory: demo)
+        let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
+        let lines = try ArithmeticTask().jsonl(seed: 78, count: 24).split(separator: "\n").map(String.init)
+        func overCluster(_ workers: Int) throws -> (texts: [String], counts: EvalCounts) {
+            try InProcessCluster.with(workers: workers) { cluster in
+                let backend = ClusterBackend(coordinator: cluster.coordinator, tokenizerJSON: tokenizerJSON)
+                backend.precision = .machineDefault
+                return try backend.traces(model: model, jsonlLines: lines, shards: 3, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "run"))
+            }
+        }
+        let one = try overCluster(1), three = try overCluster(3)
+        #expect(one.texts.count == 24 && one.texts == three.texts && one.counts.perExample == three.counts.perExample)
+        let local = LocalBackend(tokenizer: try Tokenizer(path: demo + "/tokenizer.json"), precision: .machineDefault)
+        let here = try local.traces(model: model, jsonlLines: lines, shards: 3, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "run"))
+        #expect(here.texts == one.texts && here.counts.perExample == one.counts.perExample)
+        // Each text is a chain of thought ending in the final answer line, scored as evaluation scores it.
+        #expect(one.texts.allSatisfy { $0.contains("####") })
+        #expect(one.counts.correct >= 19, "demo model: \(one.counts.correct)/24 traces right")
+    }
 }

@@ -143,13 +143,14 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try rows(base + "/prune").map(\.accuracy) == rows(base + "/two").map(\.accuracy))
     }
 
-    /// Distillation from the unpruned model (kd+ce, T = 2) and least-squares reconstruction after
-    /// the neuron cut: workers fetch the teacher once and compute its logits for their shards,
-    /// and return Gram matrices reduced in shard order; one process, one worker and three
-    /// workers end at the same model, bit for bit — and not at the plain run's.
+    /// Distillation from the unpruned model (kd+ce, T = 2), on-policy calibration and
+    /// least-squares reconstruction after the neuron cut: workers fetch the teacher once and
+    /// compute its logits for their shards, generate the model's own traces, and return Gram
+    /// matrices reduced in shard order; one process, one worker and three workers end at the
+    /// same model, bit for bit — and not at the plain run's.
     @Test func distillationAndReconstructionGiveTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-kd-\(UUID().uuidString)").path
-        let kd = ["--recover", "kd+ce", "--kd-temperature", "2", "--kd-weight", "0.7", "--reconstruct", "ffn"]
+        let kd = ["--recover", "kd+ce", "--kd-temperature", "2", "--kd-weight", "0.7", "--reconstruct", "ffn", "--calibration", "on-policy"]
         let args = Array(loopArgs(out: base + "/prune", extra: kd).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
         let local = try runPTL(["prune"] + args)
         #expect(local.status == 0, "\(local.stderr)")
@@ -164,6 +165,7 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         let config = try String(contentsOfFile: base + "/three/config.yaml", encoding: .utf8)
         #expect(config.contains("recover: kd+ce") && config.contains("kd-temperature: 2") && config.contains("reconstruct: ffn"))
         #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("down_proj refitted by least squares") == true })
+        #expect(try rows(base + "/three").contains { $0.phase == "stats" && $0.detail?.contains("on-policy traces of 8 calibration questions") == true })
     }
 
     @Test func theRecipeAndConfigYAMLReproduceARunAndFlagsOverrideThem() throws {

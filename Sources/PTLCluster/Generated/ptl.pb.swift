@@ -368,7 +368,7 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// ptl version of the worker
   public var version: String = String()
 
-  /// phases it runs, by their names: "stats", "grad", "eval"
+  /// phases it runs, by their names: "stats", "grad", "eval", "trace"
   public var capabilities: [String] = []
 
   /// the model version it already holds, if any
