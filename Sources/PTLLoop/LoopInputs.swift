@@ -12,6 +12,15 @@ public enum CalibrationSource: String, Codable, Sendable, CaseIterable {
     case answer
 }
 
+/// Token ids of one training line: the tokenizer's own special tokens, then the model's first
+/// end-of-sequence token when the line does not already end with one (SmolLM2's tokenizer adds
+/// none: without it, a tuned model never learns to stop after its final answer).
+public func encodeLine(_ text: String, tokenizer: Tokenizer, eos: [Int], maxTokens: Int) -> [Int] {
+    var ids = tokenizer.encode(text)
+    if let e = eos.first, ids.last.map({ !eos.contains($0) }) ?? true { ids.append(e) }
+    return Array(ids.prefix(maxTokens))
+}
+
 /// Where a run's model and data come from, and how much of the data each use gets.
 public struct DataSettings: Sendable, Equatable {
     /// An HF model directory or a .gguf file.
@@ -56,9 +65,9 @@ public struct LoopInputs {
                                            widthMultiple: s.widthMultiple, layersPerRound: s.layersPerRound, order: s.order).rounds.count
         let needed = s.tuneSteps * ptlRounds * s.batchSize
         let template = PromptTemplate.standard
-        func encode(_ r: CorpusRecord) -> [Int] { Array(tokenizer.encode(template.render(r)).prefix(d.seqLen)) }
+        func encode(_ r: CorpusRecord) -> [Int] { encodeLine(template.render(r), tokenizer: tokenizer, eos: start.config.eosTokenIds, maxTokens: d.seqLen) }
         func calib(_ r: CorpusRecord) -> [Int] {
-            if d.calibrateOn == .answer, case .qa(_, let a) = r { return Array(tokenizer.encode(a).prefix(d.seqLen)) }
+            if d.calibrateOn == .answer, case .qa(_, let a) = r { return encodeLine(a, tokenizer: tokenizer, eos: start.config.eosTokenIds, maxTokens: d.seqLen) }
             return encode(r)
         }
         var tune: [CorpusRecord], calibration: [CorpusRecord], heldOut: [CorpusRecord], eval: [CorpusRecord]

@@ -165,7 +165,8 @@ public final class PruneTuneLoop {
                 guard case .qa(let q, _) = r else { return [] }
                 var answer = Substring(text)
                 while answer.first == " " { answer = answer.dropFirst() }
-                return tokenizer.encode(template.render(.qa(question: q, answer: String(answer))))
+                return encodeLine(template.render(.qa(question: q, answer: String(answer))), tokenizer: tokenizer,
+                                  eos: model.config.eosTokenIds, maxTokens: ShardCompute.maxSequenceLength)
             }
             let detail = String(format: "on-policy traces of %d calibration questions (%.1f s, %.1f%% right, %.0f tokens generated on average)",
                                 texts.count, Date().timeIntervalSince(t0), counts.accuracy * 100,

@@ -21,7 +21,6 @@ extension PTLCoordinatorCommand {
             let task = try ArithmeticTask()
             records = (0..<20000).map { i in let p = task.problem(seed: 0, index: i); return .qa(question: p.question, answer: p.answer) }
         }
-        let sequences = records.map { Array(tokenizer.encode(PromptTemplate.standard.render($0)).prefix(data.seqLen)) }
         var settings = TrainingSettings(steps: steps, batchSize: loop.batchSize, learningRate: loop.lr)
         settings.seed = loop.seed
         settings.precision = loop.precision
@@ -35,6 +34,8 @@ extension PTLCoordinatorCommand {
             logger.info("resuming from \(found) at step \(start!.2.step)")
         }
         let m = try start?.0 ?? ModelSource.loadModel(data.model)
+        // Every line ends with the model's end-of-sequence token, so the model learns to stop.
+        let sequences = records.map { encodeLine(PromptTemplate.standard.render($0), tokenizer: tokenizer, eos: m.config.eosTokenIds, maxTokens: data.seqLen) }
         logger.info("\(sequences.count) lines, \(steps) steps of \(loop.batchSize) lines in \(loop.shards) shards, precision \(loop.precision) (workers follow it; here: \(BF16Support.summary))")
         return { coordinator, status in
             coordinator.tokenizerJSON = tokenizerJSON
