@@ -27,6 +27,7 @@ extension Precision: ExpressibleByArgument {}
 extension RecoveryLoss: ExpressibleByArgument {}
 extension ReconstructKind: ExpressibleByArgument {}
 extension CalibrationKind: ExpressibleByArgument {}
+extension DamageMeasure: ExpressibleByArgument {}
 
 /// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
 public struct LoopOptions: ParsableArguments {
@@ -64,6 +65,12 @@ public struct LoopOptions: ParsableArguments {
 
     @Option(help: "With --budget damage: the fewest tune steps a round gets.")
     public var minRoundSteps: Int = 1
+
+    @Option(help: "With --budget damage: what a cut's damage is measured by — loss (held-out loss on dataset text) or probe (the error rate on the calibration questions, answered greedily).")
+    public var damage: DamageMeasure = .loss
+
+    @Option(help: "With --budget damage: the fraction of the total tune steps kept for the final round, whatever the estimates say.")
+    public var finalReserve: Double = 0
 
     @Option(help: "cut: a block is deleted at once; anneal: a doomed block's branches fall to 0 while tuning, then it is deleted.")
     public var layerRemoval: LayerRemoval = .cut
@@ -134,6 +141,7 @@ public struct LoopOptions: ParsableArguments {
         if roundEvalCount < 1 { throw ValidationError("--round-eval-count must be at least 1") }
         if !(kdTemperature > 0 && kdTemperature <= 100) { throw ValidationError("--kd-temperature must be in (0, 100]") }
         if !(kdWeight > 0 && kdWeight <= 1) { throw ValidationError("--kd-weight must be in (0, 1]") }
+        if !(finalReserve >= 0 && finalReserve < 1) { throw ValidationError("--final-reserve must be in [0, 1)") }
         if !(reconstructDamping >= 0 && reconstructDamping <= 1e6) { throw ValidationError("--reconstruct-damping must be in [0, 1e6]") }
     }
 
@@ -170,6 +178,8 @@ public struct LoopOptions: ParsableArguments {
         ls.reconstruct = reconstruct
         ls.reconstructDamping = reconstructDamping
         ls.calibration = calibration
+        ls.damage = damage
+        ls.finalReserve = finalReserve
         return ls
     }
 }

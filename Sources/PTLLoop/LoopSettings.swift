@@ -28,6 +28,11 @@ public enum CalibrationKind: String, Codable, Sendable, CaseIterable {
     case onPolicy = "on-policy"
 }
 
+/// How the damage budget measures what a cut did: the held-out loss on dataset text, or the
+/// error rate on a probe set (the calibration questions answered greedily — what the loop is
+/// for: one wrong digit fails a multi-step answer while barely moving the loss).
+public enum DamageMeasure: String, Codable, Sendable, CaseIterable { case loss, probe }
+
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
 public struct LoopSettings: Codable, Sendable, Equatable {
     public var method: PruneMethod = .ptl
@@ -77,6 +82,10 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var reconstructDamping = 0.01
     /// What the stats phase calibrates on.
     public var calibration: CalibrationKind = .dataset
+    /// What the damage budget follows.
+    public var damage: DamageMeasure = .loss
+    /// With the damage budget: the fraction of the total tune steps kept for the final round.
+    public var finalReserve = 0.0
     public init() {}
 
     /// What the tune phase asks of the backend's gradients: nil for cross-entropy.

@@ -39,7 +39,9 @@ extension PruneTuneLoop {
             later.append(e)
         }
         let floor = min(s.minRoundSteps, state.totalSteps / R)
-        return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor)
+        let reserve = Int((s.finalReserve * Double(state.totalSteps)).rounded())
+        return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor,
+                                  finalReserve: min(reserve, remaining))
     }
 
     /// Loss increase of cutting the current model's least useful block (by the layer score).
@@ -57,7 +59,19 @@ extension PruneTuneLoop {
         let scores = Selection.neuronScores(stats, model: model, kind: settings.neuronScore)
         let pick = Selection.lowestNeurons(scores: scores, layers: c.numHiddenLayers, intermediate: c.intermediateSize, count: min(k, c.intermediateSize - 1))
         let trial = try Surgery(config: c, removeNeurons: pick, removeLayers: [])
-        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale) - current)
+        return max(0, try damageMeasure(trial.apply(model: model), scale: scale) - current)
+    }
+
+    /// The quantity the damage budget follows, of `m`: held-out loss, or with `--damage probe`
+    /// the error rate on the calibration questions answered greedily (branch scales folded).
+    func damageMeasure(_ m: Model, scale: [Float]?) throws -> Double {
+        switch settings.damage {
+        case .loss: return try heldOutLoss(m, scale: scale)
+        case .probe:
+            let counts = try backend.evaluate(model: m.foldingBranchScales(scale), jsonlLines: data.calibrationLines, shards: max(settings.shards, 2),
+                                              maxNewTokens: settings.evalMaxNewTokens, batchSize: settings.evalBatchSize, key: measurementKey())
+            return 1 - counts.accuracy
+        }
     }
 
     /// Branch scales during step `i` (1-based) of this round's tuning.

@@ -11,6 +11,12 @@ extension PruneTuneLoop {
         progress(r, rounds, LoopPhase.stats.rawValue, 0)
         let t0 = Date()
         let stats = try calibrationStatistics()
+        // The probe before the cut (the round's on-policy traces already answered it).
+        var probeBefore: Double? = nil
+        if s.damage == .probe {
+            if s.calibration == .onPolicy, let c = roundCalibration, c.round == r { probeBefore = 1 - c.accuracy }
+            else { probeBefore = try damageMeasure(model, scale: scale) }
+        }
         let tStats = Date().timeIntervalSince(t0)
         let source = settings.calibration == .onPolicy ? roundCalibration.map { "; \($0.detail)" } ?? "" : ""
         state.rows.append(row(.stats, seconds: tStats, detail: "\(stats.tokens) calibration tokens (\(settings.calibration.rawValue))\(source)"))
@@ -62,9 +68,17 @@ extension PruneTuneLoop {
             var d = d; d.layers = d.layers.map { newIndex[$0]! }; return d
         }
         state.removals.append(record)
-        // Damage: the held-out loss of the pruned model against the round's start.
+        // Damage: the held-out loss of the pruned model against the round's start (and with
+        // --damage probe, the probe's error rate, which the budget then follows).
         let after = try heldOutLoss(model, scale: scale)
-        let damage = after - state.lossBefore
+        var damage = after - state.lossBefore
+        var measureAfter = after
+        var probeDetail = ""
+        if let before = probeBefore {
+            measureAfter = try damageMeasure(model, scale: scale)
+            damage = measureAfter - before
+            probeDetail = String(format: "; probe accuracy %.1f%% → %.1f%%", (1 - before) * 100, (1 - measureAfter) * 100)
+        }
         // Anneal: layers removed in a later round are chosen now when their window opens here.
         if s.layerRemoval == .anneal && s.method == .ptl {
             for (j, p) in state.plan.rounds.enumerated() where p.layers > 0 {
@@ -74,7 +88,7 @@ extension PruneTuneLoop {
                 let reserved = Set(state.doomed.flatMap(\.layers))
                 let keptScores = surgery.keptLayers.map { layerScores[$0] }
                 let chosen = Selection.lowestLayers(scores: keptScores, count: p.layers, excluding: reserved)
-                let trial = try trialCutDamage(chosen, from: after)
+                let trial = try trialCutDamage(chosen, from: measureAfter)
                 state.doomed.append(DoomedLayers(removeAtRound: removeAt, windowStart: r, layers: chosen,
                                                  scores: chosen.map { keptScores[$0] }, trialDamage: trial))
                 logger.info("round \(r): layer(s) \(chosen) will be annealed to zero over rounds \(r)–\(removeAt - 1) (cutting them now would add \(String(format: "%.3f", trial)) to the loss)")
@@ -82,12 +96,12 @@ extension PruneTuneLoop {
         }
         if plan.neurons > 0 { state.neuronDamagePerNeuron = max(0, damage) / Double(plan.neurons) }
         if plan.layers > 0 && record.how == .cut { state.layerDamagePerLayer = max(0, damage) / Double(plan.layers) }
-        state.roundSteps = try budget(round: r, damage: damage, currentLoss: after)
+        state.roundSteps = try budget(round: r, damage: damage, currentLoss: measureAfter)
         state.stepInRound = 0
         state.tuneLossSum = 0
         let shape = "\(model.config.numHiddenLayers) blocks × FFN \(model.config.intermediateSize)"
         state.rows.append(row(.prune, seconds: Date().timeIntervalSince(t1), loss: after, steps: state.roundSteps,
-                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", damage))\(reconstructed)"))
+                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", after - state.lossBefore))\(probeDetail)\(reconstructed)"))
         logger.info("\(String(format: "round %d: pruned to %@ (%.1f%% of the parameters); held-out loss %.4f → %.4f; %d tune steps", r, shape, 100 * Double(model.parameterCount) / Double(original.parameters), state.lossBefore, after, state.roundSteps))",
                     metadata: ["round": "\(r)", "parameters": "\(model.parameterCount)", "tune_steps": "\(state.roundSteps)"])
         state.stage = .tune
@@ -98,6 +112,6 @@ extension PruneTuneLoop {
     func trialCutDamage(_ layers: [Int], from current: Double) throws -> Double {
         let c = model.config
         let trial = try Surgery(config: c, removeNeurons: [[Int]](repeating: [], count: c.numHiddenLayers), removeLayers: Set(layers))
-        return max(0, try heldOutLoss(trial.apply(model: model), scale: scale.map { trial.apply(perLayer: $0) }) - current)
+        return max(0, try damageMeasure(trial.apply(model: model), scale: scale.map { trial.apply(perLayer: $0) }) - current)
     }
 }

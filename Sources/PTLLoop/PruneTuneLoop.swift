@@ -28,7 +28,7 @@ public final class PruneTuneLoop {
     /// Encodes on-policy calibration traces (needed for `--calibration on-policy`).
     let tokenizer: Tokenizer?
     /// The calibration sequences of a round (on-policy traces are generated once per round).
-    var roundCalibration: (round: Int, sequences: [[Int]], detail: String)?
+    var roundCalibration: (round: Int, sequences: [[Int]], detail: String, accuracy: Double)?
     /// Progress: (round, rounds, phase, fraction of the phase done).
     public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
     public var run = "ptl"
@@ -51,6 +51,10 @@ public final class PruneTuneLoop {
                 throw LoopError("--calibration on-policy needs question/answer calibration records and the tokenizer")
             }
         }
+        if settings.damage == .probe && data.calibrationLines.isEmpty {
+            throw LoopError("--damage probe answers the calibration questions: the calibration records need a question and an answer")
+        }
+        guard settings.finalReserve >= 0 && settings.finalReserve < 1 else { throw LoopError("--final-reserve must be in [0, 1)") }
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
         if let (t, w) = settings.distillationWeights {
@@ -172,7 +176,7 @@ public final class PruneTuneLoop {
                                 texts.count, Date().timeIntervalSince(t0), counts.accuracy * 100,
                                 Double(counts.generatedTokens) / Double(max(1, texts.count)))
             logger.info("round \(state.round): \(detail)")
-            roundCalibration = (state.round, sequences, detail)
+            roundCalibration = (state.round, sequences, detail, counts.accuracy)
             return sequences
         }
     }

@@ -159,11 +159,14 @@ public enum BudgetKind: String, Codable, Sendable, CaseIterable {
 public enum Budget {
     /// Steps for the current round out of `remaining`, given this round's damage and the damage
     /// expected of the rounds still to come; `floor` steps at least while any remain for later rounds.
-    public static func damageShare(remaining: Int, roundsLeft: Int, damage: Double, expectedLater: [Double], floor: Int) -> Int {
+    /// `finalReserve`: steps kept for the last round whatever the damage estimates say (the last
+    /// cut is the one nothing after it repairs).
+    public static func damageShare(remaining: Int, roundsLeft: Int, damage: Double, expectedLater: [Double], floor: Int,
+                                   finalReserve: Int = 0) -> Int {
         if roundsLeft <= 1 { return remaining }
         let d = max(damage, 1e-6)
         let later = expectedLater.reduce(0) { $0 + max($1, 1e-6) }
-        let reserve = floor * (roundsLeft - 1)
+        let reserve = floor * (roundsLeft - 2) + max(floor, finalReserve)
         let share = Int((Double(remaining) * d / (d + later)).rounded())
         return min(max(share, floor), max(floor, remaining - reserve))
     }

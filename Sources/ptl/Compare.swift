@@ -27,6 +27,23 @@ struct Compare: ParsableCommand {
         ("ptl-anneal", ["--budget", "equal", "--layer-removal", "anneal", "--optimizer", "reset"], "paper schedule + annealed layer removal"),
         ("ptl-carry", ["--budget", "equal", "--layer-removal", "cut", "--optimizer", "carry"], "paper schedule + AdamW carried across rounds"),
         ("ptl-all", ["--budget", "damage", "--layer-removal", "anneal", "--optimizer", "carry"], "all three remedies"),
+        // Recovery and calibration (issue 13): distillation from the unpruned model, reconstruction,
+        // on-policy calibration, a damage budget that follows a probe of the task, and the schedule.
+        ("ptl-kd", ["--recover", "kd"], "PTL recovering by distillation (forward KL, T 1)"),
+        ("prune-once-kd", ["--method", "prune-once", "--recover", "kd"], "Minitron-style: Prune-Once recovering by distillation"),
+        ("shortgpt-kd", ["--method", "shortgpt", "--recover", "kd"], "ShortGPT recovering by distillation"),
+        ("ptl-reconstruct", ["--reconstruct", "ffn"], "PTL + least-squares down_proj refit after each neuron cut"),
+        ("ptl-on-policy", ["--calibration", "on-policy"], "PTL calibrated on its own chains of thought"),
+        ("ptl-rac", ["--calibration", "on-policy", "--reconstruct", "ffn"], "PTL + on-policy calibration + reconstruction (RAC's recipe)"),
+        ("ptl-probe", ["--damage", "probe"], "PTL, budget following the probe's error rate"),
+        ("ptl-probe-reserve", ["--damage", "probe", "--final-reserve", "0.3"], "PTL, probe budget, 30 % of the steps kept for the last round"),
+        ("ptl-layers-first", ["--order", "layers-first"], "PTL cutting the block(s) first"),
+        ("ptl-alternate", ["--order", "alternate"], "PTL alternating block and neuron rounds"),
+        ("ptl-anneal-damage", ["--layer-removal", "anneal"], "PTL, damage budget, doomed blocks annealed to zero"),
+        ("ptl-best", ["--recover", "kd", "--calibration", "on-policy", "--reconstruct", "ffn", "--damage", "probe", "--final-reserve", "0.3"],
+         "PTL with every recovery option"),
+        ("prune-once-best", ["--method", "prune-once", "--recover", "kd", "--calibration", "on-policy", "--reconstruct", "ffn"],
+         "Prune-Once with the same recovery options"),
     ]
 
     @Option(help: "The model (HF directory or .gguf).")
@@ -38,8 +55,11 @@ struct Compare: ParsableCommand {
     @Option(help: "Seeds, comma-separated.")
     var seeds: String = "0,1"
 
-    @Option(help: "Variants, comma-separated, from: ptl (= paper schedule + damage budget), prune-once, shortgpt, ptl-paper, ptl-anneal, ptl-carry, ptl-all.")
+    @Option(help: "Variants, comma-separated, from: \(Compare.allVariants.map(\.name).joined(separator: ", ")).")
     var variants: String = "ptl,prune-once,shortgpt,ptl-paper,ptl-anneal,ptl-carry"
+
+    @Option(help: "Fraction of the original parameters every run ends at or below (else the runs' default or what follows --).")
+    var targetParams: Double?
 
     @Option(help: "Run every variant on this many local ptl-worker processes (a coordinator in this process); 0 runs them in this process.")
     var localWorkers: Int = 0
@@ -72,7 +92,8 @@ struct Compare: ParsableCommand {
                 }
                 logger.info("\(v.name) seed \(seed): \(v.what)")
                 // Every run is a `ptl prune` command line, parsed (and validated) as one.
-                let prune = try Prune.parse(["--model", model, "--seed", "\(seed)", "--out", dir] + v.args + passthrough)
+                let target = targetParams.map { ["--target-params", "\($0)"] } ?? []
+                let prune = try Prune.parse(["--model", model, "--seed", "\(seed)", "--out", dir] + target + v.args + passthrough)
                 let job = try LoopRun(loop: prune.loop, data: prune.data, run: prune.output, command: prune, commandName: "ptl prune",
                                       logger: logger, runName: "\(v.name)-seed\(seed)")
                 let backend: ComputeBackend = cluster.map { ClusterBackend(coordinator: $0.coordinator, tokenizerJSON: job.inputs.tokenizerJSON) }

@@ -144,5 +144,11 @@ func maxRelDiff(_ a: [Float], _ b: [Float]) -> Float {
         let small = Budget.damageShare(remaining: 100, roundsLeft: 4, damage: 0.01, expectedLater: [2, 0.01, 0.01], floor: 5)
         #expect(small == 5)
         #expect(Budget.damageShare(remaining: 37, roundsLeft: 1, damage: 0, expectedLater: [], floor: 5) == 37)
+        // A final reserve: however much damage a round before the last did, 30 steps stay for the last
+        // round (and the floor for each one between).
+        let reserved = Budget.damageShare(remaining: 100, roundsLeft: 4, damage: 2.0, expectedLater: [0.01, 0.01, 0.01], floor: 5, finalReserve: 30)
+        #expect(reserved == 100 - 5 - 5 - 30)
+        // The last-but-one round with a reserve the estimate already respects: the estimate stands.
+        #expect(Budget.damageShare(remaining: 100, roundsLeft: 2, damage: 1, expectedLater: [1], floor: 5, finalReserve: 30) == 50)
     }
 }
