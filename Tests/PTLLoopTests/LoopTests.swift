@@ -28,7 +28,8 @@ struct ShortJob {
     func loop(out: String, fresh: Bool = false) throws -> PruneTuneLoop {
         let inputs = try LoopInputs.load(data, loop: settings, out: out)
         return try PruneTuneLoop(backend: LocalBackend(tokenizer: inputs.tokenizer), model: inputs.model, data: inputs.data,
-                                 settings: settings, out: out, tokenizerSource: inputs.tokenizerSource, fresh: fresh)
+                                 settings: settings, out: out, tokenizerSource: inputs.tokenizerSource, fresh: fresh,
+                                 tokenizer: inputs.tokenizer)
     }
 
     /// Runs to the end; the final weights.
@@ -119,8 +120,17 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         #expect(rows.filter { $0.phase == .tune }.compactMap(\.tuneSteps).reduce(0, +) == 10)
     }
 
-    @Test func aStoppedRunResumesToTheSameModel() throws {
-        let job = ShortJob()
+    /// Plain, and with every recovery option (distillation, on-policy calibration with its trace
+    /// phase, reconstruction, the probe budget): a run stopped anywhere resumes to the same bits.
+    @Test(arguments: [false, true])
+    func aStoppedRunResumesToTheSameModel(recovery: Bool) throws {
+        var job = ShortJob()
+        if recovery {
+            job.settings.recover = .kdCE
+            job.settings.calibration = .onPolicy
+            job.settings.reconstruct = .ffn
+            job.settings.damage = .probe
+        }
         let straight = try job.run(out: temporaryDirectory("ptl-loop-straight"))
         // Stop at several points (mid-round, between phases), each time starting a new loop from the checkpoint.
         let out = temporaryDirectory("ptl-loop-resume")
