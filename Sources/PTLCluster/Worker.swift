@@ -211,8 +211,12 @@ public final class WorkerClient: @unchecked Sendable {
                     try send(Messages.error(t.key, "the teacher \(r.modelHash) arrived damaged"))
                     return
                 }
-                teacher = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
+                let version = ModelVersion(hash: r.modelHash, config: r.configJson, weights: w, tokenizer: r.tokenizerJson)
+                teacher = version
                 logger.info("\(String(format: "teacher %@ received (%.1f MB) in %.2f s", r.modelHash, Double(4 * w.count) / 1e6, clock.now() - requestedAt))")
+                if settings.cacheDirectory != nil {   // once a run: a restarted worker loads it from the disk cache
+                    DispatchQueue.global(qos: .utility).async { [self] in write(version, suffix: "teacher") }
+                }
                 try startOrFetch()
                 return
             }
@@ -271,7 +275,12 @@ public final class WorkerClient: @unchecked Sendable {
         if models[t.spec.modelHash] == nil {
             try requestModel(t.spec.modelHash, base: models.keys.first)
         } else if !t.spec.teacherHash.isEmpty, t.spec.teacherHash != t.spec.modelHash, teacher?.hash != t.spec.teacherHash {
-            try requestModel(t.spec.teacherHash, base: nil)
+            if let cached = loadCached(t.spec.teacherHash, suffix: "teacher") {
+                teacher = cached
+                try startOrFetch()
+            } else {
+                try requestModel(t.spec.teacherHash, base: nil)
+            }
         } else {
             waiting = nil
             start(t.key, t.spec, t.inputs)
@@ -307,7 +316,8 @@ public final class WorkerClient: @unchecked Sendable {
         }
     }
 
-    func write(_ version: ModelVersion) {
+    /// Writes `version` as the cache's only `.model` (or, with `suffix` "teacher", its only `.teacher`).
+    func write(_ version: ModelVersion, suffix: String = "model") {
         guard let dir = settings.cacheDirectory else { return }
         let fm = FileManager.default
         do {
@@ -319,17 +329,17 @@ public final class WorkerClient: @unchecked Sendable {
             try Data(version.config.utf8).write(to: temp.appendingPathComponent("config.json"))
             try Data(version.tokenizer.utf8).write(to: temp.appendingPathComponent("tokenizer.json"))
             try version.weights.withUnsafeBytes { try Data($0).write(to: temp.appendingPathComponent("weights.f32")) }
-            for old in try fm.contentsOfDirectory(atPath: dir) where old.hasSuffix(".model") { try? fm.removeItem(at: url.appendingPathComponent(old)) }
-            try fm.moveItem(at: temp, to: url.appendingPathComponent("\(version.hash).model"))
+            for old in try fm.contentsOfDirectory(atPath: dir) where old.hasSuffix(".\(suffix)") { try? fm.removeItem(at: url.appendingPathComponent(old)) }
+            try fm.moveItem(at: temp, to: url.appendingPathComponent("\(version.hash).\(suffix)"))
         } catch {
             logger.warning("could not cache model \(version.hash) in \(dir): \(error)")
         }
     }
 
     /// The cached model version `hash`, checked against its content hash; nil when absent or damaged.
-    func loadCached(_ hash: String) -> ModelVersion? {
+    func loadCached(_ hash: String, suffix: String = "model") -> ModelVersion? {
         guard let dir = settings.cacheDirectory else { return nil }
-        let url = URL(fileURLWithPath: dir).appendingPathComponent("\(hash).model")
+        let url = URL(fileURLWithPath: dir).appendingPathComponent("\(hash).\(suffix)")
         guard let config = try? String(contentsOf: url.appendingPathComponent("config.json"), encoding: .utf8),
               let tokenizer = try? String(contentsOf: url.appendingPathComponent("tokenizer.json"), encoding: .utf8),
               let raw = try? Data(contentsOf: url.appendingPathComponent("weights.f32")), raw.count % 4 == 0 else { return nil }

@@ -162,6 +162,9 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try w == finalWeights(base + "/one"))
         #expect(try w == finalWeights(base + "/three"))
         #expect(try w != finalWeights(base + "/ce"))
+        // The teacher came once and is in the local worker's disk cache (a restarted worker loads it).
+        let cache = try FileManager.default.contentsOfDirectory(atPath: base + "/one/workers/local-0")
+        #expect(cache.filter { $0.hasSuffix(".teacher") }.count == 1, "\(cache)")
         let config = try String(contentsOfFile: base + "/three/config.yaml", encoding: .utf8)
         #expect(config.contains("recover: kd+ce") && config.contains("kd-temperature: 2") && config.contains("reconstruct: ffn"))
         #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("down_proj refitted by least squares") == true })
