@@ -24,6 +24,10 @@ mkdir -p "$CACHE"
 start=$(date +%s)
 $B/ptl-coordinator --config "$RECIPE" --local-workers "${WORKERS:-2}" --threads-per-worker 1 ${STEPS:+--steps "$STEPS"}
 echo "trained in $(( $(date +%s) - start )) s (this invocation)"
+if [ ! -d "$CACHE/run/final" ]; then
+    echo "make_specialist: the run stopped before its last step; run this script again to resume it" >&2
+    exit 1
+fi
 rm -rf "$CACHE/model"
 cp -r "$CACHE/run/final" "$CACHE/model"
 $B/ptl eval --model "$CACHE/model" --data "$CACHE/data/test.jsonl" --max-new-tokens 160 --batch-size 16 --quiet | tee "$CACHE/model/eval.txt"
