@@ -19,8 +19,13 @@ struct Compare: ParsableCommand {
         Writes OUT/compare.md, OUT/compare.png and OUT/compare.json (every run's summary).
         """)
 
+    /// What every variant starts from: the loop before issue 13's options (cross-entropy,
+    /// dataset calibration, no reconstruction, the budget on held-out loss, no reserve), so a
+    /// variant's name says all it adds. The defaults of ptl prune are ptl-best's.
+    static let plain = ["--recover", "ce", "--calibration", "dataset", "--reconstruct", "none", "--damage", "loss", "--final-reserve", "0"]
+
     static let allVariants: [(name: String, args: [String], what: String)] = [
-        ("ptl", [], "PTL, defaults: damage budget, cut, reset"),
+        ("ptl", [], "PTL, plain: damage budget on held-out loss, cut, reset, cross-entropy"),
         ("prune-once", ["--method", "prune-once"], "all pruning in round 1, then all tuning"),
         ("shortgpt", ["--method", "shortgpt"], "lowest Block-Influence blocks at once, then tuning"),
         ("ptl-paper", ["--budget", "equal", "--layer-removal", "cut", "--optimizer", "reset"], "PTL, the paper's schedule (equal budget, cut, reset)"),
@@ -41,7 +46,9 @@ struct Compare: ParsableCommand {
         ("ptl-alternate", ["--order", "alternate"], "PTL alternating block and neuron rounds"),
         ("ptl-anneal-damage", ["--layer-removal", "anneal"], "PTL, damage budget, doomed blocks annealed to zero"),
         ("ptl-best", ["--recover", "kd", "--calibration", "on-policy", "--reconstruct", "ffn", "--damage", "probe", "--final-reserve", "0.3"],
-         "PTL with every recovery option"),
+         "PTL with every recovery option (ptl prune's defaults)"),
+        ("ptl-best-ce", ["--calibration", "on-policy", "--reconstruct", "ffn", "--damage", "probe", "--final-reserve", "0.3"],
+         "ptl-best recovering by cross-entropy (no distillation)"),
         ("prune-once-best", ["--method", "prune-once", "--recover", "kd", "--calibration", "on-policy", "--reconstruct", "ffn"],
          "Prune-Once with the same recovery options"),
     ]
@@ -93,7 +100,7 @@ struct Compare: ParsableCommand {
                 logger.info("\(v.name) seed \(seed): \(v.what)")
                 // Every run is a `ptl prune` command line, parsed (and validated) as one.
                 let target = targetParams.map { ["--target-params", "\($0)"] } ?? []
-                let prune = try Prune.parse(["--model", model, "--seed", "\(seed)", "--out", dir] + target + v.args + passthrough)
+                let prune = try Prune.parse(["--model", model, "--seed", "\(seed)", "--out", dir] + Compare.plain + target + v.args + passthrough)
                 let job = try LoopRun(loop: prune.loop, data: prune.data, run: prune.output, command: prune, commandName: "ptl prune",
                                       logger: logger, runName: "\(v.name)-seed\(seed)")
                 let backend: ComputeBackend = cluster.map { ClusterBackend(coordinator: $0.coordinator, tokenizerJSON: job.inputs.tokenizerJSON) }

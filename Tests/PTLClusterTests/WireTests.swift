@@ -155,7 +155,7 @@ func sampleResult() -> WireMessage {
         try Data(frames[0]).write(to: dir.appendingPathComponent("envelope.bin"))
         let (status, out) = try run([dir.appendingPathComponent("decode").path, dir.appendingPathComponent("envelope.bin").path])
         #expect(status == 0, "\(out)")
-        #expect(out.contains("version 2 type 4 run run-7"))
+        #expect(out.contains("version 3 type 4 run run-7"))
         #expect(out.contains("task round 2 phase 2 step 41 measurement 0 shard 5 attempt 1"))
         // A BUSY of a measurement task: the new type and field as a C peer sees them.
         var key = sampleResult().envelope.task
