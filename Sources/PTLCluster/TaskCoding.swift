@@ -96,10 +96,15 @@ public enum TaskCoding {
 
     /// Pins `model` (a distillation teacher) on the coordinator for the run and returns its hash.
     public static func pin(_ model: Model, on coordinator: Coordinator) -> String {
+        version(model) { coordinator.pin($0, config: $1, weights: $2) }
+    }
+
+    /// The model's config JSON, content hash and raw weights, handed to `body`; returns the hash.
+    static func version(_ model: Model, _ body: (String, String, UnsafeRawBufferPointer) -> Void) -> String {
         let config = String(decoding: model.config.jsonData(), as: UTF8.self)
         let n = model.parameters.count
         let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
-        coordinator.pin(hash, config: config, weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
+        body(hash, config, UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
         return hash
     }
 
@@ -134,10 +139,6 @@ public enum TaskCoding {
     /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
     /// holding it fetch an update) and returns its hash.
     public static func publish(_ model: Model, on coordinator: Coordinator) -> String {
-        let config = String(decoding: model.config.jsonData(), as: UTF8.self)
-        let n = model.parameters.count
-        let hash = modelHash(configJSON: config, weights: UnsafeBufferPointer(start: model.parameters.pointer, count: n))
-        coordinator.serve(hash, config: config, weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * n))
-        return hash
+        version(model) { coordinator.serve($0, config: $1, weights: $2) }
     }
 }

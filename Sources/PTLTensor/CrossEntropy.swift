@@ -37,13 +37,7 @@ public func crossEntropyForwardBackward(
             }
         }
     }
-    var total = 0.0
-    var count = 0
-    for r in 0..<rows where targets[r] >= 0 {
-        total += Double(losses[r])
-        count += 1
-    }
-    return (total, count)
+    return validLossSum(losses, targets, rows: rows)
 }
 
 /// The recovery loss of distillation (Hinton et al.; Minitron's choice is `kdWeight = 1`, `T = 1`):
@@ -114,6 +108,11 @@ public func distillationForwardBackward(
             if ceWeight > 0 { g[target] -= scale * ceWeight }
         }
     }
+    return validLossSum(losses, targets, rows: rows)
+}
+
+/// Σ of the rows' losses whose target is not ignored (in row order, Double), and their count.
+func validLossSum(_ losses: UnsafePointer<Float>, _ targets: UnsafePointer<Int32>, rows: Int) -> (sum: Double, count: Int) {
     var total = 0.0
     var count = 0
     for r in 0..<rows where targets[r] >= 0 {
