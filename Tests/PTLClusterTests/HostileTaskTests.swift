@@ -78,14 +78,22 @@ import PTLTokenizer
 /// tasks run again, and the phase ends with the honest answer: the coordinator never reduces a
 /// bad result and never stops because of one.
 @Suite(.serialized) struct BadResultTests {
+    /// Gradients, statistics and FFN Gram matrices (a NaN in one, one block missing in another).
     @Test func lyingResultsAreFailedAttemptsAndThePhaseEndsHonestly() throws {
         let honest = WorkerTasks.handler()
-        let grads = Counter(), stats = Counter()
+        let grads = Counter(), stats = Counter(), grams = Counter()
         // The only worker lies on the first task of each phase, then answers honestly.
         let cluster = try InProcessCluster(workers: 1, handler: { _ in { key, spec, inputs, version, teacher in
             var (result, tensors) = try honest(key, spec, inputs, version, teacher)
             switch key.phase {
             case .grad where grads.increment() == 1: tensors = [WireTensor(name: "grad", shape: [3], floats: [1, 2, 3])]
+            case .stats where spec.ffnGram:   // a Gram matrix with a NaN, then one missing
+                switch grams.increment() {
+                case 1: tensors[0] = WireTensor(name: "gram.0", dtype: .f64, shape: tensors[0].shape,
+                                                bytes: [Double](repeating: .nan, count: tensors[0].byteCount / 8).withUnsafeBytes { Array($0) })
+                case 2: tensors.removeLast()
+                default: break
+                }
             case .stats where stats.increment() == 1: tensors = tensors.filter { $0.name != "abs_sum" }
             default: break
             }
@@ -107,6 +115,10 @@ import PTLTokenizer
         let honestStats = try LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
             .statistics(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "liar", measurement: 1))
         #expect(measured.statistics == honestStats.statistics && measured.loss == honestStats.loss)
-        #expect(coordinator.counters["bad_result"] == 2, "\(coordinator.counters)")
+        let gram = try backend.ffnGram(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "liar", measurement: 2))
+        let honestGram = try LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+            .ffnGram(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "liar", measurement: 2))
+        #expect(gram == honestGram)
+        #expect(coordinator.counters["bad_result"] == 4, "\(coordinator.counters)")
     }
 }
