@@ -26,6 +26,8 @@ SUITES=(
     BF16ConversionTests
     BF16MatmulTests
     BF16PassTests
+    DistillationGoldenTests
+    ReconstructionTests
 )
 
 cd "$(dirname "$0")/.."
