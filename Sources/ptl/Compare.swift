@@ -11,7 +11,7 @@ import PTLPrune
 /// one or more seeds; one table.
 struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run PTL, Prune-Once, ShortGPT and PTL's schedule variants to the same target; write one table.",
+        abstract: "Run PTL, Prune-Once, ShortGPT and their recovery and schedule variants to the same target; write one table.",
         discussion: """
         Every variant is a ptl prune run in this process, or over --local-workers ptl-worker processes
         (OUT/<variant>-seed<k>/, resumable: a finished run is not repeated). Arguments after `--` go to
@@ -63,7 +63,7 @@ struct Compare: ParsableCommand {
     var seeds: String = "0,1"
 
     @Option(help: "Variants, comma-separated, from: \(Compare.allVariants.map(\.name).joined(separator: ", ")).")
-    var variants: String = "ptl,prune-once,shortgpt,ptl-paper,ptl-anneal,ptl-carry"
+    var variants: String = "ptl-best,prune-once-best,ptl,prune-once,shortgpt,ptl-paper"
 
     @Option(help: "Fraction of the original parameters every run ends at or below (else the runs' default or what follows --).")
     var targetParams: Double?
