@@ -16,6 +16,9 @@ public struct PlotColor: Sendable, Equatable {
     public static let palette: [PlotColor] = [
         PlotColor(31, 119, 180), PlotColor(255, 127, 14), PlotColor(44, 160, 44), PlotColor(214, 39, 40),
         PlotColor(148, 103, 189), PlotColor(140, 86, 75), PlotColor(227, 119, 194), PlotColor(23, 190, 207),
+        // Eight more, for compares of many variants (no colour repeats below 16 series).
+        PlotColor(127, 127, 127), PlotColor(188, 189, 34), PlotColor(0, 0, 128), PlotColor(128, 0, 0),
+        PlotColor(0, 128, 128), PlotColor(230, 180, 0), PlotColor(0, 0, 0), PlotColor(255, 105, 180),
     ]
 
     static let white = PlotColor(255, 255, 255)
