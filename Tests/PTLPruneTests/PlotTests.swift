@@ -254,7 +254,7 @@ private let twoSeries = [
         let img = LinePlot.render(title: "t", xLabel: "x", yLabel: "y", series: twoSeries)
         for s in twoSeries { #expect(pixelCount(img.rgb, s.color) > 200, Comment(rawValue: s.label)) }
         #expect(pixelCount(img.rgb, PlotColor.palette[2]) == 0)
-        #expect(Set(PlotColor.palette.map { [$0.r, $0.g, $0.b] }).count == 8)
+        #expect(Set(PlotColor.palette.map { [$0.r, $0.g, $0.b] }).count == 16, "the palette's colours are distinct")
     }
 
     @Test func invertXPutsLargeXOnTheLeft() {
