@@ -58,8 +58,8 @@ public final class PruneTuneLoop {
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
         if let (t, w) = settings.distillationWeights {
+            // A named teacher's vocabulary was checked by LoopInputs; every shard checks it again.
             let teacher = try Teacher(model: teacher ?? start, temperature: t, kdWeight: w)
-            try teacher.check(student: start)
             backend.teacher = teacher
             logger.info("recovery: \(settings.recover.rawValue), T \(t), weight \(w), teacher \(ModelCost(config: teacher.model.config).parameters) parameters")
         } else {

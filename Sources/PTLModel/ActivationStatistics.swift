@@ -138,11 +138,17 @@ public struct FFNGram: Sendable, Equatable {
 
     /// Adds `Σ_r a_r a_rᵀ` of `rows` activation rows (row-major, `intermediate` wide) to layer `l`.
     public mutating func accumulate(layer l: Int, rows: UnsafePointer<Float>, count: Int) {
+        guard count > 0 else { return }
+        let a = UnsafeMutablePointer<Double>.allocate(capacity: count * intermediate)
+        defer { a.deallocate() }
+        for i in 0..<(count * intermediate) { a[i] = Double(rows[i]) }
+        accumulate(layer: l, rows: UnsafePointer(a), count: count)
+    }
+
+    /// The same from rows already in Double.
+    public mutating func accumulate(layer l: Int, rows a: UnsafePointer<Double>, count: Int) {
         let I = intermediate
         guard count > 0 else { return }
-        let a = UnsafeMutablePointer<Double>.allocate(capacity: count * I)
-        defer { a.deallocate() }
-        for i in 0..<(count * I) { a[i] = Double(rows[i]) }
         values.withUnsafeMutableBufferPointer { v in
             let g = v.baseAddress! + l * I * I
             // G += Aᵀ A (upper triangle), single-threaded OpenBLAS: the same bits on every run.
@@ -160,12 +166,13 @@ extension TrainingPass {
         var g = FFNGram(layers: L, intermediate: I)
         let rows = (0..<N).filter { targets[$0] >= 0 }
         g.tokens = rows.count
-        let packed = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows.count * I))
+        // One Double buffer for every layer's scored rows.
+        let packed = UnsafeMutablePointer<Double>.allocate(capacity: max(1, rows.count * I))
         defer { packed.deallocate() }
         for l in 0..<L {
             let a = act.at(l * N * I)
-            for (k, r) in rows.enumerated() { (packed + k * I).update(from: a + r * I, count: I) }
-            g.accumulate(layer: l, rows: packed, count: rows.count)
+            for (k, r) in rows.enumerated() { for j in 0..<I { packed[k * I + j] = Double(a[r * I + j]) } }
+            g.accumulate(layer: l, rows: UnsafePointer(packed), count: rows.count)
         }
         return g
     }
