@@ -72,7 +72,7 @@ let package = Package(
                                                    .product(name: "Logging", package: "swift-log")]),
 
         // What the binaries share: option groups, recipe files (YAML), the loop run, local workers.
-        .target(name: "PTLCommandLine", dependencies: ["PTLLoop", "PTLPrune",
+        .target(name: "PTLCommandLine", dependencies: ["PTLLoop", "PTLPrune", "PTLModel", "PTLFormats",
                                                        .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                        .product(name: "Logging", package: "swift-log"),
                                                        .product(name: "Yams", package: "Yams")]),

@@ -12,6 +12,8 @@ public struct LoopRun {
     public var logger: Logger
     /// The run's name in task keys and checkpoints.
     public var runName: String
+    /// `--export-gguf`: the type of OUT/final/model-TYPE.gguf, or nil.
+    public var exportGGUF: String?
 
     /// Loads the model and the data (before any worker starts: a large corpus or model takes
     /// long enough to load that waiting workers would think the coordinator gone) and writes
@@ -22,6 +24,7 @@ public struct LoopRun {
         settings = try loop.settings()
         out = run.out
         fresh = run.fresh
+        exportGGUF = run.exportGguf
         self.logger = logger
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let recipe = Recipe.yaml(of: command, header: "The settings of a \(commandName) run (every option, defaults included).\nRun it again: \(commandName) --config \(out)/config.yaml --out OTHER")
@@ -42,6 +45,7 @@ public struct LoopRun {
         let finished: Bool
         do { finished = try loop.runLoop(stop: stop) } catch is Interrupted { finished = false }
         if !finished { logger.info("stopped; checkpoint written to \(out)/checkpoint — run the same command to resume"); return false }
+        try FinalExport.gguf(exportGGUF, out: out, logger: logger)
         logger.info("done: \(out)/report.md, \(out)/final")
         return true
     }

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import Logging
+import PTLModel
+import PTLFormats
 import PTLLoop
 import PTLPrune
 import PTLTensor
@@ -249,4 +252,45 @@ public struct RunOptions: ParsableArguments {
 
     @Flag(help: "Ignore an existing checkpoint and start over.")
     public var fresh = false
+
+    @Option(help: "Also write the final model as OUT/final/model-TYPE.gguf for llama.cpp: f32, f16, bf16, q8_0 or q4_k_m.")
+    public var exportGguf: String?   // kebab: export-gguf (recipes name keys by it)
+
+    public func validate() throws {
+        if let t = exportGguf, GGUFExportType(rawValue: t) == nil {
+            throw ValidationError("--export-gguf must be one of \(GGUFExportType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+}
+
+/// The GGUF export at the end of a run: OUT/final/model-TYPE.gguf, written from the final HF
+/// directory (its tokenizer included); deterministic, so a finished run asked again rewrites
+/// the same file.
+public enum FinalExport {
+    /// Writes the file and returns its path and size, or nil when no export was asked for.
+    @discardableResult
+    public static func gguf(_ type: String?, out: String, logger: Logger) throws -> (path: String, bytes: Int)? {
+        guard let type else { return nil }
+        guard let t = GGUFExportType(rawValue: type) else {
+            throw ValidationError("--export-gguf must be one of \(GGUFExportType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let final = (out as NSString).appendingPathComponent("final")
+        let path = (final as NSString).appendingPathComponent("model-\(t.rawValue).gguf")
+        let model = try HFModel.load(directory: final)
+        let name = ((out as NSString).standardizingPath as NSString).lastPathComponent
+        let (bytes, types) = try GGUFExport.write(model, tokenizerSource: final, to: path, type: t, name: name)
+        let counts = Dictionary(grouping: types.values, by: \.name).sorted { $0.key < $1.key }.map { "\($0.value.count) \($0.key)" }.joined(separator: ", ")
+        logger.info("wrote \(path) (\(String(format: "%.1f", Double(bytes) / 1e6)) MB; \(counts))")
+        // The report names the file: a section of its own at the end, replaced when rewritten.
+        let report = (out as NSString).appendingPathComponent("report.md")
+        if var md = try? String(contentsOfFile: report, encoding: .utf8) {
+            let heading = "\n## GGUF export\n"
+            if let r = md.range(of: heading) { md = String(md[..<r.lowerBound]) }
+            if !md.hasSuffix("\n") { md += "\n" }
+            md += heading + "\n`final/model-\(t.rawValue).gguf`: \(bytes) bytes (\(String(format: "%.1f", Double(bytes) / 1e6)) MB), "
+            md += "llama.cpp file type \(t.rawValue) (tensors: \(counts)). Load it with llama.cpp: `llama-cli -m \(path)`.\n"
+            try Data(md.utf8).write(to: URL(fileURLWithPath: report), options: .atomic)
+        }
+        return (path, bytes)
+    }
 }

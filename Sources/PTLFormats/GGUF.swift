@@ -1,7 +1,7 @@
 import Foundation
 
 /// A llama.cpp GGUF file (versions 2 and 3): metadata, tensor index, and fp32 dequantisation of
-/// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K tensors.
+/// F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K and Q6_K tensors.
 public final class GGUFFile: @unchecked Sendable {
     public let path: String
     public let version: UInt32
@@ -156,6 +156,15 @@ public final class GGUFFile: @unchecked Sendable {
                         let q = u8(x, 4 + j)
                         y[j] = Float(q & 0xF) * d + m
                         y[j + 16] = Float(q >> 4) * d + m
+                    }
+                case .q5_0:
+                    let d = f16(x, 0)
+                    let qh = x.loadUnaligned(fromByteOffset: 2, as: UInt32.self).littleEndian
+                    for j in 0..<16 {
+                        let q = u8(x, 6 + j)
+                        let h0 = Int((qh >> UInt32(j)) & 1) << 4, h1 = Int((qh >> UInt32(j + 16)) & 1) << 4
+                        y[j] = Float((Int(q & 0xF) | h0) - 16) * d
+                        y[j + 16] = Float((Int(q >> 4) | h1) - 16) * d
                     }
                 case .q8_0:
                     let d = f16(x, 0)

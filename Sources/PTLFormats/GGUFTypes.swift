@@ -32,6 +32,8 @@ public struct GGUFError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Kind: Sendable, Equatable {
         /// The file is missing or cannot be read.
         case unreadableFile
+        /// The output file cannot be created, written in full (a full disk, a size limit) or renamed into place.
+        case unwritableFile
         /// Not a GGUF file (magic), or a version this reader does not support.
         case notGGUF
         /// The file ends before the header, a value or a tensor's data does.
@@ -53,9 +55,9 @@ public struct GGUFError: Error, CustomStringConvertible, Equatable, Sendable {
     public var description: String { message }
 }
 
-/// ggml tensor types we can read.
+/// ggml tensor types we can read (and, see `GGMLQuantizer.writable`, write).
 public enum GGMLType: UInt32, Sendable, CaseIterable {
-    case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q4_K = 12, q5_K = 13, q6_K = 14, bf16 = 30
+    case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q8_0 = 8, q4_K = 12, q5_K = 13, q6_K = 14, bf16 = 30
 
     /// (elements, bytes) per block.
     public var block: (elements: Int, bytes: Int) {
@@ -64,6 +66,7 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         case .f16, .bf16: return (1, 2)
         case .q4_0: return (32, 18)
         case .q4_1: return (32, 20)
+        case .q5_0: return (32, 22)
         case .q8_0: return (32, 34)
         case .q4_K: return (256, 144)
         case .q5_K: return (256, 176)

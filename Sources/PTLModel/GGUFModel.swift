@@ -78,6 +78,18 @@ public enum GGUFModel {
         return c
     }
 
+    /// llama.cpp's names of a block's tensors → the HF names under `model.layers.N.`.
+    public static let tensorNames = [
+        "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+        "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
+        "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
+        "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
+        "attn_output.weight": "self_attn.o_proj.weight", "attn_output.bias": "self_attn.o_proj.bias",
+        "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+        "ffn_down.weight": "mlp.down_proj.weight",
+        "ffn_gate.bias": "mlp.gate_proj.bias", "ffn_up.bias": "mlp.up_proj.bias", "ffn_down.bias": "mlp.down_proj.bias",
+    ]
+
     /// llama.cpp tensor name → HF name (nil for tensors we do not use).
     static func hfName(_ gguf: String, path: String) throws -> String? {
         switch gguf {
@@ -91,14 +103,7 @@ public enum GGUFModel {
             throw ModelError("\(path): unexpected tensor \(gguf)")
         }
         let rest = parts[2...].joined(separator: ".")
-        let map = ["attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
-                   "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
-                   "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
-                   "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
-                   "attn_output.weight": "self_attn.o_proj.weight", "attn_output.bias": "self_attn.o_proj.bias",
-                   "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-                   "ffn_down.weight": "mlp.down_proj.weight"]
-        guard let hf = map[rest] else { throw ModelError("\(path): unexpected tensor \(gguf)") }
+        guard let hf = tensorNames[rest] else { throw ModelError("\(path): unexpected tensor \(gguf)") }
         return "model.layers.\(layer).\(hf)"
     }
 

@@ -87,5 +87,6 @@ extension PTLCoordinatorCommand {
         try HFModel.save(m, to: final, copyFrom: source)
         try LedgerEntry.jsonl(trainer.ledger).write(to: URL(fileURLWithPath: out).appendingPathComponent("ledger.jsonl"), options: .atomic)
         logger.info("wrote \(final) and \(out)/ledger.jsonl (\(trainer.ledger.count) applied results)")
+        try FinalExport.gguf(output.exportGguf, out: out, logger: logger)
     }
 }

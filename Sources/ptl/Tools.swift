@@ -10,22 +10,41 @@ import PTLEval
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a model (a .gguf file or an HF directory) as an HF directory transformers loads.")
+        abstract: "Write a model (an HF directory or a .gguf file) as an HF directory transformers loads, or as a GGUF file llama.cpp loads.",
+        discussion: """
+            --out DIR writes an HF directory (--dtype f32|bf16); --out FILE.gguf writes GGUF v3 \
+            (--type f32|f16|bf16|q8_0|q4_k_m; q4_k_m is llama-quantize's Q4_K_M mix) with the model's \
+            tokenizer as tokenizer.ggml.* (byte-level BPE whose pre-tokenizer llama.cpp names).
+            """)
 
     @OptionGroup var options: ModelOptions
 
-    @Option(help: "Output directory.")
+    @Option(help: "Output: a directory (HF) or a path ending in .gguf.")
     var out: String
 
-    @Option(help: "Weights dtype: f32 or bf16.")
+    @Option(help: "HF weights dtype: f32 or bf16.")
     var dtype: String = "f32"
+
+    @Option(help: "GGUF file type: \(GGUFExportType.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var type: String = "f16"
 
     func validate() throws {
         if !["f32", "bf16"].contains(dtype) { throw ValidationError("--dtype must be f32 or bf16") }
+        if GGUFExportType(rawValue: type) == nil {
+            throw ValidationError("--type must be one of \(GGUFExportType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
         let model = try options.loadModel()
+        if ModelSource.isGGUF(out) {
+            let t = GGUFExportType(rawValue: type)!
+            let name = ((options.model as NSString).lastPathComponent as NSString).deletingPathExtension
+            let (bytes, types) = try GGUFExport.write(model, tokenizerSource: options.model, to: out, type: t, name: name)
+            let counts = Dictionary(grouping: types.values, by: \.name).sorted { $0.key < $1.key }.map { "\($0.value.count) \($0.key)" }.joined(separator: ", ")
+            print("wrote \(out) (\(model.config.architecture), \(ModelCost(config: model.config).parameters.formatted) parameters, \(t.rawValue): \(counts); \(String(format: "%.1f", Double(bytes) / 1e6)) MB)")
+            return
+        }
         try HFModel.save(model, to: out, dtype: dtype == "bf16" ? .bf16 : .f32,
                          copyFrom: ModelSource.isGGUF(options.model) ? nil : options.model)
         try options.copyTokenizer(to: out)

@@ -136,11 +136,28 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         let local = try runPTL(["prune"] + args)
         #expect(local.status == 0, "\(local.stderr)")
         #expect(try runCoordinator(loopArgs(out: base + "/one", extra: ["--local-workers", "1"])) == 0)
-        #expect(try runCoordinator(loopArgs(out: base + "/two", extra: ["--local-workers", "2"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/two", extra: ["--local-workers", "2", "--export-gguf", "f16"])) == 0)
         let w = try finalWeights(base + "/prune")
         #expect(try w == finalWeights(base + "/one"))
         #expect(try w == finalWeights(base + "/two"))
         #expect(try rows(base + "/prune").map(\.accuracy) == rows(base + "/two").map(\.accuracy))
+        // --export-gguf: the pruned model as GGUF beside the HF output, named in the report; read
+        // back through our GGUF reader it continues a prompt exactly as the HF output does.
+        let gguf = base + "/two/final/model-f16.gguf"
+        let hf = try HFModel.load(directory: base + "/two/final")
+        let back = try GGUFModel.load(path: gguf)
+        #expect(back.config.intermediateSize == hf.config.intermediateSize && back.config.numHiddenLayers == hf.config.numHiddenLayers)
+        #expect(hf.config.numHiddenLayers < 8)
+        let tokenizer = try ModelSource.loadTokenizer(gguf)
+        for q in ["Question: Ann has 7 pens and buys 5 more. Then she gives away 3. How many pens does she have?\nAnswer:",
+                  "Question: A box holds 4 rows of 6 eggs. 9 eggs break. How many eggs are left?\nAnswer:"] {
+            let prompt = tokenizer.encode(q)
+            #expect(prompt == (try ModelSource.loadTokenizer(base + "/two/final")).encode(q))
+            #expect(Generation.generate(model: back, prompt: prompt, maxNewTokens: 40) == Generation.generate(model: hf, prompt: prompt, maxNewTokens: 40))
+        }
+        let report = try String(contentsOfFile: base + "/two/report.md", encoding: .utf8)
+        #expect(report.contains("## GGUF export") && report.contains("`final/model-f16.gguf`"))
+        #expect(!FileManager.default.fileExists(atPath: base + "/prune/final/model-f16.gguf"))
     }
 
     /// Distillation from the unpruned model (kd+ce, T = 2), on-policy calibration and
