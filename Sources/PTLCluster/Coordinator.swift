@@ -271,6 +271,8 @@ public final class Coordinator: @unchecked Sendable {
         c["duplicate_results"] = scheduler.duplicates
         c["stale_results"] = scheduler.stale
         c["requeued"] = scheduler.requeued
+        c["ignored_failures"] = scheduler.ignoredFailures
+        c["expired_leases"] = scheduler.expiredLeases
         c["dropped_workers"] = scheduler.expiredWorkers
         c["model_sends_full"] = modelTraffic.fullCount
         c["model_bytes_full"] = modelTraffic.fullBytes
@@ -290,6 +292,30 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         let worker = String(decoding: routingID, as: UTF8.self)
+        // A sender that is not a registered worker gets its envelope read and nothing else: only
+        // READY registers; anything else (a zombie's result, a stranger's message) is answered
+        // with DISCONNECT before a tensor descriptor or frame of it is looked at.
+        if !scheduler.isKnown(worker) {
+            guard let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array) else {
+                reject("malformed_envelope", "from \(worker): frame 0 (\(frames[1].count) bytes) is not an Envelope", worker: worker)
+                return
+            }
+            guard env.protocolVersion == Wire.protocolVersion else {
+                let e = WireError(kind: .wrongVersion, message: "peer speaks protocol version \(env.protocolVersion), this build speaks \(Wire.protocolVersion): coordinator and workers must run the same protocol")
+                reject(e.kind.rawValue, "from \(worker): \(e)", worker: worker)
+                try? send(to: worker, Messages.error(nil, "\(e)", retryable: false))
+                return
+            }
+            if env.type != .ready {
+                if env.type == .result {
+                    scheduler.noteStale()
+                    logger.warning("result \(TaskID(env.task)) from \(worker), which is not a registered worker: dropped unread",
+                                   metadata: env.task.logMetadata.merging(["worker": .string(worker)]) { $1 })
+                }
+                if env.type != .disconnect { try? send(to: worker, WireMessage(envelope: Messages.envelope(.disconnect))) }
+                return
+            }
+        }
         let message: WireMessage
         do {
             message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
@@ -298,20 +324,17 @@ public final class Coordinator: @unchecked Sendable {
             // A peer of another protocol version is told so (it logs a wrong_version of its own
             // if it cannot read our envelope either) instead of hearing nothing.
             if e.kind == .wrongVersion { try? send(to: worker, Messages.error(nil, "\(e)", retryable: false)) }
-            // A result that fails its checks is a failed attempt: run it again elsewhere.
-            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array), env.hasTask { scheduler.failed(env.task, on: worker, reason: "\(e)") }
+            // A result that fails its checks is a failed attempt of its lease holder (the
+            // scheduler ignores anyone else's): run it again elsewhere.
+            if let env = try? Ptl_V1_Envelope(serializedBytes: frames[1].array), env.hasTask, scheduler.holdsLease(env.task, worker: worker) {
+                scheduler.failed(env.task, on: worker, reason: "\(e)")
+            }
             return
         } catch {
             reject("malformed_envelope", "from \(worker): \(error)", worker: worker)
             return
         }
         let env = message.envelope
-        if env.type != .ready && !scheduler.isKnown(worker) {
-            // A dropped worker coming back (a zombie): its result can only be stale; count it.
-            if env.type == .result { take(env.task, from: worker, message) }
-            if env.type != .disconnect { try? send(to: worker, WireMessage(envelope: Messages.envelope(.disconnect))) }
-            return
-        }
         scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
         switch env.type {
         case .ready:
@@ -329,6 +352,14 @@ public final class Coordinator: @unchecked Sendable {
         case .error:
             var m = env.task.logMetadata
             m["worker"] = .string(worker)
+            guard env.hasTask else {
+                logger.warning("worker \(worker) reports an error: \(env.error.message)", metadata: ["worker": .string(worker)])
+                return
+            }
+            guard scheduler.holdsLease(env.task, worker: worker) else {
+                reject("foreign_error", "from \(worker): an ERROR for \(TaskID(env.task)) attempt \(env.task.attempt), a task it does not hold: ignored", worker: worker)
+                return
+            }
             logger.warning("worker \(worker) failed \(TaskID(env.task)): \(env.error.message)", metadata: m)
             scheduler.failed(env.task, on: worker, reason: env.error.message)
         case .modelRequest:

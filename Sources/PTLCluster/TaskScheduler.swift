@@ -75,6 +75,7 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     /// of leasing changes: results are still returned and reduced in shard order.
     public func startPhase(_ tasks: [Ptl_V1_TaskKey], costs: [Double]? = nil) {
         keys = [:]; pending = []; attempts = [:]; results = [:]; failures = [:]; hopeless = []; leases = [:]; acceptedFrom = [:]
+        lastFailedOn = [:]
         var order = Array(tasks.indices)
         if let costs, costs.count == tasks.count {
             order.sort { costs[$0] != costs[$1] ? costs[$0] > costs[$1] : $0 < $1 }
@@ -116,9 +117,14 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     /// Leases the next pending task to each idle worker; returns (worker, key with attempt).
     public func assign() -> [(worker: String, key: Ptl_V1_TaskKey)] {
         var out: [(String, Ptl_V1_TaskKey)] = []
-        for w in workers.keys.sorted() where workers[w]!.task == nil && !workers[w]!.occupied {
+        let idle = workers.keys.sorted().filter { workers[$0]!.task == nil && !workers[$0]!.occupied }
+        for w in idle {
             guard !pending.isEmpty else { break }
-            let id = pending.removeFirst()
+            // The first pending task this worker did not just fail, unless no other worker is
+            // there to take it.
+            let others = workers.count > 1
+            guard let index = pending.firstIndex(where: { lastFailedOn[$0] != w || !others }) else { continue }
+            let id = pending.remove(at: index)
             let attempt = (attempts[id] ?? attemptBase) + 1
             attempts[id] = attempt
             leases[id, default: [:]][attempt] = w
@@ -157,6 +163,9 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
         return .accepted
     }
 
+    /// A result from a sender that is not a registered worker: dropped unread and counted.
+    public func noteStale() { stale += 1 }
+
     /// Whether `worker` holds the lease of `key`'s attempt on a task still waiting for its result.
     public func holdsLease(_ key: Ptl_V1_TaskKey, worker: String) -> Bool {
         let id = TaskID(key)
@@ -184,12 +193,31 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     private var failures: [TaskID: Int] = [:]
 
     /// A task failed on a worker: back to the queue, until it has failed `maxFailures` times.
+    /// Counted only when `worker` holds the lease of `key`'s attempt: a failure reported by
+    /// anyone else (a stranger, another worker, a stale attempt) is ignored and counted in
+    /// `ignoredFailures`, so no peer can make another's task hopeless.
     public func failed(_ key: Ptl_V1_TaskKey, on worker: String, reason: String = "") {
         let id = TaskID(key)
+        guard keys[id] != nil, results[id] == nil, leases[id]?[key.attempt] == worker else {
+            ignoredFailures += 1
+            return
+        }
         if workers[worker]?.task == id { workers[worker]!.task = nil }
         revoke(id, from: worker)
-        guard keys[id] != nil, results[id] == nil else { return }
+        countFailure(id, on: worker, reason: reason)
+    }
+
+    /// Failures reported for tasks the reporter did not hold (ignored).
+    public private(set) var ignoredFailures = 0
+    /// Leases that ran out (each counted as a failure of the worker that held it).
+    public private(set) var expiredLeases = 0
+    /// The worker a task last failed on: it is not given that task again while another
+    /// worker could take it.
+    private var lastFailedOn: [TaskID: String] = [:]
+
+    private func countFailure(_ id: TaskID, on worker: String, reason: String) {
         failures[id, default: 0] += 1
+        lastFailedOn[id] = worker
         if failures[id]! >= maxFailures {
             pending.removeAll { $0 == id }
             if !hopeless.contains(where: { TaskID($0.key) == id }) { hopeless.append((keys[id]!, reason)) }
@@ -208,9 +236,14 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
                 expiredWorkers += 1
                 remove(w)
             } else if let t = s.task, now > s.leaseDeadline {
+                // A worker that heartbeats but never answers holds the task no longer than a
+                // lease, and each lease it lets run out counts as one of the task's failures.
                 workers[w]!.task = nil
                 revoke(t, from: w)
-                if results[t] == nil { requeue(t) }
+                expiredLeases += 1
+                if results[t] == nil {
+                    countFailure(t, on: w, reason: "the lease of \(t) held by \(w) ran out (\(Int(leaseSeconds)) s) \(failures[t, default: 0] + 1) time(s)")
+                }
             }
         }
         return dropped.sorted()

@@ -130,6 +130,11 @@ public enum Wire {
         return try env.serializedBytes()
     }
 
+    /// Limits on a tensor descriptor's shape (far above any real tensor; a frame is bounded by
+    /// `maxTensorBytes` anyway): dimensions and the size of each.
+    public static let maxDimensions = 8
+    public static let maxDimension: UInt64 = 1 << 40
+
     /// Decodes and checks frames; `maxTensorBytes` bounds each frame.
     public static func decode(_ frames: [[UInt8]], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
         try decode(frames: frames.map { Frame($0) }, maxTensorBytes: maxTensorBytes, requireFinite: requireFinite)
@@ -163,8 +168,16 @@ public enum Wire {
             guard let size = elementSize(d.dtype) else {
                 throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): unknown dtype \(d.dtype.rawValue)")
             }
-            let count = d.shape.reduce(UInt64(1)) { $0.multipliedReportingOverflow(by: $1).overflow ? .max : $0 * $1 }
-            guard d.byteLength == UInt64(bytes.count), count != .max, count * UInt64(size) == d.byteLength else {
+            // Every product checked: a shape like [2^62] or [2^63, 0] from a hostile peer is an
+            // error, never an overflow trap or a negative Int.
+            guard d.shape.count <= maxDimensions, d.shape.allSatisfy({ $0 <= maxDimension }) else {
+                throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): shape \(d.shape.prefix(maxDimensions + 1)) has more than \(maxDimensions) dimensions or one above \(maxDimension)")
+            }
+            var count: UInt64 = 1
+            var overflow = false
+            for dim in d.shape where !overflow { (count, overflow) = count.multipliedReportingOverflow(by: dim) }
+            let (needed, tooBig) = count.multipliedReportingOverflow(by: UInt64(size))
+            guard !overflow, !tooBig, d.byteLength == UInt64(bytes.count), needed == d.byteLength else {
                 throw WireError(kind: .descriptorMismatch, message: "tensor \(d.name): frame has \(bytes.count) bytes, descriptor says \(d.byteLength) for shape \(d.shape) of \(d.dtype)")
             }
             // fp32 frames that must be finite: checksum and finiteness in one pass.

@@ -57,8 +57,19 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         s.busy(keys(2)[0], on: "a")
         #expect(s.assign().isEmpty)                                     // occupied
         #expect(s.complete(keys(1, step: 9)[0], from: "a", output: 0) == .stale)  // its old task's result: dropped, but it is free again
-        #expect(s.assign().map(\.key.shard) == [0])
-        for _ in 0..<4 { s.failed(keys(2)[1], on: "a", reason: "bad shard"); _ = s.assign() }
+        let retry = s.assign()
+        #expect(retry.map(\.key.shard) == [0])
+        #expect(s.complete(retry[0].key, from: "a", output: 0) == .accepted)
+        // Failures count only from the lease holder: a stranger's or a stale attempt's are ignored.
+        let held = s.assign()
+        #expect(held.map(\.key.shard) == [1])
+        for _ in 0..<5 { s.failed(held[0].key, on: "mallory", reason: "forged") }
+        var stale = held[0].key
+        stale.attempt += 7
+        s.failed(stale, on: "a", reason: "stale")
+        #expect(s.hopeless.isEmpty && s.ignoredFailures == 6)
+        var current = held
+        for _ in 0..<4 { s.failed(current[0].key, on: "a", reason: "bad shard"); current = s.assign() }
         #expect(s.hopeless.count == 1 && s.hopeless[0].reason == "bad shard")
     }
 
@@ -141,13 +152,44 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         let l = s.assign()
         clock.advance(6)
         #expect(s.expire().isEmpty)
-        #expect(s.assign().first?.key.shard == 0)                   // lease expired: same task again
+        #expect(s.expiredLeases == 1)
+        let again = s.assign()
+        #expect(again.first?.key.shard == 0)                        // lease expired: the only worker gets it again
         s.failed(Ptl_V1_TaskKey(), on: "a")                        // unknown task: ignored
+        s.failed(l[0].key, on: "a")                                // the expired attempt: ignored
         let cur = s.assign()
         #expect(cur.isEmpty)
-        s.failed(l[0].key, on: "a")
+        s.failed(again[0].key, on: "a")
         #expect(s.assign().first?.key.attempt == 3)
         // A result from an earlier phase is dropped.
         #expect(s.complete(keys(1, step: 9)[0], from: "a", output: 5) == .stale)
+    }
+
+    /// A worker that heartbeats but never answers: each lease it lets run out is a failure of
+    /// the task, the task goes to another worker first, and after `maxFailures` the phase says
+    /// which task and why instead of stalling.
+    @Test func expiredLeasesAreFailuresAndGoElsewhereFirst() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 100, leaseSeconds: 5)
+        s.startPhase(keys(1))
+        s.seen("mute")
+        let first = s.assign()
+        #expect(first.map(\.worker) == ["mute"])
+        s.seen("honest")
+        clock.advance(6)
+        s.seen("mute"); s.seen("honest")                           // both still heartbeat
+        #expect(s.expire().isEmpty)
+        #expect(s.assign().map(\.worker) == ["honest"])           // not back to the worker that let it expire
+        // Alone, the mute worker gets it again, and four expiries make the task hopeless.
+        let single = TaskScheduler<Int>(clock: clock, workerTimeout: 100, leaseSeconds: 5)
+        single.startPhase(keys(1))
+        single.seen("mute")
+        for _ in 0..<4 {
+            #expect(single.assign().count == 1)
+            clock.advance(6)
+            single.seen("mute")
+            _ = single.expire()
+        }
+        #expect(single.hopeless.count == 1 && single.hopeless[0].reason.contains("held by mute ran out"))
     }
 }

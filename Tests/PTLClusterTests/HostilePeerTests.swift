@@ -1,0 +1,129 @@
+import Dispatch
+import Foundation
+import PTLLoop
+import PTLFormats
+import Testing
+import PTLTestSupport
+import PTLModel
+import PTLTensor
+import PTLTokenizer
+@testable import PTLCluster
+
+/// Peers that are not honest workers, against a coordinator in the middle of a phase (issue 15,
+/// findings 1 and 2): a stranger's message whose tensor descriptor would overflow (shape [2^62]
+/// or [2^63, 0]) is answered, not trapped on; failures reported by anyone but the lease holder
+/// — results that fail decoding, ERRORs — are ignored, so no peer can make another's task
+/// hopeless; the phase ends with the honest worker's results, bit for bit.
+@Suite(.serialized) struct HostilePeerTests {
+    /// A RESULT whose only descriptor claims `shape` (F32) over an empty frame.
+    static func overflowingResult(_ key: Ptl_V1_TaskKey, shape: [UInt64]) throws -> [[UInt8]] {
+        var e = Messages.envelope(.result)
+        e.protocolVersion = Wire.protocolVersion
+        e.task = key
+        var d = Ptl_V1_TensorDescriptor()
+        d.name = "grad"
+        d.dtype = .f32
+        d.shape = shape
+        d.byteLength = 0
+        d.crc32C = CRC32C.checksum(UnsafeRawBufferPointer(start: nil, count: 0))
+        e.tensors = [d]
+        return [try e.serializedBytes(), []]
+    }
+
+    @Test func decodingChecksEveryProductOfAShape() throws {
+        for shape: [UInt64] in [[1 << 62], [1 << 63, 0], [0, 1 << 63], [1 << 40, 1 << 40, 1 << 40], Array(repeating: 1, count: 9)] {
+            let frames = try Self.overflowingResult(Ptl_V1_TaskKey(), shape: shape)
+            do {
+                _ = try Wire.decode(frames)
+                Issue.record("shape \(shape) decoded")
+            } catch let e as WireError {
+                #expect(e.kind == .descriptorMismatch, "\(shape): \(e)")
+            }
+        }
+    }
+
+    @Test func strangersAndForeignFailuresCannotCrashOrFailAPhase() throws {
+        let firstKey = LockedBox<Ptl_V1_TaskKey?>(nil)
+        let release = DispatchSemaphore(value: 0)
+        let honest = WorkerTasks.handler()
+        let cluster = try InProcessCluster(workers: 0)
+        defer { cluster.shutdown() }
+        // The honest worker holds its first task until the hostile peers have had their say.
+        try cluster.addWorker(id: "honest") { key, spec, inputs, version, teacher in
+            if firstKey.value == nil {
+                firstKey.value = key
+                _ = release.wait(timeout: .now() + 20)
+            }
+            return try honest(key, spec, inputs, version, teacher)
+        }
+        let coordinator = cluster.coordinator
+        nonisolated(unsafe) let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
+        nonisolated(unsafe) let model = try clusterModel()
+        let reduced = FloatBuffer(count: model.layout.count)
+        let outcome = LockedBox<Result<Double, Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            outcome.value = Result { try backend.gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil,
+                                                           key: WorkKey(run: "hostile-peers", step: 1), into: reduced).lossSum }
+            done.signal()
+        }
+        let deadline = Date().addingTimeInterval(20)
+        while firstKey.value == nil && Date() < deadline { usleep(10_000) }
+        let key = try #require(firstKey.value)
+
+        let ctx = try ZMQContext()
+        // A stranger (never said READY).
+        let eve = try ZMQSocket(context: ctx, type: .dealer)
+        try eve.setRoutingID(Array("eve".utf8))
+        try eve.connect(coordinator.endpoint)
+        try eve.send(try Self.overflowingResult(key, shape: [1 << 62]))
+        try eve.send(try Self.overflowingResult(key, shape: [1 << 63, 0]))
+        for _ in 0..<5 {
+            var bad = try Wire.encode(WireMessage(envelope: { var e = Messages.envelope(.result); e.task = key; return e }(),
+                                                  tensors: [WireTensor(name: "grad", shape: [4], floats: [1, 2, 3, 4])]))
+            bad[1][0] ^= 1                                              // CRC mismatch
+            try eve.send(bad)
+            try eve.send(try Wire.encode(Messages.error(key, "forged failure")))
+        }
+        // A registered peer that reports failures of the honest worker's task.
+        let mallory = try ZMQSocket(context: ctx, type: .dealer)
+        try mallory.setRoutingID(Array("mallory".utf8))
+        try mallory.connect(coordinator.endpoint)
+        try mallory.send(try Wire.encode(Messages.ready(workerID: "mallory", threads: 1)))
+        usleep(200_000)
+        for _ in 0..<5 {
+            try mallory.send(try Wire.encode(Messages.error(key, "forged failure")))
+            var bad = try Wire.encode(WireMessage(envelope: { var e = Messages.envelope(.result); e.task = key; return e }(),
+                                                  tensors: [WireTensor(name: "grad", shape: [4], floats: [1, 2, 3, 4])]))
+            bad[1][0] ^= 1
+            try mallory.send(bad)
+        }
+        try mallory.send(try Wire.encode(WireMessage(envelope: Messages.envelope(.disconnect))))
+        usleep(300_000)
+        release.signal()
+        #expect(done.wait(timeout: .now() + 30) == .success)
+
+        let lossSum = try #require(outcome.value).get()
+        let local = FloatBuffer(count: model.layout.count)
+        let expected = try LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+            .gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "hostile-peers", step: 1), into: local)
+        #expect(lossSum == expected.lossSum && reduced.array() == local.array())
+        let c = coordinator.counters
+        #expect(c["stale_results", default: 0] >= 7, "\(c)")                   // eve's results, dropped unread
+        #expect(c["foreign_error", default: 0] >= 5, "\(c)")                    // mallory's ERRORs
+        #expect(c["checksum", default: 0] >= 5, "\(c)")                         // mallory's broken results, decoded and refused
+        #expect(c["ignored_failures", default: 0] == 0, "\(c)")                 // none even reached the scheduler
+        #expect(coordinator.scheduler.acceptedFrom.values.allSatisfy { $0.worker == "honest" })
+    }
+}
+
+/// A value shared between the test and a worker or phase thread.
+final class LockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: T
+    init(_ v: T) { self.v = v }
+    var value: T {
+        get { lock.withLock { v } }
+        set { lock.withLock { v = newValue } }
+    }
+}
