@@ -55,6 +55,31 @@ uint32_t ptl_crc32c(uint32_t crc, const void *data, size_t n) {
     return ~crc_tables(c, p, n);
 }
 
+size_t ptl_first_above_f32(const void *src, size_t n, float bound) {
+    // |x| > bound compares as integers: the magnitude bits of non-negative floats order like the
+    // floats, and NaN's bits lie above infinity's.
+    uint32_t limit;
+    memcpy(&limit, &bound, 4);
+    limit &= 0x7FFFFFFFu;
+    const uint8_t *p = (const uint8_t *)src;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        uint32_t any = 0;
+        for (size_t k = 0; k < 64; k++) {
+            uint32_t b;
+            memcpy(&b, p + 4 * (i + k), 4);
+            any |= ((b & 0x7FFFFFFFu) > limit);
+        }
+        if (any) break;
+    }
+    for (; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, p + 4 * i, 4);
+        if ((b & 0x7FFFFFFFu) > limit) return i;
+    }
+    return n;
+}
+
 size_t ptl_first_nonfinite_f32(const void *src, size_t n) {
     const uint8_t *p = (const uint8_t *)src;
     size_t i = 0;

@@ -1,4 +1,5 @@
 import Foundation
+import CPTLKernels
 import PTLLoop
 import PTLModel
 import PTLTensor
@@ -78,8 +79,14 @@ public final class ClusterBackend: ComputeBackend {
                 throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) lacks a gradient of \(n) floats")
             }
             let r = message.envelope.result
-            guard r.lossSum.isFinite, r.tokenCount <= UInt64(ShardCompute.maxShardTokens), r.seconds.isFinite else {
-                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) has a non-finite loss or an absurd token count")
+            guard r.lossSum.isFinite, abs(r.lossSum) <= 1e100, r.tokenCount <= UInt64(ShardCompute.maxShardTokens), r.seconds.isFinite else {
+                throw WireError(kind: .descriptorMismatch, message: "the grad result of \(TaskID(k)) has a non-finite or absurd loss or an absurd token count")
+            }
+            // Finite is not enough: two shards of ±3e38 overflow the sum and abort the step. No
+            // honest loss-scaled gradient comes near this bound.
+            let above = ptl_first_above_f32(g.frame.base, n, Self.maxGradientEntry)
+            guard above == n else {
+                throw WireError(kind: .nonFinite, message: "the grad result of \(TaskID(k)) has an entry above \(Self.maxGradientEntry) in magnitude at index \(above)")
             }
             return g.frame
         }
@@ -99,6 +106,9 @@ public final class ClusterBackend: ComputeBackend {
                                                 reduce: t3 - t2, update: 0, workerCompute: workerSeconds)
         return GradientResult(lossSum: lossSum, tokens: tokens, computeSeconds: workerSeconds)
     }
+
+    /// The largest gradient entry a shard may return (honest ones are many orders smaller).
+    public static let maxGradientEntry: Float = 1e30
 
     public func statistics(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws
         -> (statistics: ActivationStatistics, loss: Double) {
@@ -139,7 +149,7 @@ public final class ClusterBackend: ComputeBackend {
                                 key: key, phase: .trace)
         /// The shard's texts and flags, checked: one string a record, each within what the token budget can produce.
         func decode(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> ([String], [Bool]) {
-            let flags = try self.flags(k, m, records: jsonlLines.count, shards: shards)
+            let flags = try self.flags(k, m, records: jsonlLines.count, shards: shards, maxNewTokens: maxNewTokens)
             guard let t = m.tensor("traces"), t.dtype == .u8,
                   let texts = try? JSONSerialization.jsonObject(with: Data(t.bytes)) as? [String], texts.count == flags.count,
                   texts.allSatisfy({ $0.utf8.count <= 64 * maxNewTokens + 64 }) else {
@@ -173,12 +183,13 @@ public final class ClusterBackend: ComputeBackend {
     }
 
     /// The per-record correct flags of an EVAL or TRACE result, checked against its shard.
-    func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage, records: Int, shards: Int) throws -> [Bool] {
+    func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage, records: Int, shards: Int, maxNewTokens: Int) throws -> [Bool] {
         let r = m.envelope.result
         let flags = (m.tensor("correct")?.bytes ?? []).map { $0 == 1 }
         let expected = Shards.range(Int(k.shard), of: records, shards: shards).count
-        guard flags.count == Int(r.examples), r.examples == UInt64(expected), r.correct == UInt64(flags.filter { $0 }.count) else {
-            throw WireError(kind: .descriptorMismatch, message: "the \(k.phase == .trace ? "trace" : "eval") result of \(TaskID(k)) has \(flags.count) flags, \(r.correct) correct of \(r.examples) examples for a shard of \(expected)")
+        guard r.examples == UInt64(expected), flags.count == expected, r.correct == UInt64(flags.filter { $0 }.count),
+              r.tokenCount <= UInt64(expected) * UInt64(max(0, maxNewTokens)) else {
+            throw WireError(kind: .descriptorMismatch, message: "the \(k.phase == .trace ? "trace" : "eval") result of \(TaskID(k)) has \(flags.count) flags, \(r.correct) correct of \(r.examples) examples and \(r.tokenCount) generated tokens for a shard of \(expected) (at most \(maxNewTokens) tokens each)")
         }
         return flags
     }
@@ -187,7 +198,9 @@ public final class ClusterBackend: ComputeBackend {
         -> EvalCounts {
         let tasks = answerTasks(model: model, jsonlLines: jsonlLines, shards: shards, maxNewTokens: maxNewTokens, batchSize: batchSize,
                                 key: key, phase: .eval)
-        func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] { try self.flags(k, m, records: jsonlLines.count, shards: shards) }
+        func flags(_ k: Ptl_V1_TaskKey, _ m: WireMessage) throws -> [Bool] {
+            try self.flags(k, m, records: jsonlLines.count, shards: shards, maxNewTokens: maxNewTokens)
+        }
         var counts = EvalCounts()
         for (k, m) in try coordinator.runPhase(tasks, check: { k, m in _ = try flags(k, m) }) {
             let r = m.envelope.result

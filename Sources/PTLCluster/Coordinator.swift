@@ -255,7 +255,7 @@ public final class Coordinator: @unchecked Sendable {
         switch scheduler.complete(key, from: worker, output: message) {
         case .accepted:
             if progress != nil {
-                progress!.tokens += Int(message.envelope.result.tokenCount)
+                progress!.tokens += Int(clamping: message.envelope.result.tokenCount)   // phases check counts; this is a display
                 reportProgress()
             }
             logger.debug("result \(TaskID(key)) from \(worker) accepted", metadata: m())

@@ -73,11 +73,33 @@ public enum TaskCoding {
                 throw WireError(kind: .descriptorMismatch, message: "the stats result lacks \(name) as \(count) values of \(dtype) for \(layers) blocks × \(intermediate)")
             }
         }
-        guard m.envelope.result.lossSum.isFinite else { throw WireError(kind: .descriptorMismatch, message: "the stats result has a non-finite loss") }
+        guard m.envelope.result.lossSum.isFinite, abs(m.envelope.result.lossSum) <= maxSum else {
+            throw WireError(kind: .descriptorMismatch, message: "the stats result has a non-finite or absurd loss")
+        }
+        try checkTokens(m, "stats")
+        // F64 frames are not checked by the decoder: each sum finite and far from overflowing
+        // when the shards are added.
+        for name in ["abs_sum", "square_sum", "delta_norm_sum", "input_norm_sum", "cosine_distance_sum"] {
+            let t = m.tensor(name)!
+            let ok = t.withBytes { b in (0..<(b.count / 8)).allSatisfy { i in let v = b.loadUnaligned(fromByteOffset: 8 * i, as: Double.self); return v.isFinite && abs(v) <= maxSum } }
+            guard ok else { throw WireError(kind: .nonFinite, message: "the stats result's \(name) has a non-finite value or one above \(maxSum)") }
+        }
+    }
+
+    /// The largest F64 sum a shard may report (an honest one is tens of orders smaller; a
+    /// million of these still add up finitely).
+    public static let maxSum = 1e100
+
+    /// A result's token count, within what one shard can hold.
+    static func checkTokens(_ m: WireMessage, _ what: String) throws {
+        guard m.envelope.result.tokenCount <= UInt64(ShardCompute.maxShardTokens) else {
+            throw WireError(kind: .descriptorMismatch, message: "the \(what) result claims \(m.envelope.result.tokenCount) tokens (a shard holds at most \(ShardCompute.maxShardTokens))")
+        }
     }
 
     /// The statistics of a result, checked against the model's shape.
     public static func decodeStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws -> ActivationStatistics {
+        try checkTokens(m, "stats")
         var s = ActivationStatistics(layers: layers, intermediate: intermediate)
         s.tokens = Int(m.envelope.result.tokenCount)
         s.absSum = try doubles(m.tensor("abs_sum"), "abs_sum")
@@ -121,6 +143,7 @@ public enum TaskCoding {
 
     /// The Gram matrices of a result, checked: one finite F64 intermediate² matrix a block.
     public static func decodeGram(_ m: WireMessage, layers: Int, intermediate: Int) throws -> FFNGram {
+        try checkTokens(m, "Gram")
         var g = FFNGram(layers: layers, intermediate: intermediate)
         g.tokens = Int(m.envelope.result.tokenCount)
         let n = intermediate * intermediate
@@ -131,7 +154,9 @@ public enum TaskCoding {
                 }
                 t.withBytes { UnsafeMutableRawBufferPointer(start: v.baseAddress! + l * n, count: 8 * n).copyMemory(from: $0) }
             }
-            guard v.allSatisfy({ $0.isFinite }) else { throw WireError(kind: .descriptorMismatch, message: "the Gram result has a non-finite entry") }
+            guard v.allSatisfy({ $0.isFinite && abs($0) <= maxSum }) else {
+                throw WireError(kind: .descriptorMismatch, message: "the Gram result has a non-finite entry or one above \(maxSum)")
+            }
         }
         return g
     }

@@ -5,6 +5,7 @@ import PTLFormats
 import Testing
 import PTLTestSupport
 import PTLModel
+import PTLData
 import PTLTensor
 import PTLTokenizer
 @testable import PTLCluster
@@ -114,6 +115,64 @@ import PTLTokenizer
         #expect(c["checksum", default: 0] >= 5, "\(c)")                         // mallory's broken results, decoded and refused
         #expect(c["ignored_failures", default: 0] == 0, "\(c)")                 // none even reached the scheduler
         #expect(coordinator.scheduler.acceptedFrom.values.allSatisfy { $0.worker == "honest" })
+    }
+}
+
+/// Finding 3: well-formed results from the registered lease holder that would abort the run
+/// after acceptance — gradients of ±3e38 on two shards (finite each, infinite summed), token
+/// counts of 2^63 (an Int conversion trap), stats sums that overflow — are failed attempts,
+/// recomputed; the phases end with the honest numbers.
+@Suite(.serialized) struct OverflowingResultTests {
+    @Test func resultsThatWouldOverflowAreFailedAttempts() throws {
+        let honest = WorkerTasks.handler()
+        let grads = LockedBox(0), stats = LockedBox(0), evals = LockedBox(0)
+        let cluster = try InProcessCluster(workers: 1, handler: { _ in { key, spec, inputs, version, teacher in
+            var (result, tensors) = try honest(key, spec, inputs, version, teacher)
+            switch key.phase {
+            case .grad:
+                grads.value += 1
+                if grads.value <= 2, let i = tensors.firstIndex(where: { $0.name == "grad" }) {
+                    tensors[i] = WireTensor(name: "grad", shape: tensors[i].shape, floats: [Float](repeating: 3e38, count: tensors[i].byteCount / 4))
+                }
+            case .stats:
+                stats.value += 1
+                if stats.value == 1 { result.tokenCount = 1 << 63 }
+                if stats.value == 2, let i = tensors.firstIndex(where: { $0.name == "abs_sum" }) {
+                    tensors[i] = WireTensor(name: "abs_sum", dtype: .f64, shape: tensors[i].shape,
+                                            bytes: [Double](repeating: 1.7e308, count: tensors[i].byteCount / 8).withUnsafeBytes { Array($0) })
+                }
+            case .eval:
+                evals.value += 1
+                if evals.value == 1 { result.tokenCount = UInt64.max }
+            default: break
+            }
+            return (result, tensors)
+        } })
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
+        let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
+        let local = LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+        let model = try clusterModel()
+        let reduced = FloatBuffer(count: model.layout.count), expected = FloatBuffer(count: model.layout.count)
+        let r = try backend.gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "big", step: 1), into: reduced)
+        let e = try local.gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "big", step: 1), into: expected)
+        #expect(r.lossSum == e.lossSum && r.tokens == e.tokens && reduced.array() == expected.array())
+        let measured = try backend.statistics(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "big", measurement: 1))
+        let honestStats = try local.statistics(model: model, sequences: clusterLines, shards: 2, branchScale: nil, key: WorkKey(run: "big", measurement: 1))
+        #expect(measured.statistics == honestStats.statistics && measured.loss == honestStats.loss)
+        #expect(coordinator.counters["bad_result"] == 4, "\(coordinator.counters)")
+
+        // Eval: a generated-token count no shard can produce.
+        let demo = packageRoot.appendingPathComponent("models/demo").path
+        let demoModel = try HFModel.load(directory: demo)
+        let tokenizerJSON = try String(contentsOfFile: demo + "/tokenizer.json", encoding: .utf8)
+        let lines = try ArithmeticTask().jsonl(seed: 77, count: 6).split(separator: "\n").map(String.init)
+        let counts = try ClusterBackend(coordinator: coordinator, tokenizerJSON: tokenizerJSON)
+            .evaluate(model: demoModel, jsonlLines: lines, shards: 2, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "big-eval"))
+        let here = try LocalBackend(tokenizer: try Tokenizer(data: Data(tokenizerJSON.utf8)))
+            .evaluate(model: demoModel, jsonlLines: lines, shards: 2, maxNewTokens: 160, batchSize: 8, key: WorkKey(run: "big-eval"))
+        #expect(counts.correct == here.correct && counts.total == 6 && counts.generatedTokens == here.generatedTokens)
+        #expect(coordinator.counters["bad_result"] == 5, "\(coordinator.counters)")
     }
 }
 

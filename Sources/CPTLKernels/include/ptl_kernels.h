@@ -12,6 +12,9 @@ uint32_t ptl_crc32c_portable(uint32_t crc, const void *data, size_t n);
 
 /// The index of the first NaN or infinite fp32 value among n (possibly unaligned), or n.
 size_t ptl_first_nonfinite_f32(const void *src, size_t n);
+/* Index of the first of n little-endian floats whose magnitude exceeds `bound` (NaN and inf
+   included), or n when there is none. */
+size_t ptl_first_above_f32(const void *src, size_t n, float bound);
 
 /// out[i] = (float)(((double)s0[i] + (double)s1[i]) + … + (double)s(k-1)[i]): k fp32 shards
 /// (possibly unaligned bytes) added in order in double, rounded once — one pass, the same
