@@ -60,6 +60,12 @@ public enum Messages {
 
 /// Content hash of a model version (config + weights), hex: FNV-1a 64 of the config mixed with
 /// the weights' CRC-32C (hardware speed: the coordinator hashes every step's version) and count.
+/// Whether `s` is a hash `modelHash` can produce (1 to 16 lowercase hex digits): hashes name
+/// files in a worker's cache, so nothing else may become part of a path.
+public func isModelHash(_ s: String) -> Bool {
+    !s.isEmpty && s.utf8.count <= 16 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+}
+
 public func modelHash(configJSON: String, weights: UnsafeBufferPointer<Float>) -> String {
     var h: UInt64 = 0xCBF2_9CE4_8422_2325
     for b in configJSON.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }

@@ -195,6 +195,14 @@ public final class WorkerClient: @unchecked Sendable {
                 logger.notice("fault injection: dying before computing \(TaskID(env.task))", metadata: env.task.logMetadata)
                 _exit(70)
             }
+            // Hashes name cache files: anything but what modelHash produces is refused before a
+            // path is built from it.
+            let hashes = [env.taskSpec.modelHash] + (env.taskSpec.teacherHash.isEmpty ? [] : [env.taskSpec.teacherHash])
+            if let h = hashes.first(where: { !isModelHash($0) }) {
+                logger.warning("task \(TaskID(env.task)) names an invalid model hash \(h.prefix(40).debugDescription): refused")
+                try send(Messages.error(env.task, "invalid model hash \(h.prefix(40).debugDescription) (expected 1 to 16 lowercase hex digits)"))
+                return
+            }
             if models[env.taskSpec.modelHash] == nil, let cached = loadCached(env.taskSpec.modelHash) {
                 models = [cached.hash: cached]
             }
@@ -202,6 +210,10 @@ public final class WorkerClient: @unchecked Sendable {
             try startOrFetch()
         case .modelResponse:
             let r = env.modelResponse
+            guard isModelHash(r.modelHash), r.baseModelHash.isEmpty || isModelHash(r.baseModelHash) else {
+                logger.warning("model response for an invalid hash \(r.modelHash.prefix(40).debugDescription): ignored")
+                return
+            }
             if let t = waiting, !t.spec.teacherHash.isEmpty, r.modelHash == t.spec.teacherHash, r.modelHash != t.spec.modelHash {
                 // The teacher: always whole, kept beside the student's version.
                 guard r.baseModelHash.isEmpty, let w = message.tensor("weights")?.floats,
@@ -230,6 +242,16 @@ public final class WorkerClient: @unchecked Sendable {
                     w.withUnsafeMutableBytes { dst in t.withBytes { dst.copyMemory(from: $0) } }
                 } else {
                     w = t.floats!
+                }
+                // Whole weights are checked against the hash they were asked by, like updates.
+                let hash = w.withUnsafeBufferPointer { modelHash(configJSON: r.configJson, weights: $0) }
+                guard hash == r.modelHash else {
+                    logger.warning("model \(r.modelHash) arrived as version \(hash): rejected")
+                    if let t = waiting, t.spec.modelHash == r.modelHash {
+                        waiting = nil
+                        try send(Messages.error(t.key, "model \(r.modelHash) arrived damaged (its weights hash to \(hash))"))
+                    }
+                    return
                 }
             } else {
                 // An update on top of the version we hold: applied, then checked against the new hash.

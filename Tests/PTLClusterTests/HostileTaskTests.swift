@@ -57,7 +57,14 @@ import PTLTokenizer
             ("vocab_size", Self.task(.eval, step: 13, hash: hash, inputs: []) {   // the tiny tokenizer has more ids than the model
                 $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 4; $0.batchSize = 1 }),
             ("not run by this worker", Self.task(.rollout, step: 14, hash: hash, inputs: good)),
+            // Hashes name files in the worker's cache: a path is refused before it is built.
+            ("invalid model hash", Self.task(.stats, step: 15, hash: "../../../tmp/escape", inputs: good)),
+            ("invalid model hash", Self.task(.grad, step: 16, hash: hash, inputs: good) { $0.teacherHash = "/etc/passwd" }),
+            // Whole weights that do not hash to the version asked for (a lying coordinator).
+            ("arrived damaged", Self.task(.stats, step: 17, hash: "abcdef12", inputs: good)),
         ]
+        coordinator.pin("abcdef12", config: String(decoding: model.config.jsonData(), as: UTF8.self),
+                        weights: UnsafeRawBufferPointer(start: model.parameters.pointer, count: 4 * model.parameters.count))
         for (expected, t) in cases {
             do {
                 _ = try coordinator.runPhase([t], until: SystemClock().now() + 60)
