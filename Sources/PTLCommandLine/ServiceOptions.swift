@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import PTLLoop
 
@@ -54,10 +57,32 @@ public enum KeyFiles {
         return line
     }
 
-    /// Writes a key file readable by its owner only.
-    public static func write(_ key: String, to path: String) throws {
-        guard FileManager.default.createFile(atPath: path, contents: Data((key + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw ValidationError("\(path): cannot write the key file")
+    /// Writes a key file, created with `mode` (0600: its owner only; never readable by others,
+    /// not even for a moment) and `O_EXCL`: an existing file is an error, unless `replace`, which
+    /// writes a new file beside it and renames it over the old one. A failed write throws and
+    /// leaves nothing behind.
+    public static func write(_ key: String, to path: String, mode: mode_t = 0o600, replace: Bool = false) throws {
+        let target = replace ? path + ".tmp-\(getpid())" : path
+        if replace { unlink(target) }
+        let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else {
+            let why = String(cString: strerror(errno))
+            throw ValidationError(errno == EEXIST && !replace ? "\(path): already exists; refusing to overwrite a key file (move it away first)"
+                                                             : "\(path): cannot create the key file (\(why))")
+        }
+        let bytes = Array((key + "\n").utf8)
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let why = String(cString: strerror(errno))
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced else {
+            unlink(target)
+            throw ValidationError("\(path): cannot write the key file (\(why))")
+        }
+        if replace, rename(target, path) != 0 {
+            let why = String(cString: strerror(errno))
+            unlink(target)
+            throw ValidationError("\(path): cannot rename the key file into place (\(why))")
         }
     }
 }

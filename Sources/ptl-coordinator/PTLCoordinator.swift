@@ -115,8 +115,10 @@ struct PTLCoordinatorCommand: ParsableCommand {
         let keyDir = out.appendingPathComponent("keys")
         if let localKey, let curveSecretKey = cluster.curveSecretKey {
             try FileManager.default.createDirectory(at: keyDir, withIntermediateDirectories: true)
-            try KeyFiles.write(localKey.secret, to: keyDir.appendingPathComponent("local-worker.key").path)
-            try KeyFiles.write(try CurveKeys.publicKey(fromSecret: try KeyFiles.read(curveSecretKey)), to: keyDir.appendingPathComponent("coordinator.pub").path)
+            // This run's local-worker key replaces the last run's.
+            try KeyFiles.write(localKey.secret, to: keyDir.appendingPathComponent("local-worker.key").path, replace: true)
+            try KeyFiles.write(try CurveKeys.publicKey(fromSecret: try KeyFiles.read(curveSecretKey)),
+                               to: keyDir.appendingPathComponent("coordinator.pub").path, mode: 0o644, replace: true)
         }
         let arguments = (0..<cluster.localWorkers).map { i -> [String] in
             var a = ["--connect", coordinator.endpoint, "--threads", "\(cluster.threadsPerWorker)", "--id", "local-\(i)",

@@ -7,6 +7,7 @@ import PTLModel
 import PTLTokenizer
 import PTLCluster
 import PTLEval
+import PTLCommandLine
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -202,9 +203,13 @@ struct GenerateKeys: ParsableCommand {
         let k = try CurveKeys.generate()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let dir = URL(fileURLWithPath: out)
-        FileManager.default.createFile(atPath: dir.appendingPathComponent("\(name).key").path, contents: Data((k.secretKey + "\n").utf8),
-                                       attributes: [.posixPermissions: 0o600])
-        try Data((k.publicKey + "\n").utf8).write(to: dir.appendingPathComponent("\(name).pub"))
+        let secret = dir.appendingPathComponent("\(name).key").path, pub = dir.appendingPathComponent("\(name).pub").path
+        // Refused when either exists (a key pair is never half replaced); the secret is 0600 from its first byte.
+        for p in [secret, pub] where FileManager.default.fileExists(atPath: p) {
+            throw ValidationError("\(p): already exists; refusing to overwrite a key file (move it away first)")
+        }
+        try KeyFiles.write(k.secretKey, to: secret)
+        do { try KeyFiles.write(k.publicKey, to: pub, mode: 0o644) } catch { unlink(secret); throw error }
         print("wrote \(out)/\(name).key and \(out)/\(name).pub")
     }
 }
