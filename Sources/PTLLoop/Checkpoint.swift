@@ -14,9 +14,9 @@ public struct CheckpointError: Error, CustomStringConvertible, Sendable {
 /// The coordinator's durable state: the model as an HF directory plus the optimizer moments,
 /// the step and any extra files (loop state, ledger), written to a temporary directory with a
 /// `manifest.json` of every file's size and CRC-32C, fsynced, and renamed into place. The
-/// previous checkpoint survives as `.NAME.old` until the new one is in place, so at every
-/// instant one complete checkpoint exists; loading verifies the manifest and falls back to the
-/// older one when the newer is damaged.
+/// previous checkpoint is kept as `.NAME.old` (until the next save), so at every instant one
+/// complete checkpoint exists and a newest one damaged later still leaves its predecessor;
+/// loading verifies the manifest and falls back to the older one when the newer is damaged.
 public enum Checkpoint {
     public struct State: Codable, Sendable {
         public var step: Int
@@ -66,13 +66,18 @@ public enum Checkpoint {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted]
         try enc.encode(manifest).write(to: temp.appendingPathComponent("manifest.json"))
-        for f in try fm.contentsOfDirectory(atPath: temp.path) { fsync(path: temp.appendingPathComponent(f).path) }
-        fsync(path: temp.path)
-        try? fm.removeItem(at: old)
-        if fm.fileExists(atPath: target.path) { try fm.moveItem(at: target, to: old) }
+        for f in try fm.contentsOfDirectory(atPath: temp.path) { try fsync(path: temp.appendingPathComponent(f).path) }
+        try fsync(path: temp.path)
+        // Rotate: the newest complete checkpoint becomes `.old` and stays there until the next
+        // save, so one damaged later (a bad disk block, a truncation) still leaves the one before
+        // it. At every instant at least one complete checkpoint is on disk: `.old` goes only while
+        // the target is complete, and the target only by becoming `.old`.
+        if fm.fileExists(atPath: target.path) {
+            if fm.fileExists(atPath: old.path) { try fm.removeItem(at: old) }
+            try fm.moveItem(at: target, to: old)
+        }
         try fm.moveItem(at: temp, to: target)
-        fsync(path: target.deletingLastPathComponent().path)
-        try? fm.removeItem(at: old)
+        try fsync(path: target.deletingLastPathComponent().path)
     }
 
     /// Checks every file of the manifest (size and CRC-32C); throws naming the first problem.
@@ -130,8 +135,11 @@ public enum Checkpoint {
         return (model, opt, state)
     }
 
-    static func fsync(path: String) {
-        let fd = open(path, O_RDONLY)
-        if fd >= 0 { _ = Foundation.fsync(fd); close(fd) }
+    /// fsync of a file or directory; a failure (EIO, a full disk's delayed error) fails the save.
+    static func fsync(path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CheckpointError(message: "\(path): cannot open to sync (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        guard Foundation.fsync(fd) == 0 else { throw CheckpointError(message: "\(path): fsync failed (\(String(cString: strerror(errno))))") }
     }
 }
