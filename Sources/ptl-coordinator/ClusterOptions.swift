@@ -34,7 +34,23 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
     var allowKeys: String?
 
+    @Flag(help: "Allow binding beyond loopback without CURVE (anyone who reaches the port can join, read the data and weights, and send gradients).")
+    var insecure = false
+
+    /// Whether `endpoint` is reachable from this machine only (loopback TCP, ipc, inproc).
+    static func isLocal(_ endpoint: String) -> Bool {
+        if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
+        guard endpoint.hasPrefix("tcp://") else { return false }
+        var host = String(endpoint.dropFirst(6))
+        if host.hasPrefix("[") { host = String(host.dropFirst().prefix { $0 != "]" }) } else { host = String(host.prefix { $0 != ":" }) }
+        // An interface name (tcp://eth0:5555) or a wildcard is not loopback.
+        return host == "localhost" || host == "::1" || host.split(separator: ".").first == "127" && host.split(separator: ".").count == 4
+    }
+
     func validate() throws {
+        if curveSecretKey == nil && !insecure && !Self.isLocal(bind) {
+            throw ValidationError("--bind \(bind) listens beyond this machine without CURVE: anyone who reaches the port can join, read the data and weights, and send gradients. Give --curve-secret-key and --allow-keys (keys from `ptl keys generate`), or --insecure to accept that.")
+        }
         if localWorkers < 0 || localWorkers > 256 { throw ValidationError("--local-workers must be between 0 and 256") }
         if threadsPerWorker < 1 { throw ValidationError("--threads-per-worker must be at least 1") }
         if !(lease > 0) || maxTensorBytes < 1024 { throw ValidationError("--lease must be > 0 and --max-tensor-bytes ≥ 1024") }

@@ -28,4 +28,32 @@ import Testing
         let bad = try runPTL(["keys", "generate", "--out", blocker.path, "--name", "w"])
         #expect(bad.status != 0 && !bad.stdout.contains("wrote"))
     }
+
+    /// Secure by default: a bind beyond loopback without CURVE is refused unless --insecure.
+    @Test func aBindBeyondLoopbackNeedsCurveOrInsecure() throws {
+        func coordinator(_ args: [String]) throws -> (Int32, String) {
+            let buildDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            var exe = buildDir.appendingPathComponent("ptl-coordinator")
+            if !FileManager.default.fileExists(atPath: exe.path) { exe = buildDir.deletingLastPathComponent().appendingPathComponent("ptl-coordinator") }
+            let p = Process()
+            p.executableURL = exe
+            p.arguments = args
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = Pipe()
+            try p.run()
+            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, e)
+        }
+        for bind in ["tcp://*:0", "tcp://0.0.0.0:5555", "tcp://10.1.2.3:5555", "tcp://eth0:5555", "tcp://[::]:5555"] {
+            let (status, err) = try coordinator(["--bind", bind, "--out", "/nonexistent/never"])
+            #expect(status != 0 && err.contains("listens beyond this machine without CURVE"), "\(bind): \(err)")
+        }
+        // Loopback, or --insecure, passes that check (and fails on the next bad option instead).
+        for args in [["--bind", "tcp://127.0.0.1:0"], ["--bind", "tcp://localhost:0"], ["--bind", "tcp://*:0", "--insecure"]] {
+            let (status, err) = try coordinator(args + ["--local-workers=-1"])
+            #expect(status != 0 && err.contains("--local-workers must be between 0 and 256") && !err.contains("CURVE"), "\(args): \(err)")
+        }
+    }
 }
