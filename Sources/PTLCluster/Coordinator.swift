@@ -24,6 +24,9 @@ public struct CoordinatorSettings: Sendable {
     public var curveSecretKey: String?
     /// When a worker holding the previous model version gets an update instead of the weights.
     public var modelUpdates = ModelUpdates.auto
+    /// Accept workers whose numeric fingerprint differs from the first one's (the result then
+    /// depends on which worker computed which shard).
+    public var allowMixedKernels = false
     public init() {}
 }
 
@@ -239,6 +242,9 @@ public final class Coordinator: @unchecked Sendable {
         logger.warning("rejected message: \(detail)", metadata: m)
     }
 
+    /// The numeric fingerprint of the job's workers (the first worker's).
+    public private(set) var jobFingerprint: String?
+
     /// The running phase's check of results (see `runPhase`).
     var resultCheck: (Ptl_V1_TaskKey, WireMessage) throws -> Void = { _, _ in }
 
@@ -335,10 +341,24 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         let env = message.envelope
+        if env.type == .ready {
+            // One job, one kind of arithmetic: the first worker's kernels are the job's.
+            let fp = env.ready.fingerprint.isEmpty ? "not reported" : env.ready.fingerprint
+            if let job = jobFingerprint, fp != job, !settings.allowMixedKernels {
+                reject("mixed_kernels", "from \(worker): it computes with \(fp), the job's workers with \(job); refused (--allow-mixed-kernels accepts it)", worker: worker)
+                if scheduler.isKnown(worker) { scheduler.remove(worker) }
+                try? send(to: worker, Messages.error(nil, "refused: this job's workers compute with \(job), this worker with \(fp); results would depend on which worker got which shard (the coordinator's --allow-mixed-kernels accepts it)", retryable: false))
+                return
+            }
+            if jobFingerprint == nil {
+                jobFingerprint = fp
+                logger.info("the job computes with \(fp)", metadata: ["fingerprint": .string(fp)])
+            }
+        }
         scheduler.seen(worker, threads: env.type == .ready ? Int(env.ready.threads) : nil)
         switch env.type {
         case .ready:
-            logger.info("worker \(worker) ready (\(env.ready.threads) threads; bf16: \(env.ready.bf16.isEmpty ? "not reported" : env.ready.bf16))",
+            logger.info("worker \(worker) ready (\(env.ready.threads) threads; \(env.ready.fingerprint.isEmpty ? "kernels not reported" : env.ready.fingerprint))",
                         metadata: ["worker": .string(worker), "threads": "\(env.ready.threads)", "worker_version": .string(env.ready.version),
                                    "bf16": .string(env.ready.bf16)])
         case .result:

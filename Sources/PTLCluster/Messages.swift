@@ -21,9 +21,15 @@ public enum Messages {
         r.capabilities = capabilities.map(\.name)
         r.cachedModelHash = cachedModel
         r.bf16 = bf16Capability
+        r.fingerprint = numericFingerprint
         e.ready = r
         return WireMessage(envelope: e)
     }
+
+    /// The kernels this process's numbers come from: OpenBLAS's core (fp32 products; set by the
+    /// CPU or OPENBLAS_CORETYPE) and oneDNN's ISA (bf16 products). Two workers with the same
+    /// fingerprint compute a shard to the same bits; different ones may not.
+    public static var numericFingerprint: String { "openblas \(ComputeThreads.blasCoreName); \(bf16Capability)" }
 
     /// What this machine offers bf16 tasks: oneDNN's version and ISA, and whether bf16 products
     /// run (else bf16 tasks compute fp32).

@@ -285,6 +285,10 @@ public final class WorkerClient: @unchecked Sendable {
         case .error:
             logger.warning("coordinator error: \(env.error.message)")
             if let t = waiting { waiting = nil; try send(Messages.error(t.key, env.error.message)) }
+            // Refused for good (another protocol, other kernels): saying READY again cannot help.
+            if !env.hasTask && !env.error.retryable && env.error.message.hasPrefix("refused:") {
+                throw WorkerRefused(message: env.error.message)
+            }
         default:
             break
         }
@@ -400,4 +404,10 @@ public final class WorkerClient: @unchecked Sendable {
             done.put(reply, seconds: Date().timeIntervalSince(t0))
         }
     }
+}
+
+/// The coordinator refused this worker for good (its kernels differ from the job's).
+public struct WorkerRefused: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { "the coordinator refused this worker: \(message)" }
 }

@@ -34,6 +34,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
     var allowKeys: String?
 
+    @Flag(help: "Accept workers whose kernels (OpenBLAS core, oneDNN ISA) differ from the first worker's. Machines of different CPU kinds round differently, so the model then depends on which worker computed which shard: it is no longer reproducible bit for bit.")
+    var allowMixedKernels = false
+
     @Flag(help: "Allow binding beyond loopback without CURVE (anyone who reaches the port can join, read the data and weights, and send gradients).")
     var insecure = false
 

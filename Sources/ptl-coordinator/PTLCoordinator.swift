@@ -85,6 +85,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         cs.leaseSeconds = cluster.lease
         cs.maxTensorBytes = cluster.maxTensorBytes
         cs.modelUpdates = cluster.modelUpdates
+        cs.allowMixedKernels = cluster.allowMixedKernels
         Checkpoint.killDuringWrite = faults.faultKillInCheckpoint
         var authenticator: CurveAuthenticator? = nil
         var localKey: (pub: String, secret: String)? = nil

@@ -176,6 +176,63 @@ import PTLTokenizer
     }
 }
 
+/// Numeric fingerprints (issue 15): the first worker's kernels are the job's; a READY with
+/// other kernels is refused (counted, told why, never registered) unless the coordinator
+/// allows mixing.
+@Suite(.serialized) struct FingerprintTests {
+    func ready(_ id: String, fingerprint: String, to endpoint: String, ctx: ZMQContext) throws -> (ZMQSocket, WireMessage?) {
+        let s = try ZMQSocket(context: ctx, type: .dealer)
+        try s.setRoutingID(Array(id.utf8))
+        try s.connect(endpoint)
+        var m = Messages.ready(workerID: id, threads: 1)
+        m.envelope.ready.fingerprint = fingerprint
+        try s.send(try Wire.encode(m))
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if try s.poll(milliseconds: 50), let frames = try s.receive(dontWait: true), let reply = try? Wire.decode(frames),
+               reply.envelope.type == .error || reply.envelope.type == .task { return (s, reply) }
+        }
+        return (s, nil)
+    }
+
+    @Test(arguments: [false, true])
+    func workersWithOtherKernelsAreRefusedUnlessMixingIsAllowed(_ allow: Bool) throws {
+        let honest = WorkerTasks.handler()
+        // w0 takes its time over step 2, so the coordinator is polling when the stranger says READY.
+        let cluster = try InProcessCluster(workers: 1, configure: { $0.allowMixedKernels = allow }, handler: { _ in { key, spec, inputs, version, teacher in
+            if key.step == 2 { usleep(1_500_000) }
+            return try honest(key, spec, inputs, version, teacher)
+        } })
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
+        let model = try clusterModel()
+        let hash = TaskCoding.publish(model, on: coordinator)
+        // w0 (this machine's kernels) registers and becomes the job's fingerprint.
+        _ = try coordinator.runPhase([HostileTaskTests.task(.stats, step: 1, hash: hash, inputs: TaskCoding.encode([[1, 2, 3]]))])
+        #expect(coordinator.jobFingerprint == Messages.numericFingerprint)
+        let ctx = try ZMQContext()
+        let pump = DispatchSemaphore(value: 0)
+        let phase = LockedBox<Int>(0)
+        DispatchQueue.global().async {   // the coordinator handles messages while a phase runs
+            _ = try? coordinator.runPhase([HostileTaskTests.task(.stats, step: 2, hash: hash, inputs: TaskCoding.encode([[1, 2, 3]]))],
+                                          until: SystemClock().now() + 3)
+            phase.value = 1
+            pump.signal()
+        }
+        let (_, reply) = try ready("zen5", fingerprint: "openblas SkylakeX; oneDNN 2.6.3 avx512_core_amx", to: coordinator.endpoint, ctx: ctx)
+        _ = pump.wait(timeout: .now() + 10)
+        if allow {
+            #expect(coordinator.counters["mixed_kernels"] == nil)
+        } else {
+            #expect(coordinator.counters["mixed_kernels"] == 1, "\(coordinator.counters)")
+            let r = try #require(reply)
+            #expect(r.envelope.type == .error && r.envelope.error.message.contains("refused: this job's workers compute with openblas")
+                    && !r.envelope.error.retryable)
+            #expect(!coordinator.scheduler.isKnown("zen5"))
+        }
+    }
+}
+
 /// A value shared between the test and a worker or phase thread.
 final class LockedBox<T>: @unchecked Sendable {
     private let lock = NSLock()

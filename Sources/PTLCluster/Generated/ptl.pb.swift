@@ -377,6 +377,9 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// its bf16 products: "oneDNN 2.6.3 avx512_core_bf16", or a sentence why none
   public var bf16: String = String()
 
+  /// the kernels its numbers come from ("openblas Cooperlake; oneDNN 2.6.3 avx512_core_bf16"):
+  public var fingerprint: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -761,7 +764,7 @@ nonisolated extension Ptl_V1_TensorDescriptor: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}threads\0\u{1}version\0\u{1}capabilities\0\u{3}cached_model_hash\0\u{1}bf16\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}threads\0\u{1}version\0\u{1}capabilities\0\u{3}cached_model_hash\0\u{1}bf16\0\u{1}fingerprint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -775,6 +778,7 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.capabilities) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.cachedModelHash) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.bf16) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.fingerprint) }()
       default: break
       }
     }
@@ -799,6 +803,9 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.bf16.isEmpty {
       try visitor.visitSingularStringField(value: self.bf16, fieldNumber: 6)
     }
+    if !self.fingerprint.isEmpty {
+      try visitor.visitSingularStringField(value: self.fingerprint, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -809,6 +816,7 @@ nonisolated extension Ptl_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.capabilities != rhs.capabilities {return false}
     if lhs.cachedModelHash != rhs.cachedModelHash {return false}
     if lhs.bf16 != rhs.bf16 {return false}
+    if lhs.fingerprint != rhs.fingerprint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
