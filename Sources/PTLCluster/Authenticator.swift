@@ -54,8 +54,11 @@ public final class CurveAuthenticator: @unchecked Sendable {
                 logger.warning("denied a \(mechanism) client at \(address) not on the allow-list",
                                metadata: ["mechanism": .string(mechanism), "peer": .string(address)])
             }
+            // The user id is the client's public key (Z85): the coordinator binds each worker
+            // identity to the key that registered it, so no other key can take it over.
+            let user = ok ? Array(((try? CurveKeys.encode(key)) ?? "").utf8) : []
             try? socket.send([Array("1.0".utf8), requestID, Array((ok ? "200" : "400").utf8),
-                              Array((ok ? "OK" : "not on the allow-list").utf8), [], []])
+                              Array((ok ? "OK" : "not on the allow-list").utf8), user, []])
         }
     }
 }

@@ -193,7 +193,7 @@ public final class Coordinator: @unchecked Sendable {
                 let r0 = clock.now()
                 guard let frames = try socket.receiveFrames(dontWait: true) else { break }
                 let r1 = clock.now()
-                handle(frames, peer: socket.lastPeerAddress)
+                handle(frames, peer: socket.lastPeerAddress, user: socket.lastUserID)
                 profile["receive", default: 0] += r1 - r0
                 profile["handle", default: 0] += clock.now() - r1
             }
@@ -287,7 +287,10 @@ public final class Coordinator: @unchecked Sendable {
         return c
     }
 
-    func handle(_ frames: [Frame], peer: String? = nil) {
+    /// With CURVE: the key (ZAP user id) each worker identity registered with.
+    var identityKeys: [String: String] = [:]
+
+    func handle(_ frames: [Frame], peer: String? = nil, user: String? = nil) {
         guard frames.count >= 2 else { reject("malformed_envelope", "no envelope frame"); return }
         // A worker that reconnects takes its routing id over (ROUTER_HANDOVER) and libzmq renames
         // the replaced connection to a generated id (a zero byte, then 4 bytes): what that one
@@ -298,6 +301,14 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         let worker = String(decoding: routingID, as: UTF8.self)
+        // With CURVE an identity belongs to the key that registered it: another allowed key
+        // saying the same routing id (ROUTER_HANDOVER would hand it the connection) is refused,
+        // whatever it sends, until the owner leaves.
+        if settings.curveSecretKey != nil, let owner = identityKeys[worker], owner != (user ?? "") {
+            reject("identity_taken", "from \(worker): a connection with key \(user ?? "none") uses the identity of key \(owner); refused", worker: worker)
+            try? send(to: worker, Messages.error(nil, "refused: the identity \(worker) belongs to another key", retryable: false))
+            return
+        }
         // A sender that is not a registered worker gets its envelope read and nothing else: only
         // READY registers; anything else (a zombie's result, a stranger's message) is answered
         // with DISCONNECT before a tensor descriptor or frame of it is looked at.
@@ -350,6 +361,7 @@ public final class Coordinator: @unchecked Sendable {
                 try? send(to: worker, Messages.error(nil, "refused: this job's workers compute with \(job), this worker with \(fp); results would depend on which worker got which shard (the coordinator's --allow-mixed-kernels accepts it)", retryable: false))
                 return
             }
+            if settings.curveSecretKey != nil, let user { identityKeys[worker] = user }
             if jobFingerprint == nil {
                 jobFingerprint = fp
                 logger.info("the job computes with \(fp)", metadata: ["fingerprint": .string(fp)])
@@ -366,6 +378,7 @@ public final class Coordinator: @unchecked Sendable {
         case .disconnect:
             logger.info("worker \(worker) left", metadata: ["worker": .string(worker)])
             scheduler.remove(worker)
+            identityKeys[worker] = nil
         case .busy:
             logger.debug("worker \(worker) busy: \(TaskID(env.task)) goes back to the queue", metadata: env.task.logMetadata.merging(["worker": .string(worker)]) { $1 })
             scheduler.busy(env.task, on: worker)

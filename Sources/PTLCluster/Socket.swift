@@ -143,6 +143,8 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// The IP address of the peer the last received message came from (TCP only; nil else).
     public private(set) var lastPeerAddress: String?
+    /// The ZAP user id of the last message's connection (with CURVE: the client's public key).
+    public private(set) var lastUserID: String?
 
     /// Receives one multipart message, or nil when `dontWait` and nothing is queued.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
@@ -163,8 +165,9 @@ public final class ZMQSocket: @unchecked Sendable {
                 if e == EAGAIN && frames.isEmpty { return nil }
                 throw ZMQError(operation: "receive", code: e)
             }
-            if frames.isEmpty { lastPeerAddress = nil }
+            if frames.isEmpty { lastPeerAddress = nil; lastUserID = nil }
             if lastPeerAddress == nil, let peer = zmq_msg_gets(&msg, "Peer-Address") { lastPeerAddress = String(cString: peer) }
+            if lastUserID == nil, let user = zmq_msg_gets(&msg, "User-Id") { lastUserID = String(cString: user) }
             let size = zmq_msg_size(&msg)
             let more = zmq_msg_more(&msg) != 0
             if size >= Frame.zeroCopyBytes {
@@ -201,6 +204,14 @@ public enum CurveKeys {
         var pub = [CChar](repeating: 0, count: 41)
         guard zmq_curve_public(&pub, secret) == 0 else { throw ZMQError.last("zmq_curve_public") }
         return String(cString: pub)
+    }
+
+    /// The Z85 text (40 characters) of a 32-byte key.
+    public static func encode(_ raw: [UInt8]) throws -> String {
+        guard raw.count == 32 else { throw ZMQError(operation: "a CURVE key has 32 bytes", code: EINVAL) }
+        var out = [CChar](repeating: 0, count: 41)
+        guard zmq_z85_encode(&out, raw, 32) != nil else { throw ZMQError(operation: "z85 encode", code: EINVAL) }
+        return String(cString: out)
     }
 
     /// The 32 raw bytes of a Z85 key.

@@ -233,6 +233,60 @@ import PTLTokenizer
     }
 }
 
+/// Identities bound to CURVE keys (issue 15, finding 9): a worker identity belongs to the key
+/// that registered it; another allowed key using the same routing id is refused.
+@Suite(.serialized) struct IdentityTests {
+    @Test func anotherKeyCannotTakeOverAWorkersIdentity() throws {
+        let ctx = try ZMQContext()
+        let server = try CurveKeys.generate(), owner = try CurveKeys.generate(), thief = try CurveKeys.generate()
+        let auth = try CurveAuthenticator(context: ctx, allowedPublicKeys: [owner.publicKey, thief.publicKey])
+        defer { auth.stop() }
+        var cs = CoordinatorSettings()
+        cs.heartbeatInterval = 0.05
+        cs.curveSecretKey = server.secretKey
+        let coordinator = try Coordinator(context: ctx, bind: "tcp://127.0.0.1:*", settings: cs)
+        func client(_ keys: (publicKey: String, secretKey: String)) throws -> ZMQSocket {
+            let s = try ZMQSocket(context: ctx, type: .dealer)
+            try s.setRoutingID(Array("w".utf8))
+            try s.setCurveClient(serverPublicKey: try CurveKeys.decode(server.publicKey), publicKey: try CurveKeys.decode(keys.publicKey),
+                                 secretKey: try CurveKeys.decode(keys.secretKey))
+            try s.connect(coordinator.endpoint)
+            return s
+        }
+        // The coordinator polls while a phase with no worker to run it waits.
+        let model = try clusterModel()
+        let hash = TaskCoding.publish(model, on: coordinator)
+        nonisolated(unsafe) let c = coordinator
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = try? c.runPhase([HostileTaskTests.task(.stats, step: 1, hash: hash, inputs: TaskCoding.encode([[1, 2, 3]]))],
+                                until: SystemClock().now() + 3)
+            done.signal()
+        }
+        let a = try client(owner)
+        try a.send(try Wire.encode(Messages.ready(workerID: "w", threads: 1)))
+        var gotTask = false
+        let deadline = Date().addingTimeInterval(2)
+        while !gotTask && Date() < deadline {
+            if try a.poll(milliseconds: 50), let f = try a.receive(dontWait: true), let m = try? Wire.decode(f), m.envelope.type == .task { gotTask = true }
+        }
+        #expect(gotTask)                                       // the owner registered and was leased the task
+        let b = try client(thief)
+        try b.send(try Wire.encode(Messages.ready(workerID: "w", threads: 1)))
+        var refusal: String?
+        let d2 = Date().addingTimeInterval(2)
+        while refusal == nil && Date() < d2 {
+            if try b.poll(milliseconds: 50), let f = try b.receive(dontWait: true), let m = try? Wire.decode(f), m.envelope.type == .error {
+                refusal = m.envelope.error.message
+            }
+        }
+        _ = done.wait(timeout: .now() + 10)
+        #expect(refusal?.contains("refused: the identity w belongs to another key") == true, "\(String(describing: refusal))")
+        #expect(c.counters["identity_taken", default: 0] >= 1, "\(c.counters)")
+        #expect(c.identityKeys["w"] == owner.publicKey)
+    }
+}
+
 /// A value shared between the test and a worker or phase thread.
 final class LockedBox<T>: @unchecked Sendable {
     private let lock = NSLock()
