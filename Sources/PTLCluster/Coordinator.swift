@@ -24,6 +24,10 @@ public struct CoordinatorSettings: Sendable {
     public var curveSecretKey: String?
     /// When a worker holding the previous model version gets an update instead of the weights.
     public var modelUpdates = ModelUpdates.auto
+    /// Largest envelope (frame 0) accepted from a worker: results and heartbeats are small.
+    public var maxEnvelopeBytes = 1 << 20
+    /// Workers registered at once; further READYs are refused.
+    public var maxWorkers = 1024
     /// Accept workers whose numeric fingerprint differs from the first one's (the result then
     /// depends on which worker computed which shard).
     public var allowMixedKernels = false
@@ -189,7 +193,9 @@ public final class Coordinator: @unchecked Sendable {
         let ready = try socket.poll(milliseconds: milliseconds)
         waitSeconds += clock.now() - t0
         if ready {
-            while true {
+            // At most a batch of messages a turn: a flood (or a burst of results) cannot starve
+            // dispatch, heartbeats, lease expiry or a stop request.
+            for _ in 0..<Self.messagesPerTurn {
                 let r0 = clock.now()
                 guard let frames = try socket.receiveFrames(dontWait: true) else { break }
                 let r1 = clock.now()
@@ -241,6 +247,9 @@ public final class Coordinator: @unchecked Sendable {
         if let worker { m["worker"] = .string(worker) }
         logger.warning("rejected message: \(detail)", metadata: m)
     }
+
+    /// Messages handled per turn of the event loop before it dispatches and heartbeats again.
+    static let messagesPerTurn = 256
 
     /// The numeric fingerprint of the job's workers (the first worker's).
     public private(set) var jobFingerprint: String?
@@ -335,7 +344,8 @@ public final class Coordinator: @unchecked Sendable {
         }
         let message: WireMessage
         do {
-            message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true)
+            message = try Wire.decode(frames: Array(frames.dropFirst()), maxTensorBytes: settings.maxTensorBytes, requireFinite: true,
+                                      maxEnvelopeBytes: settings.maxEnvelopeBytes)
         } catch let e as WireError {
             reject(e.kind.rawValue, "from \(worker): \(e)", worker: worker)
             // A peer of another protocol version is told so (it logs a wrong_version of its own
@@ -352,6 +362,11 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         let env = message.envelope
+        if env.type == .ready && !scheduler.isKnown(worker) && scheduler.workers.count >= settings.maxWorkers {
+            reject("too_many_workers", "from \(worker): \(scheduler.workers.count) workers registered (limit \(settings.maxWorkers))", worker: worker)
+            try? send(to: worker, Messages.error(nil, "the coordinator has its \(settings.maxWorkers) workers; try later", retryable: true))
+            return
+        }
         if env.type == .ready {
             // One job, one kind of arithmetic: the first worker's kernels are the job's.
             let fp = env.ready.fingerprint.isEmpty ? "not reported" : env.ready.fingerprint

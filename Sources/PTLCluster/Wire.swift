@@ -133,16 +133,29 @@ public enum Wire {
     /// Limits on a tensor descriptor's shape (far above any real tensor; a frame is bounded by
     /// `maxTensorBytes` anyway): dimensions and the size of each.
     public static let maxDimensions = 8
+    /// Tensor frames a message may carry (a model update has a few per layer).
+    public static let maxTensors = 4096
     public static let maxDimension: UInt64 = 1 << 40
 
     /// Decodes and checks frames; `maxTensorBytes` bounds each frame.
-    public static func decode(_ frames: [[UInt8]], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
-        try decode(frames: frames.map { Frame($0) }, maxTensorBytes: maxTensorBytes, requireFinite: requireFinite)
+    public static func decode(_ frames: [[UInt8]], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false,
+                              maxEnvelopeBytes: Int = 64 << 20) throws -> WireMessage {
+        try decode(frames: frames.map { Frame($0) }, maxTensorBytes: maxTensorBytes, requireFinite: requireFinite, maxEnvelopeBytes: maxEnvelopeBytes)
     }
 
     /// Decodes and checks frames as a socket received them (tensors keep their frames: no copy).
-    public static func decode(frames: [Frame], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false) throws -> WireMessage {
-        guard let head = frames.first?.array else { throw WireError(kind: .malformedEnvelope, message: "empty message") }
+    public static func decode(frames: [Frame], maxTensorBytes: Int = 1 << 31, requireFinite: Bool = false,
+                              maxEnvelopeBytes: Int = 64 << 20) throws -> WireMessage {
+        // Bounded before anything is parsed: a flood of descriptors or a giant envelope costs
+        // the sender, not this process's memory.
+        guard let first = frames.first else { throw WireError(kind: .malformedEnvelope, message: "empty message") }
+        guard first.count <= maxEnvelopeBytes else {
+            throw WireError(kind: .oversized, message: "envelope of \(first.count) bytes > limit \(maxEnvelopeBytes)")
+        }
+        guard frames.count - 1 <= maxTensors else {
+            throw WireError(kind: .oversized, message: "\(frames.count - 1) tensor frames > limit \(maxTensors)")
+        }
+        let head = first.array
         let env: Ptl_V1_Envelope
         do { env = try Ptl_V1_Envelope(serializedBytes: head) } catch {
             throw WireError(kind: .malformedEnvelope, message: "frame 0 (\(head.count) bytes) is not an Envelope: \(error)")

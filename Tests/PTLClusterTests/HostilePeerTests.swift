@@ -43,6 +43,36 @@ import PTLTokenizer
         }
     }
 
+    /// Finding 8: the envelope's size and the number of frames are bounded before parsing.
+    @Test func envelopesAndFrameCountsAreBoundedBeforeParsing() throws {
+        var e = Messages.envelope(.result)
+        e.protocolVersion = Wire.protocolVersion
+        e.runID = String(repeating: "x", count: 2 << 20)
+        do { _ = try Wire.decode([try e.serializedBytes()], maxEnvelopeBytes: 1 << 20); Issue.record("a 2 MB envelope decoded") }
+        catch let err as WireError { #expect(err.kind == .oversized && err.message.contains("envelope of")) }
+        let many = [try Messages.envelope(.heartbeat).serializedBytes()] + Array(repeating: [UInt8](), count: Wire.maxTensors + 1)
+        do { _ = try Wire.decode(many); Issue.record("\(many.count) frames decoded") }
+        catch let err as WireError { #expect(err.kind == .oversized && err.message.contains("tensor frames > limit")) }
+    }
+
+    @Test func registrationsBeyondTheLimitAreRefused() throws {
+        let cluster = try InProcessCluster(workers: 1, configure: { $0.maxWorkers = 1 })
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
+        let model = try clusterModel()
+        let hash = TaskCoding.publish(model, on: coordinator)
+        _ = try coordinator.runPhase([HostileTaskTests.task(.stats, step: 1, hash: hash, inputs: TaskCoding.encode([[1, 2, 3]]))])
+        let ctx = try ZMQContext()
+        let extra = try ZMQSocket(context: ctx, type: .dealer)
+        try extra.setRoutingID(Array("extra".utf8))
+        try extra.connect(coordinator.endpoint)
+        try extra.send(try Wire.encode(Messages.ready(workerID: "extra", threads: 1)))
+        usleep(200_000)
+        _ = try coordinator.runPhase([HostileTaskTests.task(.stats, step: 2, hash: hash, inputs: TaskCoding.encode([[1, 2, 3]]))])
+        #expect(coordinator.counters["too_many_workers", default: 0] >= 1, "\(coordinator.counters)")
+        #expect(!coordinator.scheduler.isKnown("extra") && coordinator.scheduler.workers.count == 1)
+    }
+
     @Test func strangersAndForeignFailuresCannotCrashOrFailAPhase() throws {
         let firstKey = LockedBox<Ptl_V1_TaskKey?>(nil)
         let release = DispatchSemaphore(value: 0)
