@@ -8,9 +8,13 @@ and checks them against the HF model they came from. Run by hand (never in CI):
 For each file it prints the metadata llama.cpp reads, the tensor types, and per tensor kind the
 relative RMS error of gguf's dequantisation against the source weights (after undoing llama's q/k
 row permutation). Tensors of the types gguf can quantise itself (F16, BF16, Q8_0, Q5_0) are
-re-quantised from the source with gguf.quants.quantize and must match ptl's bytes exactly; Q4_K
-and Q6_K (no Python quantiser) are checked through their error. Exit status 1 on any failure.
+re-quantised from the source with gguf.quants.quantize and must match ptl's bytes exactly. With
+llama.cpp's ggml library at hand (GGML_LIB=path/to/libggml-base.so, or the one of an installed
+llama-cpp-python), every quantised tensor — Q4_K and Q6_K included — is also quantised by
+llama.cpp's own ggml_quantize_chunk and must match byte for byte. Exit status 1 on any failure.
 """
+import ctypes
+import glob
 import json
 import os
 import sys
@@ -33,6 +37,28 @@ NAMES = {
 # Loose bounds on the relative RMS error a type can show on trained weights (F16: 2^-11 rounding).
 BOUNDS = {T.F32: 0.0, T.F16: 1e-3, T.BF16: 5e-3, T.Q8_0: 1e-2, T.Q6_K: 3e-2, T.Q5_0: 6e-2, T.Q4_K: 1.2e-1}
 EXACT = {T.F16, T.BF16, T.Q8_0, T.Q5_0}
+QUANTISED = {T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K}
+
+
+def ggml_library():
+    """llama.cpp's libggml-base (GGML_LIB, or llama-cpp-python's), or None."""
+    candidates = [os.environ.get("GGML_LIB", "")]
+    try:
+        import llama_cpp  # noqa: F401  (only its directory is used)
+        candidates += glob.glob(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so*"))
+    except ImportError:
+        pass
+    for c in candidates:
+        if c and os.path.exists(c):
+            lib = ctypes.CDLL(c)
+            lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+            lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+            return c, lib
+    return None, None
+
+
+GGML_PATH, GGML = ggml_library()
 
 
 def hf_name(name):
@@ -88,6 +114,7 @@ def check(path, hf_dir):
     types = defaultdict(int)
     errors = defaultdict(list)
     exact_total = exact_match = 0
+    ggml_total = ggml_match = 0
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     for t in r.tensors:
         types[t.tensor_type.name] += 1
@@ -117,8 +144,21 @@ def check(path, hf_dir):
             else:
                 print(f"  FAIL {t.name} ({t.tensor_type.name}): bytes differ from gguf.quants.quantize")
                 ok = False
+        if GGML is not None and t.tensor_type in QUANTISED:
+            ggml_total += 1
+            ours = np.asarray(t.data).view(np.uint8).reshape(-1)
+            theirs = np.zeros(ours.size, dtype=np.uint8)
+            n = GGML.ggml_quantize_chunk(int(t.tensor_type), ref.ctypes.data, theirs.ctypes.data, 0, ref.shape[0] if ref.ndim > 1 else 1,
+                                         ref.shape[-1], None)
+            if n == ours.size and np.array_equal(theirs, ours):
+                ggml_match += 1
+            else:
+                print(f"  FAIL {t.name} ({t.tensor_type.name}): bytes differ from llama.cpp's ggml_quantize_chunk")
+                ok = False
     print("  tensor types: " + ", ".join(f"{n} {k}" for k, n in sorted(types.items())))
     print(f"  bytes identical to gguf.quants.quantize: {exact_match}/{exact_total} tensors of F16/BF16/Q8_0/Q5_0")
+    if GGML is not None:
+        print(f"  bytes identical to llama.cpp's ggml_quantize_chunk: {ggml_match}/{ggml_total} quantised tensors (Q8_0/Q5_0/Q4_K/Q6_K)")
     print("  relative RMS error (dequantised by gguf vs source), by tensor kind and type: mean / max")
     for (kind, tname), v in sorted(errors.items()):
         print(f"    {kind:28s} {tname:5s} {np.mean(v):.2e} / {np.max(v):.2e}  ({len(v)})")
@@ -131,7 +171,14 @@ def main():
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
-    print(f"gguf package {gguf.__version__ if hasattr(gguf, '__version__') else '?'}; numpy {np.__version__}\n")
+    from importlib.metadata import version, PackageNotFoundError
+    def v(p):
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return "not installed"
+    print(f"gguf package {v('gguf')}; llama-cpp-python {v('llama_cpp_python')}; numpy {np.__version__}; "
+          f"llama.cpp ggml: {GGML_PATH or 'not found (set GGML_LIB to check Q4_K/Q6_K bytes)'}\n")
     results = [check(*arg.split(":", 1)) for arg in sys.argv[1:]]
     return 0 if all(results) else 1
 
