@@ -94,17 +94,55 @@ public final class ClusterBackend: ComputeBackend {
         let t2 = clock.now()
         var lossSum = 0.0, workerSeconds = 0.0, tokens = 0
         var frames: [Frame] = []
+        var shardLoss: [Double] = [], shardTokens: [Int] = []
         for (k, message) in results {
             frames.append(try gradient(k, message))
             workerSeconds += message.envelope.result.seconds
-            lossSum += message.envelope.result.lossSum
-            tokens += Int(message.envelope.result.tokenCount)
+            shardLoss.append(message.envelope.result.lossSum)
+            shardTokens.append(Int(message.envelope.result.tokenCount))
         }
-        try ShardReduce.sum(frames.map(\.base), into: grads, what: "step \(key.step)")   // the frames hold their bytes
+        // Robust aggregation (--reject-outlier-shards Z): a shard whose gradient norm lies more
+        // than Z robust deviations (1.4826·MAD) above the median is left out and the sum rescaled
+        // to the tokens kept. The decision depends on the results only, so honest runs stay
+        // bit-identical for any worker count; finite poison (clipping bounds its size, not its
+        // direction) is what it stops.
+        var keep = Array(frames.indices)
+        if let z = coordinator.settings.rejectOutlierShards, frames.count >= 3 {
+            let norms = frames.map { f in f.withBytes { sumOfSquares($0.baseAddress!.assumingMemoryBound(to: Float.self), count: n).squareRoot() } }
+            let outliers = Self.outliers(norms, z: z)
+            for i in outliers {
+                let (k, _) = results[i]
+                let worker = coordinator.scheduler.acceptedFrom[TaskID(k)]?.worker ?? "?"
+                coordinator.reject("outlier_shard", "from \(worker): gradient of \(TaskID(k)) has norm \(String(format: "%.4g", norms[i])), median \(String(format: "%.4g", Self.median(norms))): left out of step \(key.step)", worker: worker)
+            }
+            keep.removeAll { outliers.contains($0) }
+        }
+        for i in keep { lossSum += shardLoss[i]; tokens += shardTokens[i] }
+        try ShardReduce.sum(keep.map { frames[$0].base }, into: grads, what: "step \(key.step)")   // the frames hold their bytes
+        if keep.count < frames.count {
+            let all = shardTokens.reduce(0, +)
+            if tokens > 0 { scaleInPlace(grads.pointer, Float(Double(all) / Double(tokens)), count: n) }
+            lossSum *= Double(all) / Double(max(1, tokens))
+            tokens = all
+        }
         let t3 = clock.now()
         coordinator.lastStepTiming = StepTiming(publish: t1 - t0, phase: t2 - t1, idle: coordinator.waitSeconds - wait0,
                                                 reduce: t3 - t2, update: 0, workerCompute: workerSeconds)
         return GradientResult(lossSum: lossSum, tokens: tokens, computeSeconds: workerSeconds)
+    }
+
+    static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    /// Indices of values more than `z` robust deviations (1.4826 × the median absolute
+    /// deviation) above the median; none when the deviation is zero.
+    static func outliers(_ xs: [Double], z: Double) -> [Int] {
+        let m = median(xs)
+        let mad = 1.4826 * median(xs.map { abs($0 - m) })
+        guard mad > 0 else { return [] }
+        return xs.indices.filter { xs[$0] > m + z * mad }
     }
 
     /// The largest gradient entry a shard may return (honest ones are many orders smaller).

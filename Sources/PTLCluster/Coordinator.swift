@@ -24,6 +24,9 @@ public struct CoordinatorSettings: Sendable {
     public var curveSecretKey: String?
     /// When a worker holding the previous model version gets an update instead of the weights.
     public var modelUpdates = ModelUpdates.auto
+    /// Robust aggregation: leave out of a step a shard whose gradient norm is more than this many
+    /// robust deviations above the median (nil: every shard counts).
+    public var rejectOutlierShards: Double?
     /// Largest envelope (frame 0) accepted from a worker: results and heartbeats are small.
     public var maxEnvelopeBytes = 1 << 20
     /// Workers registered at once; further READYs are refused.

@@ -34,6 +34,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "CURVE: a file of worker public keys (Z85, one a line) allowed to connect.")
     var allowKeys: String?
 
+    @Option(help: "Robust aggregation: leave out of a step every shard whose gradient norm lies more than Z robust deviations (1.4826·MAD) above the median of the step's shards, rescaling to the tokens kept; logged and counted as outlier_shard. Off by default (honest runs with Z ≥ 6 are unaffected in practice).")
+    var rejectOutlierShards: Double?
+
     @Flag(help: "Accept workers whose kernels (OpenBLAS core, oneDNN ISA) differ from the first worker's. Machines of different CPU kinds round differently, so the model then depends on which worker computed which shard: it is no longer reproducible bit for bit.")
     var allowMixedKernels = false
 
@@ -51,6 +54,7 @@ struct ClusterOptions: ParsableArguments {
     }
 
     func validate() throws {
+        if let z = rejectOutlierShards, !(z >= 1 && z <= 1000) { throw ValidationError("--reject-outlier-shards must be between 1 and 1000") }
         if curveSecretKey == nil && !insecure && !Self.isLocal(bind) {
             throw ValidationError("--bind \(bind) listens beyond this machine without CURVE: anyone who reaches the port can join, read the data and weights, and send gradients. Give --curve-secret-key and --allow-keys (keys from `ptl keys generate`), or --insecure to accept that.")
         }

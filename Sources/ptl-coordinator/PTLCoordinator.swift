@@ -86,6 +86,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
         cs.maxTensorBytes = cluster.maxTensorBytes
         cs.modelUpdates = cluster.modelUpdates
         cs.allowMixedKernels = cluster.allowMixedKernels
+        cs.rejectOutlierShards = cluster.rejectOutlierShards
         Checkpoint.killDuringWrite = faults.faultKillInCheckpoint
         var authenticator: CurveAuthenticator? = nil
         var localKey: (pub: String, secret: String)? = nil

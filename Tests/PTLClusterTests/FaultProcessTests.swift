@@ -193,16 +193,32 @@ enum FaultRun {
         #expect(try finalWeights(out) == FaultRun.reference)
         try FaultRun.expectLedgerExactlyOnce(out)
 
-        // A flipped byte in the checkpoint's weights: refused, with the file named.
-        let weights = URL(fileURLWithPath: out + "/checkpoint/model.safetensors")
-        var bytes = try Data(contentsOf: weights)
-        bytes[bytes.count - 3] ^= 0x40
-        try bytes.write(to: weights)
+        // A flipped byte in the newest checkpoint's weights: rejected with the file named, and the
+        // run resumes from the checkpoint before it (kept as .old) to the same model.
+        func flip(_ path: String, at back: Int = 3) throws {
+            let url = URL(fileURLWithPath: path)
+            var bytes = try Data(contentsOf: url)
+            bytes[bytes.count - back] ^= 0x40
+            try bytes.write(to: url)
+        }
+        try flip(out + "/checkpoint/model.safetensors")
+        try? FileManager.default.removeItem(atPath: out + "/final")
+        let fallback = try FaultRun.start(FaultRun.args(out: out, extra: common))
+        fallback.process.waitUntilExit()
+        #expect(fallback.process.terminationStatus == 0, "\(fallback.text.suffix(1500))")
+        #expect(fallback.text.contains("model.safetensors fails its CRC-32C check"), "\(fallback.text.suffix(1500))")
+        #expect(try finalWeights(out) == FaultRun.reference)
+        // Both damaged (at a byte not flipped before): refused, each named.
+        try flip(out + "/checkpoint/model.safetensors", at: 7)
+        try flip(out + "/.checkpoint.old/model.safetensors", at: 7)   // (if the resumed run saved, .old is the one damaged at -3)
+        #expect(throws: (any Error).self) { try Checkpoint.verify(out + "/.checkpoint.old") }
+        #expect(throws: (any Error).self) { try Checkpoint.verify(out + "/checkpoint") }
         try? FileManager.default.removeItem(atPath: out + "/final")
         let refused = try FaultRun.start(FaultRun.args(out: out, extra: common))
         refused.process.waitUntilExit()
-        #expect(refused.process.terminationStatus != 0)
-        #expect(refused.text.contains("model.safetensors fails its CRC-32C check"), "\(refused.text.suffix(1500))")
+        #expect(refused.process.terminationStatus != 0, "\(refused.text.suffix(3000))")
+        #expect(refused.text.contains("no usable checkpoint") && refused.text.contains(".checkpoint.old/model.safetensors fails its CRC-32C check"),
+                "\(refused.text.suffix(1500))")
     }
 
     /// Workers leave and join mid-run (3 → 2 → 3): nothing in the result changes.

@@ -317,6 +317,49 @@ import PTLTokenizer
     }
 }
 
+/// Robust aggregation (issue 15): a registered worker's finite but poisoned gradient (a
+/// thousand times an honest shard's) is left out of the step, logged and counted; honest steps
+/// are untouched.
+@Suite(.serialized) struct OutlierShardTests {
+    @Test func medianAndDeviation() {
+        #expect(ClusterBackend.outliers([1, 1.1, 0.9, 1.05, 50], z: 6) == [4])
+        #expect(ClusterBackend.outliers([1, 1, 1, 1], z: 6).isEmpty)            // no deviation: nothing flagged
+        #expect(ClusterBackend.outliers([1, 1.2, 0.8, 1.1], z: 6).isEmpty)
+    }
+
+    @Test func aPoisonedShardIsLeftOut() throws {
+        let honest = WorkerTasks.handler()
+        let poison = LockedBox(false)
+        let cluster = try InProcessCluster(workers: 1, configure: { $0.rejectOutlierShards = 6 }, handler: { _ in { key, spec, inputs, version, teacher in
+            var (result, tensors) = try honest(key, spec, inputs, version, teacher)
+            if poison.value, key.phase == .grad, key.shard == 2, let i = tensors.firstIndex(where: { $0.name == "grad" }) {
+                tensors[i] = WireTensor(name: "grad", shape: tensors[i].shape, floats: tensors[i].floats!.map { $0 * -1000 })
+            }
+            return (result, tensors)
+        } })
+        defer { cluster.shutdown() }
+        let coordinator = cluster.coordinator
+        let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
+        let local = LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+        let model = try clusterModel()
+        let batch = Array(clusterLines.prefix(16))
+        let honestGrads = FloatBuffer(count: model.layout.count), expected = FloatBuffer(count: model.layout.count)
+        let r = try backend.gradients(model: model, batch: batch, shards: 8, branchScale: nil, key: WorkKey(run: "robust", step: 1), into: honestGrads)
+        let e = try local.gradients(model: model, batch: batch, shards: 8, branchScale: nil, key: WorkKey(run: "robust", step: 1), into: expected)
+        #expect(r.lossSum == e.lossSum && honestGrads.array() == expected.array())   // honest: untouched
+        #expect(coordinator.counters["outlier_shard"] == nil)
+        poison.value = true
+        let poisoned = FloatBuffer(count: model.layout.count)
+        _ = try backend.gradients(model: model, batch: batch, shards: 8, branchScale: nil, key: WorkKey(run: "robust", step: 2), into: poisoned)
+        #expect(coordinator.counters["outlier_shard"] == 1, "\(coordinator.counters)")
+        // Seven honest shards, rescaled: close to the honest gradient, nothing like the poison.
+        let a = poisoned.array(), b = expected.array()
+        let dot = zip(a, b).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let cos = dot / (sqrt(a.reduce(0.0) { $0 + Double($1) * Double($1) }) * sqrt(b.reduce(0.0) { $0 + Double($1) * Double($1) }))
+        #expect(cos > 0.8, "cosine to the honest gradient \(cos)")
+    }
+}
+
 /// A value shared between the test and a worker or phase thread.
 final class LockedBox<T>: @unchecked Sendable {
     private let lock = NSLock()
