@@ -69,7 +69,7 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "With --budget damage: the fewest tune steps a round gets.")
     public var minRoundSteps: Int = 1
 
-    @Option(help: "With --budget damage: what a cut's damage is measured by — loss (held-out loss on dataset text) or probe (the error rate on the calibration questions, answered greedily).")
+    @Option(help: "With --budget damage: what a cut's damage is measured by — loss (held-out loss on dataset text) or probe (the error rate on held-out questions — as many as --calibration-lines, never the calibration ones — answered greedily).")
     public var damage: DamageMeasure = .probe
 
     @Option(help: "With --budget damage: the fraction of the total tune steps kept for the final round, whatever the estimates say.")

@@ -99,6 +99,8 @@ public struct LoopInputs {
         let evalLines = try eval.map { try jsonl($0, "eval") }
         // Prompts and on-policy traces need questions; text records calibrate as they are.
         let calibrationLines = calibration.allSatisfy({ if case .qa = $0 { true } else { false } }) ? try calibration.map { try jsonl($0, "calibration") } : []
+        let probeLines = heldOut.allSatisfy({ if case .qa = $0 { true } else { false } })
+            ? try heldOut.prefix(d.calibrationLines).map { try jsonl($0, "held-out") } : []
         let calibrationPrompts = calibration.map { r -> [Int] in
             guard case .qa(let q, _) = r else { return encode(r) }
             var p = template.prompt(question: q)
@@ -119,7 +121,8 @@ public struct LoopInputs {
         }
         return LoopInputs(model: start, tokenizer: tokenizer, tokenizerJSON: tokenizerJSON, tokenizerSource: source,
                           data: LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
-                                         evalLines: evalLines, calibrationLines: calibrationLines, calibrationPrompts: calibrationPrompts),
+                                         evalLines: evalLines, calibrationLines: calibrationLines, calibrationPrompts: calibrationPrompts,
+                                         probeLines: probeLines),
                           teacher: teacher)
     }
 }

@@ -63,12 +63,13 @@ extension PruneTuneLoop {
     }
 
     /// The quantity the damage budget follows, of `m`: held-out loss, or with `--damage probe`
-    /// the error rate on the calibration questions answered greedily (branch scales folded).
+    /// the error rate on held-out questions (`probeLines`, disjoint from the calibration set the
+    /// reconstruction fits) answered greedily (branch scales folded).
     func damageMeasure(_ m: Model, scale: [Float]?) throws -> Double {
         switch settings.damage {
         case .loss: return try heldOutLoss(m, scale: scale)
         case .probe:
-            let counts = try backend.evaluate(model: m.foldingBranchScales(scale), jsonlLines: data.calibrationLines, shards: max(settings.shards, 2),
+            let counts = try backend.evaluate(model: m.foldingBranchScales(scale), jsonlLines: data.probeLines, shards: max(settings.shards, 2),
                                               maxNewTokens: settings.evalMaxNewTokens, batchSize: settings.evalBatchSize, key: measurementKey())
             return 1 - counts.accuracy
         }

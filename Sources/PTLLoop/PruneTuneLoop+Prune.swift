@@ -77,7 +77,7 @@ extension PruneTuneLoop {
         if let before = probeBefore {
             measureAfter = try damageMeasure(model, scale: scale)
             damage = measureAfter - before
-            probeDetail = String(format: "; probe accuracy %.1f%% → %.1f%%", (1 - before) * 100, (1 - measureAfter) * 100)
+            probeDetail = String(format: "; probe (held-out questions) accuracy %.1f%% → %.1f%%", (1 - before) * 100, (1 - measureAfter) * 100)
         }
         // Anneal: layers removed in a later round are chosen now when their window opens here.
         if s.layerRemoval == .anneal && s.method == .ptl {

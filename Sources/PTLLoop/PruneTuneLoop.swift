@@ -51,8 +51,8 @@ public final class PruneTuneLoop {
                 throw LoopError("--calibration on-policy needs question/answer calibration records and the tokenizer")
             }
         }
-        if settings.damage == .probe && data.calibrationLines.isEmpty {
-            throw LoopError("--damage probe answers the calibration questions: the calibration records need a question and an answer")
+        if settings.damage == .probe && data.probeLines.isEmpty {
+            throw LoopError("--damage probe answers held-out questions (never the calibration ones, which reconstruction fits): the held-out records need a question and an answer")
         }
         guard settings.finalReserve >= 0 && settings.finalReserve < 1 else { throw LoopError("--final-reserve must be in [0, 1)") }
         backend.precision = settings.precision

@@ -106,17 +106,19 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         #expect(refitted - before < 0.75 * (sliced - before), "\(detail)")
     }
 
-    /// --damage probe: each cut is judged by the calibration questions answered before and after
-    /// it (the block cut costs accuracy, the neuron cut none), and the budget still adds up.
+    /// --damage probe: each cut is judged by held-out questions answered before and after it —
+    /// never the calibration questions, which reconstruction fits — and the budget still adds up.
     @Test func theProbeBudgetJudgesCutsByAnswers() throws {
         var job = ShortJob()
         job.settings.damage = .probe
         job.settings.tuneSteps = 5
         let out = temporaryDirectory("ptl-loop-probe")
+        let inputs = try LoopInputs.load(job.data, loop: job.settings, out: out)
+        #expect(inputs.data.probeLines.count == 8 && Set(inputs.data.probeLines).isDisjoint(with: inputs.data.calibrationLines))
         _ = try job.run(out: out)
         let rows = try metrics(out)
         let prunes = rows.filter { $0.phase == .prune }
-        #expect(prunes.count == 2 && prunes.allSatisfy { $0.detail?.contains("probe accuracy") == true })
+        #expect(prunes.count == 2 && prunes.allSatisfy { $0.detail?.contains("probe (held-out questions) accuracy") == true })
         #expect(rows.filter { $0.phase == .tune }.compactMap(\.tuneSteps).reduce(0, +) == 10)
     }
 
