@@ -28,6 +28,11 @@ SUITES=(
     BF16PassTests
     DistillationGoldenTests
     ReconstructionTests
+    GGUFExportTests
+    HostilePeerTests
+    OverflowingResultTests
+    OutlierShardTests
+    CheckpointTests
 )
 
 cd "$(dirname "$0")/.."
