@@ -1,5 +1,6 @@
 #include "ptl_kernels.h"
 #include <string.h>
+#include <float.h>
 
 static uint32_t table[8][256];
 static int table_ready = 0;
@@ -57,7 +58,7 @@ uint32_t ptl_crc32c(uint32_t crc, const void *data, size_t n) {
 
 size_t ptl_first_above_f32(const void *src, size_t n, float bound) {
     // |x| > bound compares as integers: the magnitude bits of non-negative floats order like the
-    // floats, and NaN's bits lie above infinity's.
+    // floats, and NaN's bits lie above infinity's. Blocks of 64 first: a hit is rare.
     uint32_t limit;
     memcpy(&limit, &bound, 4);
     limit &= 0x7FFFFFFFu;
@@ -81,24 +82,8 @@ size_t ptl_first_above_f32(const void *src, size_t n, float bound) {
 }
 
 size_t ptl_first_nonfinite_f32(const void *src, size_t n) {
-    const uint8_t *p = (const uint8_t *)src;
-    size_t i = 0;
-    // Blocks of 64: an exponent of all ones (NaN or ±inf) is rare, so test a whole block first.
-    for (; i + 64 <= n; i += 64) {
-        uint32_t any = 0;
-        for (size_t k = 0; k < 64; k++) {
-            uint32_t b;
-            memcpy(&b, p + 4 * (i + k), 4);
-            any |= ((b & 0x7F800000u) == 0x7F800000u);
-        }
-        if (any) break;
-    }
-    for (; i < n; i++) {
-        uint32_t b;
-        memcpy(&b, p + 4 * i, 4);
-        if ((b & 0x7F800000u) == 0x7F800000u) return i;
-    }
-    return n;
+    // Above FLT_MAX in magnitude is exactly an exponent of all ones: NaN or ±inf.
+    return ptl_first_above_f32(src, n, FLT_MAX);
 }
 
 size_t ptl_reduce_f32_shards(float *out, const void *const *shards, size_t k, size_t n) {

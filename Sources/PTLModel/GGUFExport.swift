@@ -105,22 +105,6 @@ public enum GGUFExport {
         return ("blk.\(layer).\(name)", layer)
     }
 
-    /// convert_hf_to_gguf's `permute` for llama's q/k rows: GGUF row h·D + 2i + j is HF row
-    /// h·D + j·D/2 + i (the inverse of `GGUFModel.unpermute`).
-    static func permute(_ values: [Float], rows: Int, cols: Int, heads: Int) -> [Float] {
-        let D = rows / heads, half = D / 2
-        var out = [Float](repeating: 0, count: values.count)
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    let dst = (h * D + 2 * i + j) * cols, src = (h * D + j * half + i) * cols
-                    for c in 0..<cols { out[dst + c] = values[src + c] }
-                }
-            }
-        }
-        return out
-    }
-
     /// The GGUF writer for `model`: metadata, tokenizer and tensors (encoded when written).
     public static func writer(_ model: Model, vocabulary v: GGUFVocabulary, type: GGUFExportType, name: String?) throws -> GGUFWriter {
         let c = model.config
@@ -181,7 +165,7 @@ public enum GGUFExport {
                     throw ModelError("\(entry.name): value \(values[bad]) at index \(bad) is not finite; a GGUF file would carry it to every engine")
                 }
                 let rows = entry.shape[0], cols = entry.count / rows
-                if let heads = permuteHeads { values = permute(values, rows: rows, cols: cols, heads: heads) }
+                if let heads = permuteHeads { values = GGUFModel.permuteRows(values, rows: rows, cols: cols, heads: heads, toGGUF: true) }
                 try encode(values, rowLength: entry.shape.last!, type: t, into: region)
             })
         }

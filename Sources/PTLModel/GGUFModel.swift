@@ -109,18 +109,25 @@ public enum GGUFModel {
 
     /// Undoes convert_hf_to_gguf's `permute`: GGUF row h·D + 2i + j holds HF row h·D + j·D/2 + i.
     static func unpermute(_ t: TensorF32, heads: Int) -> TensorF32 {
-        let rows = t.shape[0], cols = t.shape.count > 1 ? t.shape[1] : 1
+        let rows = t.shape[0]
+        return TensorF32(shape: t.shape, values: permuteRows(t.values, rows: rows, cols: t.count / rows, heads: heads, toGGUF: false))
+    }
+
+    /// llama.cpp's q/k row order against HF's, either way: within each head of D rows, GGUF row
+    /// 2i + j is HF row j·D/2 + i.
+    static func permuteRows(_ values: [Float], rows: Int, cols: Int, heads: Int, toGGUF: Bool) -> [Float] {
         let D = rows / heads, half = D / 2
-        var out = [Float](repeating: 0, count: t.count)
+        var out = [Float](repeating: 0, count: values.count)
         for h in 0..<heads {
             for i in 0..<half {
                 for j in 0..<2 {
-                    let src = (h * D + 2 * i + j) * cols, dst = (h * D + j * half + i) * cols
-                    for c in 0..<cols { out[dst + c] = t.values[src + c] }
+                    let gguf = (h * D + 2 * i + j) * cols, hf = (h * D + j * half + i) * cols
+                    let (src, dst) = toGGUF ? (hf, gguf) : (gguf, hf)
+                    for c in 0..<cols { out[dst + c] = values[src + c] }
                 }
             }
         }
-        return TensorF32(shape: t.shape, values: out)
+        return out
     }
 
     /// tokenizer.json contents of the GGUF file at `path`.

@@ -136,7 +136,7 @@ import PTLTokenizer
 
         let lossSum = try #require(outcome.value).get()
         let local = FloatBuffer(count: model.layout.count)
-        let expected = try LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+        let expected = try tinyLocalBackend()
             .gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "hostile-peers", step: 1), into: local)
         #expect(lossSum == expected.lossSum && reduced.array() == local.array())
         let c = coordinator.counters
@@ -181,7 +181,7 @@ import PTLTokenizer
         defer { cluster.shutdown() }
         let coordinator = cluster.coordinator
         let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
-        let local = LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+        let local = try tinyLocalBackend()
         let model = try clusterModel()
         let reduced = FloatBuffer(count: model.layout.count), expected = FloatBuffer(count: model.layout.count)
         let r = try backend.gradients(model: model, batch: Array(clusterLines.prefix(6)), shards: 3, branchScale: nil, key: WorkKey(run: "big", step: 1), into: reduced)
@@ -340,7 +340,7 @@ import PTLTokenizer
         defer { cluster.shutdown() }
         let coordinator = cluster.coordinator
         let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: "")
-        let local = LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
+        let local = try tinyLocalBackend()
         let model = try clusterModel()
         let batch = Array(clusterLines.prefix(16))
         let honestGrads = FloatBuffer(count: model.layout.count), expected = FloatBuffer(count: model.layout.count)
@@ -358,6 +358,11 @@ import PTLTokenizer
         let cos = dot / (sqrt(a.reduce(0.0) { $0 + Double($1) * Double($1) }) * sqrt(b.reduce(0.0) { $0 + Double($1) * Double($1) }))
         #expect(cos > 0.8, "cosine to the honest gradient \(cos)")
     }
+}
+
+/// The in-process backend of the cluster tests' tiny model (tiny-llama's tokenizer).
+func tinyLocalBackend() throws -> LocalBackend {
+    LocalBackend(tokenizer: try Tokenizer(data: Data(contentsOf: packageRoot.appendingPathComponent("Tests/Fixtures/tiny-llama/tokenizer.json"))))
 }
 
 /// A value shared between the test and a worker or phase thread.
