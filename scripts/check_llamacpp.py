@@ -2,13 +2,17 @@
 """Loads GGUF files written by `ptl export` with llama.cpp itself (llama-cpp-python, built from
 PyPI's source package) and compares it with ptl reading the same file: the prompt's token ids
 (llama.cpp's tokenizer from tokenizer.ggml.* against ptl's tokenizer.json) and the greedy
-continuation (llama.cpp's CPU kernels against ptl's fp32 ones; identical up to the first
-near-tie, where different summation orders may pick either token). Run by hand (never in CI):
+continuation (llama.cpp's CPU kernels against ptl's fp32 ones; for F32/F16/BF16 files identical
+up to the first near-tie, where different summation orders may pick either token; for quantised
+files reported only: llama.cpp's quantised matmuls quantise the activations to 8 bits as well,
+ptl dequantises the weights and multiplies in fp32, so continuations may part). Run by hand
+(never in CI):
 
     CMAKE_ARGS="-DLLAMA_CURL=OFF" pip install llama-cpp-python     # builds llama.cpp (long)
     python3 scripts/check_llamacpp.py FILE.gguf [FILE.gguf ...] > docs/llamacpp-check.txt
 
-Exit status 1 when a tokenization differs or a continuation differs before a near-tie.
+Exit status 1 when a file does not load, a tokenization differs, or a float file's continuation
+differs before a near-tie.
 """
 import json
 import os
@@ -19,9 +23,9 @@ import numpy as np
 import llama_cpp
 
 PTL = os.path.join(os.path.dirname(__file__), "..", ".build", "release", "ptl")
-PROMPTS = [
-    "Question: Tom has 12 apples and buys 7 more. Then he eats 4. How many apples does he have?\nAnswer:",
-    "Question: A box holds 6 rows of 8 eggs. 5 eggs break. How many eggs are left?\nAnswer:",
+PROMPTS = [   # the arithmetic task's template ("Question: {question}\nAnswer: {answer}") and plain text
+    "Question: Ivy has 16 marbles. Then Ivy loses 3. Then the number of marbles grows 3 times. How many marbles does Ivy have now?\nAnswer:",
+    "Question: Mia has 17 coins. Then the number of coins grows 4 times. How many coins does Mia have now?\nAnswer:",
     "The capital of France is",
 ]
 NEW_TOKENS = 24
@@ -42,6 +46,7 @@ def check(path):
     ok = True
     llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=1, n_batch=512, logits_all=True, verbose=False)
     meta = llm.metadata
+    quantised = str(meta.get("general.file_type")) not in ("0", "1", "32")
     print(f"## {os.path.basename(path)}: llama.cpp loads it ({meta.get('general.architecture')}, {llm.n_vocab()} tokens, "
           f"{meta.get('general.file_type')} file type, pre {meta.get('tokenizer.ggml.pre')})")
     for text in PROMPTS:
@@ -72,6 +77,12 @@ def check(path):
         first_tie = next((i for i, g in enumerate(gaps) if g < 1e-2), len(gaps))
         prefix = llm.detokenize(generated[:first_tie]).decode("utf-8", errors="replace")
         agree = ours_new.startswith(prefix)
+        if quantised:
+            common = next((i for i in range(min(len(ours_new), len(theirs_text))) if ours_new[i] != theirs_text[i]), min(len(ours_new), len(theirs_text)))
+            print(f"  greedy (quantised: reported) agrees on the first {common} characters: llama.cpp {theirs_text!r}")
+            if common < len(theirs_text):
+                print(f"    ptl {ours_new!r}")
+            continue
         print(f"  greedy {'agrees' if agree else 'DIFFERS'} over {first_tie}/{NEW_TOKENS} tokens before any near-tie: llama.cpp {theirs_text!r}")
         if not agree:
             print(f"    ptl {ours_new!r}")
