@@ -105,6 +105,8 @@ public enum GGMLQuantizer {
         var scales = [Float](repeating: 0, count: 16)
         var mins = [Float](repeating: 0, count: 16)
         var l6 = [Int8](repeating: 0, count: 256)
+        var packed = [UInt8](repeating: 0, count: 12)   // Q4_K's 6-bit scales and mins
+        var sc = [Int8](repeating: 0, count: 16)         // Q6_K's 8-bit scales
     }
 
     /// llama.cpp's make_qkx2_quants: the scale and (negated) minimum of an asymmetric `nmax`-level
@@ -196,25 +198,25 @@ public enum GGMLQuantizer {
         }
         let invScale: Float = maxScale > 0 ? 63 / maxScale : 0
         let invMin: Float = maxMin > 0 ? 63 / maxMin : 0
-        var packed = [UInt8](repeating: 0, count: 12)
+        for k in 0..<12 { s.packed[k] = 0 }
         for j in 0..<8 {
             // uint8_t ls = nearest_int(...); then MIN(63, ls): the C code truncates to 8 bits first.
             let ls = min(63, UInt8(truncatingIfNeeded: nearestInt(invScale * s.scales[j])))
             let lm = min(63, UInt8(truncatingIfNeeded: nearestInt(invMin * s.mins[j])))
             if j < 4 {
-                packed[j] = ls
-                packed[j + 4] = lm
+                s.packed[j] = ls
+                s.packed[j + 4] = lm
             } else {
-                packed[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
-                packed[j - 4] |= (ls >> 4) << 6
-                packed[j] |= (lm >> 4) << 6
+                s.packed[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
+                s.packed[j - 4] |= (ls >> 4) << 6
+                s.packed[j] |= (lm >> 4) << 6
             }
         }
         storeHalf(maxScale / 63, y, 0)
         storeHalf(maxMin / 63, y, 2)
-        for k in 0..<12 { y.storeBytes(of: packed[k], toByteOffset: 4 + k, as: UInt8.self) }
+        for k in 0..<12 { y.storeBytes(of: s.packed[k], toByteOffset: 4 + k, as: UInt8.self) }
         let d = fp16Round(maxScale / 63), dmin = fp16Round(maxMin / 63)
-        packed.withUnsafeBytes { p in
+        s.packed.withUnsafeBytes { p in
             for j in 0..<8 {
                 let (sc, m) = GGUFFile.scaleMinK4(j, p.baseAddress!)
                 let dj = d * Float(sc)
@@ -288,14 +290,13 @@ public enum GGMLQuantizer {
         let iscale = -128 / maxScale
         storeHalf(1 / iscale, y, 208)
         let d = fp16Round(1 / iscale)
-        var sc = [Int8](repeating: 0, count: 16)
         for ib in 0..<16 {
             // y[i].scales[ib] = MIN(127, nearest_int(iscale*scales[ib])), stored as int8_t.
-            sc[ib] = Int8(truncatingIfNeeded: min(127, nearestInt(iscale * s.scales[ib])))
-            y.storeBytes(of: sc[ib], toByteOffset: 192 + ib, as: Int8.self)
+            s.sc[ib] = Int8(truncatingIfNeeded: min(127, nearestInt(iscale * s.scales[ib])))
+            y.storeBytes(of: s.sc[ib], toByteOffset: 192 + ib, as: Int8.self)
         }
         for j in 0..<16 {
-            let dj = d * Float(sc[j])
+            let dj = d * Float(s.sc[j])
             if dj == 0 { continue }
             for ii in 0..<16 {
                 let l = max(-32, min(31, nearestInt(x[16 * j + ii] / dj)))

@@ -253,6 +253,7 @@ import PTLTokenizer
         _ = pump.wait(timeout: .now() + 10)
         if allow {
             #expect(coordinator.counters["mixed_kernels"] == nil)
+            #expect(coordinator.scheduler.isKnown("zen5"))   // registered, not merely unheard
         } else {
             #expect(coordinator.counters["mixed_kernels"] == 1, "\(coordinator.counters)")
             let r = try #require(reply)
