@@ -253,7 +253,8 @@ import PTLTokenizer
         _ = pump.wait(timeout: .now() + 10)
         if allow {
             #expect(coordinator.counters["mixed_kernels"] == nil)
-            #expect(coordinator.scheduler.isKnown("zen5"))   // registered, not merely unheard
+            // Registered, not merely unheard (it never heartbeats, so it may since have been dropped as silent).
+            #expect(coordinator.scheduler.isKnown("zen5") || coordinator.counters["dropped_workers", default: 0] >= 1, "\(coordinator.counters)")
         } else {
             #expect(coordinator.counters["mixed_kernels"] == 1, "\(coordinator.counters)")
             let r = try #require(reply)
