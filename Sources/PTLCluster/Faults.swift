@@ -16,6 +16,9 @@ public struct FaultPlan: Sendable, Equatable {
     public var rate: Double
     /// Milliseconds every task sleeps before computing (to widen the windows for SIGSTOP/SIGKILL).
     public var delayMilliseconds: Int = 0
+    /// A poison shard: every task of this shard (any phase) fails with `PoisonShard`, on every
+    /// attempt, so the job must end with an error naming it (`ptl-worker --fault-fail-shard`).
+    public var failShard: UInt32? = nil
 
     public init(seed: UInt64, rate: Double, delayMilliseconds: Int = 0) {
         self.seed = seed; self.rate = rate; self.delayMilliseconds = delayMilliseconds
@@ -34,4 +37,10 @@ public struct FaultPlan: Sendable, Equatable {
     }
 
     func mix(_ x: UInt64) -> UInt64 { SplitMix64.mix(x &+ 0x9E37_79B9_7F4A_7C15) }
+}
+
+/// The error of a task of the poison shard (`FaultPlan.failShard`).
+public struct PoisonShard: Error, CustomStringConvertible, Sendable {
+    public let shard: UInt32
+    public var description: String { "fault injection: shard \(shard) is poisoned and always fails" }
 }

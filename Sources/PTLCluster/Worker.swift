@@ -389,6 +389,7 @@ public final class WorkerClient: @unchecked Sendable {
             let t0 = Date()
             do {
                 if let f = faults, f.delayMilliseconds > 0 { usleep(UInt32(f.delayMilliseconds) * 1000) }
+                if let s = faults?.failShard, key.shard == s { throw PoisonShard(shard: s) }
                 let (result, tensors) = try handler(key, spec, inputs, model, teacher)
                 if faults?.fault(for: key) == .dieMidCompute {
                     logger.notice("fault injection: dying while computing \(TaskID(key))", metadata: key.logMetadata)

@@ -46,10 +46,17 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Fault injection: milliseconds every task waits before computing (with --fault-seed).")
     var faultDelayMs: Int = 0
 
+    @Option(help: "Fault injection (the chaos soak): every task of this shard fails, on every attempt (a poison shard).")
+    var faultFailShard: UInt32?
+
+    @Option(help: ArgumentHelp("Fault injection (the chaos soak): instead of working, send this many seeded garbage messages (seed: --fault-seed, default 0) to the coordinator as a fake peer, then exit.", visibility: .hidden))
+    var faultFlood: Int?
+
     @OptionGroup(title: "Logging") var log: LogOptions
 
     func validate() throws {
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
+        if let faultFlood, faultFlood < 0 || faultFlood > 1_000_000 { throw ValidationError("--fault-flood must be between 0 and 1000000") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let id, id.isEmpty || id.utf8.count > 255 { throw ValidationError("--id must be 1 to 255 bytes (it is the ZeroMQ routing id)") }
@@ -66,12 +73,20 @@ struct PTLWorkerCommand: ParsableCommand {
         settings.minBackoff = heartbeats.heartbeat          // back-off: one heartbeat, doubling to 32 s
         settings.cacheDirectory = cache
         if let faultSeed { settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs) }
+        if let faultFailShard {
+            if settings.faults == nil { settings.faults = FaultPlan(seed: 0, rate: 0) }
+            settings.faults?.failShard = faultFailShard
+        }
         if let curveServerKey, let curveSecretKey {
             settings.curve = (try KeyFiles.read(curveServerKey), try KeyFiles.read(curveSecretKey))
         }
         let name = id ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
         var logger = log.logger(name)
         logger[metadataKey: "worker"] = .string(name)
+        if let faultFlood {
+            try GarbageFlood.run(endpoint: connect, context: try ZMQContext(), id: name, count: faultFlood, seed: faultSeed ?? 0, logger: logger)
+            return
+        }
         let worker = try WorkerClient(id: name, connect: connect, context: try ZMQContext(), settings: settings,
                                       handler: WorkerTasks.handler(logger: logger))
         worker.logger = logger
