@@ -1,4 +1,5 @@
 import Foundation
+import PTLModel
 import PTLPrune
 
 /// The phases of a round as the report and OUT/metrics.jsonl name them.
@@ -92,3 +93,66 @@ struct LoopState: Codable, Sendable {
     var removals: [RemovalRecord] = []
 }
 
+
+extension LoopState {
+    /// Reads `loop.json` of a checkpoint and checks it against the run it resumes: the plan its
+    /// settings give from the starting model, the model the checkpoint holds, indices in range.
+    /// A checkpoint's CRCs catch a torn or damaged file, not a crafted or stale one: without
+    /// this check such a state indexes the plan, the branch scales or the blocks out of range.
+    static func read(_ data: Data, source: String, start: ModelConfig, current: ModelConfig) throws -> LoopState {
+        let s: LoopState
+        do { s = try JSONDecoder().decode(LoopState.self, from: data) } catch {
+            throw LoopError("\(source) cannot be read as this version's loop state (\(error)); pass --fresh to start over")
+        }
+        try s.check(source: source, start: start, current: current)
+        return s
+    }
+
+    func check(source: String, start: ModelConfig, current: ModelConfig) throws {
+        func bad(_ what: String) -> LoopError { LoopError("\(source): \(what); pass --fresh to start over") }
+        func makePlan(_ method: PruneMethod) throws -> PrunePlan {
+            try PrunePlan.make(config: start, method: method, target: settings.target, removeLayers: settings.removeLayers,
+                               step: settings.step, widthMultiple: settings.widthMultiple,
+                               layersPerRound: settings.layersPerRound, order: settings.order)
+        }
+        let expected: PrunePlan
+        do { expected = try makePlan(settings.method) } catch { throw bad("its settings give no plan for this model (\(error))") }
+        guard plan == expected else { throw bad("its prune plan is not the one its settings give for this model") }
+        let (total, overflow) = settings.tuneSteps.multipliedReportingOverflow(by: (try? makePlan(.ptl))?.rounds.count ?? -1)
+        guard !overflow, totalSteps == total else { throw bad("total tune steps \(totalSteps), its settings give \(total)") }
+        let rounds = plan.rounds.count
+        switch stage {
+        case .original: guard round == 0 else { throw bad("round \(round) before the original model was measured") }
+        case .prune, .tune, .eval: guard round >= 1, round <= rounds else { throw bad("round \(round) of \(rounds)") }
+        case .done: guard round == rounds else { throw bad("done at round \(round) of \(rounds)") }
+        }
+        guard roundSteps >= 0, stepInRound >= 0, stepInRound <= roundSteps, stepsUsed >= 0 else {
+            throw bad("step counts out of range (round \(roundSteps), in round \(stepInRound), used \(stepsUsed))")
+        }
+        // The model must have the shape the rounds done so far give.
+        let done = stage == .original ? 0 : stage == .prune ? round - 1 : round
+        let layers = start.numHiddenLayers - plan.rounds.prefix(done).reduce(0) { $0 + $1.layers }
+        let width = start.intermediateSize - plan.rounds.prefix(done).reduce(0) { $0 + $1.neurons }
+        guard current.numHiddenLayers == layers, current.intermediateSize == width else {
+            throw bad("the checkpoint's model has \(current.numHiddenLayers) blocks of width \(current.intermediateSize), its state says \(layers) of \(width)")
+        }
+        guard alpha.count == layers, alpha.allSatisfy({ $0.isFinite }) else {
+            throw bad("\(alpha.count) branch scales for \(layers) blocks (or one not finite)")
+        }
+        for d in doomed {
+            guard d.removeAtRound >= 1, d.removeAtRound <= rounds, d.windowStart >= 0, d.windowStart <= d.removeAtRound,
+                  d.scores.count == d.layers.count, Set(d.layers).count == d.layers.count,
+                  d.layers.allSatisfy({ $0 >= 0 && $0 < layers }) else {
+                throw bad("blocks chosen for removal out of range (\(d.layers) at round \(d.removeAtRound) of \(rounds), \(layers) blocks)")
+            }
+        }
+    }
+}
+
+/// The loop state file of a checkpoint, as the loop reads it on resume (for tools and fuzzing).
+public enum LoopStateFile {
+    /// Decodes `data` and checks it against the starting and the checkpoint's model; throws naming what is wrong.
+    public static func check(_ data: Data, source: String, start: ModelConfig, current: ModelConfig) throws {
+        _ = try LoopState.read(data, source: source, start: start, current: current)
+    }
+}

@@ -82,16 +82,15 @@ public final class PruneTuneLoop {
         let found = fresh ? nil : try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"), logger: logger)
         if let found {
             let stateFile = (found as NSString).appendingPathComponent("loop.json")
-            let s: LoopState
-            do {
-                s = try JSONDecoder().decode(LoopState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
-            } catch {
-                throw LoopError("\(stateFile) cannot be read as this version's loop state (\(error)); pass --fresh to start over")
+            (model, optimizer, _) = try Checkpoint.load(from: found, settings: adam)
+            let stateData: Data
+            do { stateData = try Data(contentsOf: URL(fileURLWithPath: stateFile)) } catch {
+                throw LoopError("\(stateFile) cannot be read (\(error.localizedDescription)); pass --fresh to start over")
             }
+            let s = try LoopState.read(stateData, source: stateFile, start: start.config, current: model.config)
             guard s.settings == settings else {
                 throw LoopError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
             }
-            (model, optimizer, _) = try Checkpoint.load(from: found, settings: adam)
             state = s
         } else {
             func plan(_ method: PruneMethod) throws -> PrunePlan {

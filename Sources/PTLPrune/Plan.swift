@@ -58,9 +58,11 @@ public struct PrunePlan: Codable, Sendable, Equatable {
                             widthMultiple: Int, layersPerRound: Int, order: PruneOrder) throws -> PrunePlan {
         let L = config.numHiddenLayers, I = config.intermediateSize
         let original = ParameterLayout(config: config).count
-        let budget = Int((target * Double(original)).rounded(.down))
+        // Checked here as well as on the command line: a resumed checkpoint's settings reach here too.
         guard target > 0, target < 1 else { throw ModelError("--target-params must be between 0 and 1 (got \(target))") }
-        guard widthMultiple >= 1 else { throw ModelError("--width-multiple must be at least 1") }
+        guard step > 0, step < 1 else { throw ModelError("--step must be between 0 and 1 (got \(step))") }
+        guard widthMultiple >= 1, widthMultiple <= I else { throw ModelError("--width-multiple must be between 1 and the FFN width \(I) (got \(widthMultiple))") }
+        let budget = Int((target * Double(original)).rounded(.down))
         if method == .shortgpt {
             guard let k = (1..<L).first(where: { parameters(config, layers: L - $0, width: I) <= budget }) else {
                 throw ModelError("ShortGPT cannot reach \(target) of the parameters by deleting blocks of this \(L)-block model")
