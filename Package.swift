@@ -95,6 +95,11 @@ let package = Package(
         .executableTarget(name: "ptl-bench", dependencies: ["PTLModel", "PTLTensor", "PTLTokenizer", "COpenBLAS"],
                           path: "bench/Sources/ptl-bench"),
 
+        // The fuzz targets: every decoder of untrusted bytes fed one input (Fuzz/ptl-fuzz drives
+        // them under libFuzzer; PTLFuzzTests replays the seeds and every fixed finding).
+        .target(name: "PTLFuzzTargets", dependencies: ["PTLCluster", "PTLCommandLine", "PTLData", "PTLFormats", "PTLLoop", "PTLModel", "PTLTokenizer",
+                                                       .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
         // Test support (test targets only): a manual clock, random models, the package root.
         .target(name: "PTLTestSupport", dependencies: ["PTLCluster", "PTLModel", "PTLTensor"]),
 
@@ -109,5 +114,18 @@ let package = Package(
         .testTarget(name: "PTLPruneTests", dependencies: ["PTLPrune", "PTLModel", "PTLData", "PTLTestSupport"]),
         .testTarget(name: "PTLLoopTests", dependencies: ["PTLLoop", "PTLCommandLine", "PTLModel", "PTLPrune", "PTLData", "PTLTokenizer", "PTLTensor", "PTLTestSupport"]),
         .testTarget(name: "PTLCLITests", dependencies: ["PTLModel"]),
+        .testTarget(name: "PTLFuzzTests", dependencies: ["PTLFuzzTargets"]),
     ]
 )
+
+// Fuzzing (scripts/fuzz.sh builds with PTL_FUZZ=1 in its own scratch directory, with
+// `--sanitize fuzzer --sanitize address`): one libFuzzer binary over every decoder of untrusted
+// bytes. Not part of normal builds: libFuzzer supplies `main`, so the harness has none.
+if Context.environment["PTL_FUZZ"] == "1" {
+    package.products.append(.executable(name: "ptl-fuzz", targets: ["ptl-fuzz"]))
+    package.targets.append(.executableTarget(
+        name: "ptl-fuzz",
+        dependencies: ["PTLFuzzTargets", "PTLCluster", "PTLFormats", "PTLLoop", "PTLModel", "PTLPrune"],
+        path: "Fuzz/ptl-fuzz",
+        swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+}
