@@ -152,6 +152,7 @@ public struct FFNGram: Sendable, Equatable {
         values.withUnsafeMutableBufferPointer { v in
             let g = v.baseAddress! + l * I * I
             // G += Aᵀ A (upper triangle), single-threaded OpenBLAS: the same bits on every run.
+            ComputeThreads.pinBLAS()
             cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(I), Int32(count), 1, a, Int32(I), 1, g, Int32(I))
             for i in 0..<I { for j in 0..<i { g[i * I + j] = g[j * I + i] } }
         }

@@ -45,6 +45,7 @@ public enum Reconstruction {
         for (p, i) in keep.enumerated() { for j in 0..<I { gk[p * I + j] = gram[i * I + j] } }
         var b = [Double](repeating: 0, count: k * H)
         // Column-major B (k × H) is row-major Bᵀ (H × k) = W (H × I) · G[K, :]ᵀ (I × k).
+        ComputeThreads.pinBLAS()
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(H), Int32(k), Int32(I), 1, w, Int32(I), gk, Int32(I), 0, &b, Int32(k))
         var n = Int32(k), nrhs = Int32(H), lda = Int32(k), info: Int32 = 0
         var uplo = CChar(UInt8(ascii: "L"))

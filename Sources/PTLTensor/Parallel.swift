@@ -18,6 +18,13 @@ public enum ComputeThreads {
     /// The number of threads kernels spread work over.
     public static var count: Int { value }
 
+    /// Pins OpenBLAS to one thread if nothing has yet (once per process; cheap after). Every
+    /// direct BLAS or LAPACK call runs this first: OpenBLAS's threaded kernels split their sums
+    /// by its own thread count, so a process that reached one before touching `ComputeThreads`
+    /// (a coordinator resumed straight into a refit) computed other bits than one that had.
+    @inline(__always)
+    public static func pinBLAS() { _ = value }
+
     /// Sets the thread count for our loops. OpenBLAS itself always runs single-threaded: we split
     /// every product over our own threads (`parallelSgemm`), so its spinning workers never compete
     /// with ours for the cores, and results do not depend on the thread count.
