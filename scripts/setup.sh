@@ -6,12 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # protobuf-c: the test that proves a C program can decode our messages compiles Proto/ptl.proto.
 # docker-compose: the tests validate docker/docker-compose.yml with `docker-compose config`.
+# iproute2, nftables: the chaos soak's namespaces, links and partitions (scripts/soak.sh).
 # libdnnl-dev: oneDNN's bf16 matmuls (the bf16 path; it has no pkg-config file, so its header is checked).
 if ! pkg-config --exists openblas libzmq libprotobuf-c 2>/dev/null || ! command -v protoc-c >/dev/null \
-        || ! command -v docker-compose >/dev/null || [ ! -f /usr/include/oneapi/dnnl/dnnl.h ]; then
+        || ! command -v docker-compose >/dev/null || [ ! -f /usr/include/oneapi/dnnl/dnnl.h ] \
+        || ! command -v ip >/dev/null || ! command -v tc >/dev/null || ! command -v nft >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq libopenblas-dev libzmq3-dev libdnnl-dev pkg-config protobuf-c-compiler libprotobuf-c-dev docker-compose >/dev/null
+    apt-get install -y -qq libopenblas-dev libzmq3-dev libdnnl-dev pkg-config protobuf-c-compiler libprotobuf-c-dev docker-compose \
+        iproute2 nftables >/dev/null
 fi
 MODEL=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$MODEL" ]; then
