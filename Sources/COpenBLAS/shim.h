@@ -6,3 +6,5 @@ char *openblas_get_corename(void);
 // LAPACK's Cholesky factorisation and solve (OpenBLAS ships LAPACK; Fortran calling convention).
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b, const int *ldb, int *info);
+// The inverse from a Cholesky factor (for SparseGPT's H⁻¹).
+void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
