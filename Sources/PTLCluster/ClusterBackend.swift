@@ -180,6 +180,22 @@ public final class ClusterBackend: ComputeBackend {
         return total
     }
 
+    public func layerHessians(model: Model, sequences: [[Int]], shards: Int, block: Int, branchScale: [Float]?, key: WorkKey) throws
+        -> LayerHessians {
+        try Shards.check(shards, items: sequences.count, what: "layer Hessians of \(key)")
+        let c = model.config
+        guard block >= 0, block < c.numHiddenLayers else { throw LoopError("layer Hessians: block \(block) of a \(c.numHiddenLayers)-block model") }
+        let hash = TaskCoding.publish(model, on: coordinator)
+        var tasks = sequenceTasks(sequences, shards: shards, key: key, phase: .stats, hash: hash, lossScale: nil, branchScale: branchScale)
+        for i in tasks.indices { tasks[i].spec.hessianBlock = UInt32(block + 1) }
+        var total = LayerHessians(block: block, config: c)
+        let results = try coordinator.runPhase(tasks) { _, message in
+            _ = try TaskCoding.decodeHessians(message, block: block, config: c)
+        }
+        for (_, message) in results { try total.add(try TaskCoding.decodeHessians(message, block: block, config: c)) }
+        return total
+    }
+
     public func traces(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> (texts: [String], counts: EvalCounts) {
         try Shards.check(shards, items: jsonlLines.count, what: "traces of \(key)")

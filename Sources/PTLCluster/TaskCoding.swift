@@ -161,6 +161,29 @@ public enum TaskCoding {
         return g
     }
 
+    /// SparseGPT's layer Hessians as four F64 frames.
+    public static func encode(_ h: LayerHessians) -> [WireTensor] {
+        h.matrices.map { f64("hessian.\($0.name)", $0.values) }
+    }
+
+    /// The layer Hessians of a result, checked: four finite F64 matrices of block `block`'s sizes.
+    public static func decodeHessians(_ m: WireMessage, block: Int, config: ModelConfig) throws -> LayerHessians {
+        try checkTokens(m, "layer Hessians")
+        var h = LayerHessians(block: block, config: config)
+        h.tokens = Int(m.envelope.result.tokenCount)
+        for (name, dim, _) in h.matrices {
+            guard let t = m.tensor("hessian.\(name)"), t.dtype == .f64, t.byteCount == 8 * dim * dim else {
+                throw WireError(kind: .descriptorMismatch, message: "the layer Hessians result lacks hessian.\(name) as \(dim * dim) F64 values")
+            }
+            let values = t.values(Double.self)
+            guard values.allSatisfy({ $0.isFinite && abs($0) <= maxSum }) else {
+                throw WireError(kind: .descriptorMismatch, message: "the layer Hessians result has a non-finite entry or one above \(maxSum) in hessian.\(name)")
+            }
+            try h.set(name, values)
+        }
+        return h
+    }
+
     /// Publishes `model` as the version tasks run on (the previous one is kept, so workers
     /// holding it fetch an update) and returns its hash.
     public static func publish(_ model: Model, on coordinator: Coordinator) -> String {

@@ -36,6 +36,11 @@ public enum WorkerTasks {
                     tensors.append(WireTensor(name: "traces", dtype: .u8, shape: [json.count], bytes: json))
                 }
                 return (r, tensors)
+            case .stats where spec.hessianBlock > 0:
+                let (out, h) = try cache.compute.layerHessians(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
+                                                               block: Int(spec.hessianBlock) - 1,
+                                                               branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)
+                return (result(out), TaskCoding.encode(h))
             case .stats where spec.ffnGram:
                 let (out, gram) = try cache.compute.ffnGram(model: m, sequences: try TaskCoding.decodeSequences(inputs), seqLen: Int(spec.seqLen),
                                                             branchScale: try TaskCoding.decodeBranchScale(inputs), precision: precision)

@@ -108,6 +108,11 @@ public protocol ComputeBackend: AnyObject {
     /// FFN Gram matrices Σ a aᵀ of every block over `sequences` (for least-squares reconstruction).
     func ffnGram(model: Model, sequences: [[Int]], shards: Int, branchScale: [Float]?, key: WorkKey) throws -> FFNGram
 
+    /// SparseGPT's Hessians XᵀX of the inputs of block `block`'s linear layers over `sequences`,
+    /// added in shard order in Double.
+    func layerHessians(model: Model, sequences: [[Int]], shards: Int, block: Int, branchScale: [Float]?, key: WorkKey) throws
+        -> LayerHessians
+
     /// The model's own greedy chains of thought for `jsonlLines` (one `{"question","answer"}`
     /// record a line): the generated text of each, in order, and how many were right.
     func traces(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws

@@ -79,6 +79,19 @@ public final class LocalBackend: ComputeBackend {
         return total
     }
 
+    public func layerHessians(model: Model, sequences: [[Int]], shards: Int, block: Int, branchScale: [Float]?, key: WorkKey) throws
+        -> LayerHessians {
+        try Shards.check(shards, items: sequences.count, what: "layer Hessians of \(key)")
+        var total = LayerHessians(block: block, config: model.config)
+        let longest = Self.seqLen(sequences)
+        for s in 0..<shards {
+            let (_, h) = try compute.layerHessians(model: model, sequences: Array(sequences[Shards.range(s, of: sequences.count, shards: shards)]),
+                                                   seqLen: longest, block: block, branchScale: branchScale, precision: computed)
+            try total.add(h)
+        }
+        return total
+    }
+
     public func traces(model: Model, jsonlLines: [String], shards: Int, maxNewTokens: Int, batchSize: Int, key: WorkKey) throws
         -> (texts: [String], counts: EvalCounts) {
         try Shards.check(shards, items: jsonlLines.count, what: "traces of \(key)")

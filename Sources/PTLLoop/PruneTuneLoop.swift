@@ -157,23 +157,9 @@ public final class PruneTuneLoop {
         case .onPolicy:
             if let c = roundCalibration, c.round == state.round { return c.sequences }
             guard let tokenizer else { throw LoopError("--calibration on-policy needs the tokenizer") }
-            let t0 = Date()
-            let (texts, counts) = try backend.traces(model: model.foldingBranchScales(scale), jsonlLines: data.calibrationLines,
-                                                     shards: max(settings.shards, 2), maxNewTokens: settings.evalMaxNewTokens,
-                                                     batchSize: settings.evalBatchSize, key: measurementKey())
-            let records = try Corpus.parse(Data(data.calibrationLines.joined(separator: "\n").utf8), source: "calibration records").records
-            guard records.count == texts.count else { throw LoopError("internal: \(texts.count) traces for \(records.count) calibration records") }
-            let template = PromptTemplate.standard
-            let sequences = zip(records, texts).map { r, text -> [Int] in
-                guard case .qa(let q, _) = r else { return [] }
-                var answer = Substring(text)
-                while answer.first == " " { answer = answer.dropFirst() }
-                return encodeLine(template.render(.qa(question: q, answer: String(answer))), tokenizer: tokenizer,
-                                  eos: model.config.eosTokenIds, maxTokens: ShardCompute.maxSequenceLength)
-            }
-            let detail = String(format: "on-policy traces of %d calibration questions (%.1f s, %.1f%% right, %.0f tokens generated on average)",
-                                texts.count, Date().timeIntervalSince(t0), counts.accuracy * 100,
-                                Double(counts.generatedTokens) / Double(max(1, texts.count)))
+            let (sequences, counts, detail) = try OnPolicyCalibration.sequences(
+                model: model.foldingBranchScales(scale), backend: backend, lines: data.calibrationLines, tokenizer: tokenizer,
+                shards: max(settings.shards, 2), maxNewTokens: settings.evalMaxNewTokens, batchSize: settings.evalBatchSize, key: measurementKey())
             logger.info("round \(state.round): \(detail)")
             roundCalibration = (state.round, sequences, detail, counts.accuracy)
             return sequences

@@ -148,6 +148,14 @@ public final class ShardCompute: @unchecked Sendable {
         return (out, p.ffnGram())
     }
 
+    /// SparseGPT's Hessians of block `block`'s linear layers over `sequences`.
+    public func layerHessians(model: Model, sequences: [[Int]], seqLen: Int, block: Int, branchScale: [Float]?,
+                              precision: Precision) throws -> (ShardOutput, LayerHessians) {
+        lock.lock(); defer { lock.unlock() }
+        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
+        return (out, try p.layerHessians(block: block))
+    }
+
     /// Greedy answers to a shard of eval records (JSONL), counted.
     public static func evaluate(model: Model, tokenizer: Tokenizer, jsonl: String, maxNewTokens: Int, batchSize: Int,
                                 precision: Precision) throws -> (EvalCounts, seconds: Double) {

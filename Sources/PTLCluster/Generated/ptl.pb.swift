@@ -432,6 +432,10 @@ public nonisolated struct Ptl_V1_Task: Sendable {
   /// the activation statistics (least-squares reconstruction).
   public var ffnGram: Bool = false
 
+  /// STATS: return block (hessian_block − 1)'s layer Hessians for SparseGPT (F64 tensors
+  /// hessian.attention, hessian.output, hessian.mlp, hessian.down); 0: none.
+  public var hessianBlock: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -843,7 +847,7 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{3}ffn_gram\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{3}ffn_gram\0\u{3}hessian_block\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -862,6 +866,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 12: try { try decoder.decodeSingularFloatField(value: &self.kdTemperature) }()
       case 13: try { try decoder.decodeSingularFloatField(value: &self.kdWeight) }()
       case 14: try { try decoder.decodeSingularBoolField(value: &self.ffnGram) }()
+      case 15: try { try decoder.decodeSingularUInt32Field(value: &self.hessianBlock) }()
       default: break
       }
     }
@@ -901,6 +906,9 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.ffnGram != false {
       try visitor.visitSingularBoolField(value: self.ffnGram, fieldNumber: 14)
     }
+    if self.hessianBlock != 0 {
+      try visitor.visitSingularUInt32Field(value: self.hessianBlock, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -916,6 +924,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.kdTemperature != rhs.kdTemperature {return false}
     if lhs.kdWeight != rhs.kdWeight {return false}
     if lhs.ffnGram != rhs.ffnGram {return false}
+    if lhs.hessianBlock != rhs.hessianBlock {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
