@@ -52,8 +52,9 @@ public struct LayerHessians: Sendable, Equatable {
         for i in down.indices { down[i] += o.down[i] }
     }
 
-    /// XᵀX of the listed rows of `x` (rows of `dim` floats), added into `h` (dim², full).
-    static func accumulate(_ h: inout [Double], x: UnsafePointer<Float>, rows: [Int], dim: Int) {
+    /// XᵀX of the listed rows of `x` (rows of `dim` floats), added into `h` (dim², full), in
+    /// Double through single-threaded OpenBLAS (the same bits on every run).
+    public static func accumulate(_ h: inout [Double], x: UnsafePointer<Float>, rows: [Int], dim: Int) {
         guard !rows.isEmpty else { return }
         var packed = [Double](repeating: 0, count: rows.count * dim)
         for (k, r) in rows.enumerated() { for j in 0..<dim { packed[k * dim + j] = Double(x[r * dim + j]) } }

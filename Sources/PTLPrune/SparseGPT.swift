@@ -50,16 +50,7 @@ public enum SparsityPattern: Sendable, Equatable, CustomStringConvertible {
 public enum SparseGPT {
     /// H = XᵀX (cols × cols, full) of `tokens` input rows of `cols` values, accumulated in Double.
     public static func hessian(inputs: UnsafePointer<Float>, tokens: Int, cols: Int, into h: inout [Double]) {
-        guard tokens > 0 else { return }
-        let x = [Double](unsafeUninitializedCapacity: tokens * cols) { d, n in
-            for i in 0..<(tokens * cols) { d[i] = Double(inputs[i]) }
-            n = tokens * cols
-        }
-        h.withUnsafeMutableBufferPointer { g in
-            ComputeThreads.pinBLAS()
-            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(cols), Int32(tokens), 1, x, Int32(cols), 1, g.baseAddress!, Int32(cols))
-            for i in 0..<cols { for j in 0..<i { g[i * cols + j] = g[j * cols + i] } }
-        }
+        LayerHessians.accumulate(&h, x: inputs, rows: Array(0..<max(0, tokens)), dim: cols)
     }
 
     /// Prunes `weights` (rows × cols, row-major) in place; returns the mask (true = zeroed;

@@ -32,6 +32,8 @@ struct Sparsify: ParsableCommand {
     var percdamp: Double = 0.01
     @Option(help: "Columns per SparseGPT lazy batch update (a multiple of m for n:m).")
     var sparseBlockSize: Int = 128
+    @Option(help: "Calibration token budget: sequences are taken in order until it is spent (RAC calibrates on long traces; 0: every calibration line).")
+    var calibrationTokens: Int = 0
     @Option(help: "Output directory.")
     var out: String = "out/sparse"
     @Option(help: "Compute threads (default: all cores).")
@@ -42,6 +44,7 @@ struct Sparsify: ParsableCommand {
         if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
         if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+        if calibrationTokens < 0 { throw ValidationError("--calibration-tokens must be ≥ 0") }
     }
 
     struct Measure: Codable {
@@ -78,7 +81,7 @@ struct Sparsify: ParsableCommand {
         func measure(_ what: String) throws -> Measure {
             let counts = try backend.evaluate(model: model, jsonlLines: d.evalLines, shards: 1, maxNewTokens: settings.evalMaxNewTokens,
                                               batchSize: settings.evalBatchSize, key: WorkKey(run: "sparsify"))
-            let loss = try backend.statistics(model: model, sequences: d.heldOut, shards: 1, branchScale: nil, key: WorkKey(run: "sparsify")).loss
+            let loss = try backend.statistics(model: model, sequences: d.heldOut, shards: settings.shards, branchScale: nil, key: WorkKey(run: "sparsify")).loss
             let m = Measure(accuracy: counts.accuracy, meanGeneratedTokens: Double(counts.generatedTokens) / Double(max(1, counts.total)),
                             heldOutLoss: loss, problems: counts.total)
             logger.info("\(String(format: "%@: accuracy %.1f%% of %d, %.1f generated tokens per answer, held-out loss %.4f", what, m.accuracy * 100, m.problems, m.meanGeneratedTokens, m.heldOutLoss))")
@@ -86,7 +89,7 @@ struct Sparsify: ParsableCommand {
         }
         let before = try measure("dense")
         let t0 = Date()
-        let sequences: [[Int]]
+        var sequences: [[Int]]
         switch settings.calibration {
         case .dataset: sequences = d.calibration
         case .prompts: sequences = d.calibrationPrompts
@@ -97,9 +100,16 @@ struct Sparsify: ParsableCommand {
             logger.info("\(detail)")
             sequences = s
         }
+        if calibrationTokens > 0 {
+            var spent = 0
+            sequences = Array(sequences.prefix { s in defer { spent += max(0, s.count - 1) }; return spent < calibrationTokens })
+        }
+        guard sequences.count >= settings.shards else {
+            throw ValidationError("\(sequences.count) calibration sequences cannot fill \(settings.shards) shards: raise --calibration-lines or --calibration-tokens, or lower --shards")
+        }
         let tokens = sequences.reduce(0) { $0 + max(0, $1.count - 1) }
         logger.info("calibration: \(settings.calibration.rawValue), \(sequences.count) sequences, \(tokens) tokens; SparseGPT \(pattern)")
-        let layers = try SparsePruning.run(model: model, backend: backend, sequences: sequences, shards: 1, pattern: pattern,
+        let layers = try SparsePruning.run(model: model, backend: backend, sequences: sequences, shards: settings.shards, pattern: pattern,
                                            blockSize: sparseBlockSize, percentDamp: percdamp, run: "sparsify") { logger.info("\($0)") }
         let seconds = Date().timeIntervalSince(t0)
         let after = try measure("pruned")
