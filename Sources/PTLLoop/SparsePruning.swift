@@ -47,7 +47,12 @@ public enum SparsePruning {
         var layers: [Layer] = []
         for b in 0..<c.numHiddenLayers {
             let t0 = Date()
-            let h = try backend.layerHessians(model: model, sequences: sequences, shards: shards, block: b, branchScale: nil,
+            // Blocks after b do not change b's inputs: measure on the model cut after block b.
+            let L = c.numHiddenLayers
+            let prefix = b + 1 < L
+                ? try Surgery(config: c, removeNeurons: [[Int]](repeating: [], count: L), removeLayers: Set((b + 1)..<L)).apply(model: model)
+                : model
+            let h = try backend.layerHessians(model: prefix, sequences: sequences, shards: shards, block: b, branchScale: nil,
                                               key: WorkKey(run: run, round: 0, measurement: UInt64(b + 1)))
             let o = model.layout.layers[b]
             let linears: [(String, Int, Int, Int, [Double])] = [
