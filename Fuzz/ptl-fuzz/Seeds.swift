@@ -52,6 +52,7 @@ enum Seeds {
             ("result-grad", WireMessage(envelope: result, tensors: [WireTensor(name: "grad", shape: [4], floats: [0.1, -0.2, 0.3, 0])])),
             ("result-stats", WireMessage(envelope: result, tensors: TaskCoding.encode(stats))),
             ("result-gram", WireMessage(envelope: result, tensors: TaskCoding.encode(gram))),
+            ("result-hessians", WireMessage(envelope: result, tensors: TaskCoding.encode(LayerHessians(block: 1, config: fuzzConfig)))),
         ]
         for (name, m) in messages { try put(.wire, name, joined(try Wire.encode(m))) }
 

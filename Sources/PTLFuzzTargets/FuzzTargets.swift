@@ -76,6 +76,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 _ = try? TaskCoding.decodeStatistics(m, layers: layers, intermediate: intermediate)
                 _ = try? TaskCoding.decodeGram(m, layers: layers, intermediate: intermediate)
             }
+            _ = try? TaskCoding.decodeHessians(m, block: 1, config: fuzzConfig)
             return true
         case .delta:
             // A model update applied to weights of a size the first two bytes choose.
