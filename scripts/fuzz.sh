@@ -16,7 +16,12 @@ BIN=.build-fuzz/debug/ptl-fuzz
 
 build() {
     echo "building the fuzzer (.build-fuzz)…" >&2
-    PTL_FUZZ=1 swift build --scratch-path .build-fuzz --sanitize fuzzer --sanitize address --product ptl-fuzz 2>&1 | grep -E "error|warning: var|Build" >&2 || true
+    # SwiftPM passes -sanitize=fuzzer and -sanitize=address to swiftc as two flags, and the
+    # last one wins (in set order): the Swift modules got ASan or coverage, not both. The
+    # combined flag, passed last, gives both (its --sanitize flags still link libFuzzer and
+    # instrument the C targets).
+    PTL_FUZZ=1 swift build --scratch-path .build-fuzz --sanitize fuzzer --sanitize address -Xswiftc -sanitize=fuzzer,address \
+        --product ptl-fuzz 2>&1 | grep -E "error|warning: var|Build" >&2 || true
     [[ -x $BIN ]] || { echo "fuzz.sh: the build failed" >&2; exit 1; }
 }
 
