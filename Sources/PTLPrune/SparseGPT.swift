@@ -96,7 +96,10 @@ public enum SparseGPT {
         let maxBlock = min(blockSize, cols)
         var w1 = [Double](repeating: 0, count: rows * maxBlock), q1 = w1, err1 = w1
         var blockMask = [Bool](repeating: false, count: rows * maxBlock)
-        var scores = [Double](repeating: 0, count: rows * maxBlock)
+        var scores = [Double](repeating: 0, count: rows * maxBlock), sorted = scores
+        var groupSize = 0
+        if case .nOfM(_, let m) = pattern { groupSize = m }
+        var group = [(Double, Int)](repeating: (0, 0), count: groupSize)
         var i1 = 0
         while i1 < cols {
             let i2 = min(i1 + blockSize, cols), count = i2 - i1
@@ -110,18 +113,29 @@ public enum SparseGPT {
                     }
                 }
                 let k = Int(Double(rows * count) * f)
-                let threshold = scores[0..<(rows * count)].sorted()[k]
+                let threshold = scores.withUnsafeBufferPointer { all in
+                    sorted.withUnsafeMutableBufferPointer { out in
+                        var part = UnsafeMutableBufferPointer(rebasing: out[0..<(rows * count)])
+                        _ = part.initialize(from: UnsafeBufferPointer(rebasing: all[0..<(rows * count)]))
+                        part.sort()
+                        return part[k]
+                    }
+                }
                 for i in 0..<(rows * count) { blockMask[i] = scores[i] <= threshold }
             }
             for i in 0..<count {
                 if case .nOfM(let n, let m) = pattern, i % m == 0 {
                     for r in 0..<rows {
-                        var s = (0..<m).map { j -> (Double, Int) in
+                        // The n smallest saliencies of the group (ties to the lower column):
+                        // an insertion sort of m ≤ 64 pairs in a buffer allocated once.
+                        for j in 0..<m {
                             let d = u[(i1 + i + j) * cols + i1 + i + j], x = w1[r * count + i + j]
-                            return ((x * x) / (d * d), j)
+                            var p = j
+                            let v = (x * x) / (d * d)
+                            while p > 0 && group[p - 1].0 > v { group[p] = group[p - 1]; p -= 1 }
+                            group[p] = (v, j)
                         }
-                        s.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
-                        for (_, j) in s.prefix(n) { blockMask[r * count + i + j] = true }
+                        for g in 0..<n { blockMask[r * count + i + group[g].1] = true }
                     }
                 }
                 let d = u[(i1 + i) * cols + i1 + i]
