@@ -32,6 +32,11 @@ extension ReconstructKind: ExpressibleByArgument {}
 extension CalibrationKind: ExpressibleByArgument {}
 extension DamageMeasure: ExpressibleByArgument {}
 
+/// What a round removes: neurons and blocks (a smaller dense model), or weights (SparseGPT).
+public enum PruneKind: String, Codable, Sendable, CaseIterable, ExpressibleByArgument {
+    case structured, sparse
+}
+
 /// The loop's options, shared by `ptl prune`, `ptl-coordinator` and `ptl compare`.
 public struct LoopOptions: ParsableArguments {
     public init() {}
@@ -41,6 +46,18 @@ public struct LoopOptions: ParsableArguments {
 
     @Option(help: "Fraction of the original parameters to end at or below.")
     public var targetParams: Double = 0.5
+
+    @Option(help: "structured: rounds remove FFN neurons and blocks (the model gets smaller and faster); sparse: rounds raise every linear layer's sparsity with SparseGPT (RAC's reconstruction, calibrated as --calibration says) up to --sparsity, PTL by --step a round (n:m one weight of every m a round), and tuning keeps the pruned weights at zero (same shape, same speed).")
+    public var prune: PruneKind = .structured
+
+    @Option(help: "With --prune sparse (and ptl sparsify): a fraction of every linear layer's weights (0.5), or n:m (2:4, 4:8).")
+    public var sparsity: String = "0.5"
+
+    @Option(help: "SparseGPT's damping: this fraction of the mean of diag(H) is added to its diagonal.")
+    public var percdamp: Double = 0.01
+
+    @Option(help: "Columns per SparseGPT lazy batch update (a multiple of m for n:m).")
+    public var sparseBlockSize: Int = 128
 
     @Option(help: "Blocks PTL and Prune-Once delete (the FFN width shrinks until the target is met).")
     public var removeLayers: Int = 1
@@ -146,6 +163,9 @@ public struct LoopOptions: ParsableArguments {
         if !(kdWeight > 0 && kdWeight <= 1) { throw ValidationError("--kd-weight must be in (0, 1]") }
         if !(finalReserve >= 0 && finalReserve < 1) { throw ValidationError("--final-reserve must be in [0, 1)") }
         if !(reconstructDamping >= 0 && reconstructDamping <= 1e6) { throw ValidationError("--reconstruct-damping must be in [0, 1e6]") }
+        do { _ = try SparsityPattern(parsing: sparsity) } catch { throw ValidationError("--\(error)") }
+        if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
+        if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
     }
 
     /// The loop's settings: built here and nowhere else.
@@ -183,6 +203,7 @@ public struct LoopOptions: ParsableArguments {
         ls.calibration = calibration
         ls.damage = damage
         ls.finalReserve = finalReserve
+        if prune == .sparse { ls.sparse = SparseSettings(sparsity: sparsity, percentDamp: percdamp, blockSize: sparseBlockSize) }
         return ls
     }
 }

@@ -75,8 +75,24 @@ public enum Safetensors {
     /// Written to a temporary file beside `path`, then renamed.
     public static func write(_ tensors: [(name: String, tensor: TensorF32)], to path: String,
                              dtype: SafetensorsDType = .f32, metadata: [String: String] = [:]) throws {
-        guard dtype == .f32 || dtype == .bf16 else {
-            throw SafetensorsError(.unsupportedDType, "\(path): writing \(dtype.rawValue) is not supported (F32 or BF16)")
+        let file = try encode(tensors, dtype: dtype, metadata: metadata, path: path)
+        let url = URL(fileURLWithPath: path)
+        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        do {
+            try file.write(to: temp)
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(at: temp, to: url)
+        } catch {
+            try? FileManager.default.removeItem(at: temp)
+            throw SafetensorsError(.unreadableFile, "\(path): cannot write (\(error.localizedDescription))")
+        }
+    }
+
+    /// The bytes `write` puts in a file: F32, BF16, or BOOL (a value is true when it is not 0).
+    public static func encode(_ tensors: [(name: String, tensor: TensorF32)], dtype: SafetensorsDType = .f32,
+                              metadata: [String: String] = [:], path: String = "safetensors") throws -> Data {
+        guard dtype == .f32 || dtype == .bf16 || dtype == .bool else {
+            throw SafetensorsError(.unsupportedDType, "\(path): writing \(dtype.rawValue) is not supported (F32, BF16 or BOOL)")
         }
         var seen = Set<String>()
         var offset = 0
@@ -107,6 +123,9 @@ public enum Safetensors {
                 t.values.withUnsafeBufferPointer { src in
                     if dtype == .f32 {
                         p.copyMemory(from: src.baseAddress!, byteCount: t.count * 4)
+                    } else if dtype == .bool {
+                        let dst = p.bindMemory(to: UInt8.self, capacity: t.count)
+                        for i in 0..<t.count { dst[i] = src[i] != 0 ? 1 : 0 }
                     } else {
                         let dst = p.bindMemory(to: UInt16.self, capacity: t.count)
                         for i in 0..<t.count { dst[i] = bfloat16Bits(src[i]) }
@@ -115,16 +134,7 @@ public enum Safetensors {
                 p += t.count * dtype.size
             }
         }
-        let url = URL(fileURLWithPath: path)
-        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        do {
-            try Data(file).write(to: temp)
-            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-            try FileManager.default.moveItem(at: temp, to: url)
-        } catch {
-            try? FileManager.default.removeItem(at: temp)
-            throw SafetensorsError(.unreadableFile, "\(path): cannot write (\(error.localizedDescription))")
-        }
+        return Data(file)
     }
 
     // MARK: - Decoding
@@ -238,6 +248,9 @@ public enum Safetensors {
                 for i in 0..<n { d[i] = Float(src.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)) }
             case .i32:
                 for i in 0..<n { d[i] = Float(src.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+            case .bool:
+                // torch writes 0 or 1; any other byte reads as 2 so a checking caller sees it.
+                for i in 0..<n { let b = src.load(fromByteOffset: i, as: UInt8.self); d[i] = b == 0 ? 0 : b == 1 ? 1 : 2 }
             }
             count = n
         }

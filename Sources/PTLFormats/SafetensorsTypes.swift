@@ -14,10 +14,11 @@ public struct TensorF32: Sendable, Equatable {
 
 /// Element types of safetensors files.
 public enum SafetensorsDType: String, Sendable, CaseIterable {
-    case f32 = "F32", f16 = "F16", bf16 = "BF16", f64 = "F64", i64 = "I64", i32 = "I32"
+    case f32 = "F32", f16 = "F16", bf16 = "BF16", f64 = "F64", i64 = "I64", i32 = "I32", bool = "BOOL"
     /// Bytes per element.
     public var size: Int {
         switch self {
+        case .bool: return 1
         case .f32, .i32: return 4
         case .f16, .bf16: return 2
         case .f64, .i64: return 8

@@ -1,4 +1,5 @@
 import Foundation
+import PTLModel
 import PTLPrune
 import PTLTensor
 
@@ -32,6 +33,21 @@ public enum CalibrationKind: String, Codable, Sendable, CaseIterable {
 /// error rate on a probe set (held-out questions answered greedily — what the loop is for: one
 /// wrong digit fails a multi-step answer while barely moving the loss).
 public enum DamageMeasure: String, Codable, Sendable, CaseIterable { case loss, probe }
+
+/// `--prune sparse`: the loop raises every linear layer's sparsity round by round with SparseGPT
+/// (RAC's reconstruction, calibrated as `--calibration` says) instead of removing neurons and
+/// blocks; tuning keeps the pruned weights at zero.
+public struct SparseSettings: Codable, Sendable, Equatable {
+    /// The final pattern: a fraction ("0.5") or n:m ("2:4").
+    public var sparsity: String
+    /// SparseGPT's damping: this fraction of mean(diag H) added to the diagonal.
+    public var percentDamp = 0.01
+    /// Columns per SparseGPT lazy batch update.
+    public var blockSize = 128
+    public init(sparsity: String, percentDamp: Double = 0.01, blockSize: Int = 128) {
+        self.sparsity = sparsity; self.percentDamp = percentDamp; self.blockSize = blockSize
+    }
+}
 
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
 public struct LoopSettings: Codable, Sendable, Equatable {
@@ -86,7 +102,18 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var damage: DamageMeasure = .loss
     /// With the damage budget: the fraction of the total tune steps kept for the final round.
     public var finalReserve = 0.0
+    /// Set: the loop prunes weights (SparseGPT) instead of neurons and blocks.
+    public var sparse: SparseSettings?
     public init() {}
+
+    /// The rounds these settings give for a model of `config` with `method`.
+    public func plan(config: ModelConfig, method: PruneMethod) throws -> PrunePlan {
+        if let sparse {
+            return try PrunePlan.sparse(config: config, method: method, target: try SparsityPattern(parsing: sparse.sparsity), step: step)
+        }
+        return try PrunePlan.make(config: config, method: method, target: target, removeLayers: removeLayers, step: step,
+                                  widthMultiple: widthMultiple, layersPerRound: layersPerRound, order: order)
+    }
 
     /// What the tune phase asks of the backend's gradients: nil for cross-entropy.
     public var distillationWeights: (temperature: Float, kdWeight: Float)? {

@@ -29,6 +29,10 @@ public struct PhaseRow: Codable, Sendable, Equatable {
     public var tuneSteps: Int?
     public var seconds: Double
     public var detail: String?
+    /// Eval rows: mean tokens generated per answer (RAC: a badly pruned reasoner thinks longer).
+    public var meanGeneratedTokens: Double?
+    /// `--prune sparse`: the fraction of the linear layers' weights pruned (exact zeros).
+    public var linearZeros: Double?
 }
 
 /// What a round removed, with the scores that chose it.
@@ -86,6 +90,8 @@ struct LoopState: Codable, Sendable {
     var lossBefore = 0.0
     var neuronDamagePerNeuron: Double?
     var layerDamagePerLayer: Double?
+    /// `--prune sparse`: held-out damage per unit of sparsity added, as the last round measured.
+    var sparseDamagePerUnit: Double?
     var tuneLossSum = 0.0
     var tuneSeconds = 0.0
     var workerSeconds = 0.0
@@ -110,11 +116,7 @@ extension LoopState {
 
     func check(source: String, start: ModelConfig, current: ModelConfig) throws {
         func bad(_ what: String) -> LoopError { LoopError("\(source): \(what); pass --fresh to start over") }
-        func makePlan(_ method: PruneMethod) throws -> PrunePlan {
-            try PrunePlan.make(config: start, method: method, target: settings.target, removeLayers: settings.removeLayers,
-                               step: settings.step, widthMultiple: settings.widthMultiple,
-                               layersPerRound: settings.layersPerRound, order: settings.order)
-        }
+        func makePlan(_ method: PruneMethod) throws -> PrunePlan { try settings.plan(config: start, method: method) }
         let expected: PrunePlan
         do { expected = try makePlan(settings.method) } catch { throw bad("its settings give no plan for this model (\(error))") }
         guard plan == expected else { throw bad("its prune plan is not the one its settings give for this model") }

@@ -26,6 +26,7 @@ extension PruneTuneLoop {
         for j in r..<R {
             let p = state.plan.rounds[j], rr = j + 1
             var e = annealShare(round: rr)
+            if p.sparsity != nil { e += (state.sparseDamagePerUnit ?? 0) * (try sparseIncrement(round: rr)) }
             if p.neurons > 0 {
                 if state.neuronDamagePerNeuron == nil {
                     state.neuronDamagePerNeuron = try trialNeuronDamage(p.neurons, from: currentLoss) / Double(p.neurons)

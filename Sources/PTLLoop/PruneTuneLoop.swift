@@ -29,6 +29,9 @@ public final class PruneTuneLoop {
     let tokenizer: Tokenizer?
     /// The calibration sequences of a round (on-policy traces are generated once per round).
     var roundCalibration: (round: Int, sequences: [[Int]], detail: String, accuracy: Double)?
+    /// `--prune sparse`: every linear layer's mask (true = pruned, kept at zero), in
+    /// `SparsePruning.linears` order; empty before the first sparse round.
+    var masks: [SparsePruning.Layer] = []
     /// Progress: (round, rounds, phase, fraction of the phase done).
     public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
     public var run = "ptl"
@@ -55,6 +58,7 @@ public final class PruneTuneLoop {
             throw LoopError("--damage probe answers held-out questions (never the calibration ones, which reconstruction fits): the held-out records need a question and an answer")
         }
         guard settings.finalReserve >= 0 && settings.finalReserve < 1 else { throw LoopError("--final-reserve must be in [0, 1)") }
+        if let sp = settings.sparse { try Self.check(sparse: sp, config: start.config) }
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
         if let (t, w) = settings.distillationWeights {
@@ -92,12 +96,24 @@ public final class PruneTuneLoop {
                 throw LoopError("\(out)/checkpoint was written by a run with other settings; pass --fresh to start over, or the same options to resume")
             }
             state = s
-        } else {
-            func plan(_ method: PruneMethod) throws -> PrunePlan {
-                try PrunePlan.make(config: start.config, method: method, target: settings.target, removeLayers: settings.removeLayers,
-                                   step: settings.step, widthMultiple: settings.widthMultiple,
-                                   layersPerRound: settings.layersPerRound, order: settings.order)
+            // The masks of the sparse rounds done so far (checked against the model; the
+            // manifest's CRC has already caught a damaged file).
+            let maskFile = (found as NSString).appendingPathComponent("masks.safetensors")
+            let sparseRoundsDone = settings.sparse == nil ? 0 : s.stage == .original ? 0 : s.stage == .prune ? s.round - 1 : s.round
+            if sparseRoundsDone > 0 {
+                guard FileManager.default.fileExists(atPath: maskFile) else {
+                    throw LoopError("\(found): \(sparseRoundsDone) sparse round(s) done but no masks.safetensors; pass --fresh to start over")
+                }
+                masks = try SparseMasks.read(path: maskFile, model: model)
+                for l in masks {
+                    let w = model.parameters.at(l.offset)
+                    guard l.mask.indices.allSatisfy({ !l.mask[$0] || w[$0] == 0 }) else {
+                        throw LoopError("\(maskFile): \(l.name) has a nonzero weight where its mask says pruned; pass --fresh to start over")
+                    }
+                }
             }
+        } else {
+            func plan(_ method: PruneMethod) throws -> PrunePlan { try settings.plan(config: start.config, method: method) }
             model = Model(config: start.config, parameters: FloatBuffer(start.parameters.array()))
             optimizer = AdamW(layout: model.layout, settings: adam)
             // Every method gets the PTL plan's total tune budget.
@@ -119,7 +135,7 @@ public final class PruneTuneLoop {
             if stop() { try checkpoint(); return false }
             switch state.stage {
             case .original: try measureOriginal()
-            case .prune: try prune()
+            case .prune: if settings.sparse != nil { try pruneSparse() } else { try prune() }
             case .tune: if try !tune(stop: stop) { return false }
             case .eval: try evaluate()
             case .done: break
@@ -167,21 +183,27 @@ public final class PruneTuneLoop {
     }
 
     func row(_ phase: LoopPhase, seconds: Double, accuracy: Double? = nil, loss: Double? = nil, tps: Double? = nil,
-             steps: Int? = nil, detail: String? = nil) -> PhaseRow {
+             steps: Int? = nil, meanTokens: Double? = nil, detail: String? = nil) -> PhaseRow {
         let c = model.config, cost = ModelCost(config: c)
-        return PhaseRow(round: state.round, phase: phase, layers: c.numHiddenLayers, intermediate: c.intermediateSize,
-                        params: cost.parameters, paramsFraction: Double(cost.parameters) / Double(original.parameters),
-                        flopsPerToken: cost.forwardFlopsPerToken(context: decodeContext), accuracy: accuracy, loss: loss, decodeTokensPerSecond: tps,
-                        tuneSteps: steps, seconds: seconds, detail: detail)
+        var r = PhaseRow(round: state.round, phase: phase, layers: c.numHiddenLayers, intermediate: c.intermediateSize,
+                         params: cost.parameters, paramsFraction: Double(cost.parameters) / Double(original.parameters),
+                         flopsPerToken: cost.forwardFlopsPerToken(context: decodeContext), accuracy: accuracy, loss: loss, decodeTokensPerSecond: tps,
+                         tuneSteps: steps, seconds: seconds, detail: detail)
+        r.meanGeneratedTokens = meanTokens
+        if settings.sparse != nil {
+            let (z, n) = SparseMasks.count(masks)
+            r.linearZeros = n > 0 ? Double(z) / Double(n) : 0
+        }
+        return r
     }
 
     func measureOriginal() throws {
         progress(0, rounds, LoopPhase.eval.rawValue, 0)
         let t0 = Date()
         state.lossBefore = try heldOutLoss(model, scale: nil)
-        let (acc, tps) = try accuracyAndSpeed(model)
+        let (acc, tps, tokens) = try accuracyAndSpeed(model)
         state.rows.append(row(.eval, seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps,
-                              detail: "original"))
+                              meanTokens: tokens, detail: "original"))
         logger.info("\(String(format: "round 0 (original): accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s", acc * 100, state.lossBefore, tps))",
                     metadata: ["round": "0", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore), "tokens_per_second": .stringConvertible(tps)])
         state.round = 1
@@ -193,7 +215,7 @@ public final class PruneTuneLoop {
     /// `roundEvalCount` problems in between) and decode speed. The final model's speed is measured
     /// interleaved with the original's, and the original's round-0 figure is replaced by that
     /// measurement, so the speed-up compares like with like on a noisy machine.
-    func accuracyAndSpeed(_ m: Model) throws -> (Double, Double) {
+    func accuracyAndSpeed(_ m: Model) throws -> (accuracy: Double, tokensPerSecond: Double, meanGeneratedTokens: Double) {
         let folded = m.foldingBranchScales(scale)
         let full = state.round == 0 || state.round == rounds
         let lines = full ? data.evalLines : Array(data.evalLines.prefix(settings.roundEvalCount))
@@ -210,7 +232,7 @@ public final class PruneTuneLoop {
             state.rows[i].detail = "original; decode speed re-measured beside the final model"
             tps = b.max()!
         }
-        return (r.accuracy, tps)
+        return (r.accuracy, tps, Double(r.generatedTokens) / Double(max(1, r.total)))
     }
 
     func tune(stop: () -> Bool) throws -> Bool {
@@ -225,7 +247,11 @@ public final class PruneTuneLoop {
             let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
             let res = try backend.gradients(model: model, batch: batch, shards: s.shards, branchScale: a.allSatisfy { $0 == 1 } ? nil : a,
                                             key: WorkKey(run: run, round: r, step: state.stepsUsed), into: grads)
+            // Pruned weights stay exactly zero: their gradients are zeroed before clipping (so the
+            // norm is that of the weights that train), and the weights again after the step.
+            if !masks.isEmpty { SparseMasks.zero(masks, in: grads) }
             OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: schedule.rate(at: i), clip: s.clip)
+            if !masks.isEmpty { SparseMasks.zero(masks, in: model.parameters); model.parametersChanged() }
             state.alpha = a
             state.stepInRound += 1
             state.stepsUsed += 1
@@ -254,8 +280,8 @@ public final class PruneTuneLoop {
         progress(r, rounds, LoopPhase.eval.rawValue, 0)
         let t0 = Date()
         state.lossBefore = try heldOutLoss(model, scale: scale)
-        let (acc, tps) = try accuracyAndSpeed(model)
-        state.rows.append(row(.eval, seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps))
+        let (acc, tps, tokens) = try accuracyAndSpeed(model)
+        state.rows.append(row(.eval, seconds: Date().timeIntervalSince(t0), accuracy: acc, loss: state.lossBefore, tps: tps, meanTokens: tokens))
         logger.info("\(String(format: "round %d/%d: accuracy %.1f%%, held-out loss %.4f, %.0f tokens/s, %.1f%% of the parameters", r, rounds, acc * 100, state.lossBefore, tps, 100 * Double(model.parameterCount) / Double(original.parameters)))",
                     metadata: ["round": "\(r)", "accuracy": .stringConvertible(acc), "heldout_loss": .stringConvertible(state.lossBefore),
                                "tokens_per_second": .stringConvertible(tps), "parameters": "\(model.parameterCount)"])
@@ -263,13 +289,31 @@ public final class PruneTuneLoop {
         try HFModel.save(model.foldingBranchScales(scale), to: roundDir, copyFrom: tokenizerSource)
         if r == rounds {
             guard scale == nil else { throw LoopError("internal: branch scales left at the end of the run: \(state.alpha)") }
-            try HFModel.save(model, to: (out as NSString).appendingPathComponent("final"), copyFrom: tokenizerSource)
+            let final = (out as NSString).appendingPathComponent("final")
+            try HFModel.save(model, to: final, copyFrom: tokenizerSource)
+            if !masks.isEmpty {
+                try SparseMasks.encode(masks, metadata: ["sparsity": settings.sparse?.sparsity ?? ""])
+                    .write(to: URL(fileURLWithPath: (final as NSString).appendingPathComponent("masks.safetensors")), options: .atomic)
+            }
             state.stage = .done
         } else {
             state.round += 1
             state.stage = .prune
         }
         try checkpoint()
+    }
+
+    /// The checks `--prune sparse` needs before any work: the pattern parses, n:m divides every
+    /// linear layer's inputs and the SparseGPT block size, the damping and block size are sane.
+    static func check(sparse sp: SparseSettings, config c: ModelConfig) throws {
+        let pattern = try SparsityPattern(parsing: sp.sparsity)
+        guard sp.percentDamp.isFinite, sp.percentDamp >= 0, sp.percentDamp <= 1 else { throw LoopError("--percdamp must be between 0 and 1") }
+        guard sp.blockSize >= 1, sp.blockSize <= 65536 else { throw LoopError("--sparse-block-size must be between 1 and 65536") }
+        if case .nOfM(_, let m) = pattern {
+            for (what, d) in [("hidden size", c.hiddenSize), ("attention width", c.qDim), ("FFN width", c.intermediateSize), ("--sparse-block-size", sp.blockSize)] where d % m != 0 {
+                throw LoopError("--sparsity \(pattern): the \(what) \(d) is not a multiple of \(m)")
+            }
+        }
     }
 
     // MARK: - Durable state
@@ -279,9 +323,11 @@ public final class PruneTuneLoop {
         let loop = try JSONEncoder().encode(state)
         try Checkpoint.save(model: model, optimizer: optimizer,
                             state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
-                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: ["loop.json": loop])
+                            to: checkpointDir, copyTokenizerFrom: tokenizerSource,
+                            extraFiles: ["loop.json": loop].merging(masks.isEmpty ? [:] : ["masks.safetensors": try SparseMasks.encode(masks)]) { a, _ in a })
         guard report else { return }
         try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
-                             original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out)
+                             original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out,
+                             layerZeros: masks.map { ($0.name, Double($0.zeros) / Double(max(1, $0.mask.count))) })
     }
 }

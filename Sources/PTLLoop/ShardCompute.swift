@@ -99,7 +99,7 @@ public final class ShardCompute: @unchecked Sendable {
     }
 
     func forward(model: Model, sequences: [[Int]], seqLen: Int, branchScale: [Float]?, precision: Precision,
-                 teacher: Teacher? = nil) throws -> (TrainingPass, ShardOutput) {
+                 teacher: Teacher? = nil, stopAfterBlock: Int? = nil) throws -> (TrainingPass, ShardOutput) {
         try Self.validate(sequences, model: model, seqLen: seqLen)
         try Self.validate(branchScale: branchScale, model: model)
         try teacher?.check(student: model)
@@ -113,6 +113,7 @@ public final class ShardCompute: @unchecked Sendable {
         p.branchScale = branchScale
         p.precision = precision
         p.distillation = distillation
+        p.stopAfterBlock = stopAfterBlock
         let (sum, count) = p.forward(tokens: batch.tokens, targets: batch.targets)
         return (p, ShardOutput(lossSum: sum, tokens: count, examples: sequences.count, seconds: Date().timeIntervalSince(t0)))
     }
@@ -152,7 +153,12 @@ public final class ShardCompute: @unchecked Sendable {
     public func layerHessians(model: Model, sequences: [[Int]], seqLen: Int, block: Int, branchScale: [Float]?,
                               precision: Precision) throws -> (ShardOutput, LayerHessians) {
         lock.lock(); defer { lock.unlock() }
-        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision)
+        guard block >= 0, block < model.config.numHiddenLayers else {
+            throw LoopError("layer Hessians: block \(block) of a \(model.config.numHiddenLayers)-block model")
+        }
+        // Blocks after `block` do not change its inputs: the pass stops after it (no logits).
+        let (p, out) = try forward(model: model, sequences: sequences, seqLen: seqLen, branchScale: branchScale, precision: precision,
+                                   stopAfterBlock: block)
         return (out, try p.layerHessians(block: block))
     }
 

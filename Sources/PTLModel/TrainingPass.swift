@@ -65,6 +65,11 @@ public final class TrainingPass: @unchecked Sendable {
     /// the current (batch, seq) like `logits`; nil is plain next-token cross-entropy.
     public var distillation: Distillation? = nil
 
+    /// When set, `forward` runs blocks 0…this only and stops: no final norm, logits or loss
+    /// (it returns a zero sum over the scored targets). SparseGPT's Hessians of one block need
+    /// nothing after it — on SmolLM2 the logits alone cost about eight blocks.
+    public var stopAfterBlock: Int? = nil
+
     public convenience init(model: Model, batch: Int, seq: Int) {
         self.init(model: model, capacity: (batch, seq))
     }
@@ -145,7 +150,8 @@ public final class TrainingPass: @unchecked Sendable {
             embeddingForward(resid.pointer, tok.baseAddress!, P.at(model.layout.embedding), rows: N, dim: H)
             }
         }
-        for l in 0..<c.numHiddenLayers {
+        let blocks = stopAfterBlock.map { min(c.numHiddenLayers, max(0, $0 + 1)) } ?? c.numHiddenLayers
+        for l in 0..<blocks {
             let o = model.layout.layers[l]
             let alpha = branchScale?[l] ?? 1
             let x = resid.at(l * N * H)
@@ -199,6 +205,9 @@ public final class TrainingPass: @unchecked Sendable {
             OpProfiler.time("add") {
             addForward(resid.at((l + 1) * N * H), midl, tmp.pointer, count: N * H)
             }
+        }
+        if stopAfterBlock != nil {
+            return (0, targets.lazy.filter { $0 >= 0 }.count)
         }
         let last = resid.at(c.numHiddenLayers * N * H)
         OpProfiler.time("rmsnorm.fwd") {

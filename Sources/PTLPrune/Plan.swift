@@ -31,7 +31,10 @@ public struct RoundPlan: Codable, Sendable, Equatable {
     public var neurons: Int
     /// Blocks removed this round.
     public var layers: Int
-    public init(neurons: Int, layers: Int) { self.neurons = neurons; self.layers = layers }
+    /// With `--prune sparse`: the sparsity pattern every linear layer has after this round
+    /// ("0.3", "2:4"); the masks only grow from round to round.
+    public var sparsity: String?
+    public init(neurons: Int, layers: Int, sparsity: String? = nil) { self.neurons = neurons; self.layers = layers; self.sparsity = sparsity }
 }
 
 /// The rounds of a run, fixed at its start from the original shape and the target.
@@ -116,6 +119,41 @@ public struct PrunePlan: Codable, Sendable, Equatable {
         var p = final
         p.rounds = rounds
         return p
+    }
+}
+
+extension PrunePlan {
+    /// The rounds of `--prune sparse`: no block or neuron leaves; every linear layer's sparsity
+    /// rises to `target`. PTL: unstructured by `step` a round (0.1, 0.2, … 0.5), n:m one more
+    /// weight of every m a round (1:4, 2:4); Prune-Once: all of it in round 1.
+    public static func sparse(config: ModelConfig, method: PruneMethod, target: SparsityPattern, step: Double) throws -> PrunePlan {
+        let original = ParameterLayout(config: config).count
+        var plan = PrunePlan(rounds: [], finalLayers: config.numHiddenLayers, finalIntermediate: config.intermediateSize,
+                             finalParameters: original, originalParameters: original)
+        switch method {
+        case .shortgpt: throw ModelError("ShortGPT deletes blocks; --prune sparse runs with --method ptl or prune-once")
+        case .pruneOnce: plan.rounds = [RoundPlan(neurons: 0, layers: 0, sparsity: "\(target)")]
+        case .ptl:
+            switch target {
+            case .unstructured(let f):
+                guard f > 0 else { throw ModelError("--sparsity \(f): the loop needs a sparsity above 0") }
+                guard step > 0, step < 1 else { throw ModelError("--step must be between 0 and 1 (got \(step))") }
+                var levels: [Double] = []
+                var k = 1
+                while levels.count < 1000 {
+                    // Rounded to 1e-6 so the levels print (and parse back) as the user wrote them.
+                    let x = (Double(k) * step * 1e6).rounded() / 1e6
+                    if x >= f - 1e-9 { break }
+                    levels.append(x)
+                    k += 1
+                }
+                guard levels.count < 1000 else { throw ModelError("--step \(step) gives more than 1000 rounds to sparsity \(f)") }
+                plan.rounds = (levels + [f]).map { RoundPlan(neurons: 0, layers: 0, sparsity: "\(SparsityPattern.unstructured($0))") }
+            case .nOfM(let n, let m):
+                plan.rounds = (1...n).map { RoundPlan(neurons: 0, layers: 0, sparsity: "\(SparsityPattern.nOfM(n: $0, m: m))") }
+            }
+        }
+        return plan
     }
 }
 

@@ -59,8 +59,12 @@ public enum SparseGPT {
     ///   - hessian: XᵀX of the layer's inputs (any positive scale), cols × cols.
     ///   - blockSize: columns per lazy batch (SparseGPT: 128); a multiple of m for n:m.
     ///   - percentDamp: λ = percentDamp · mean(diag H) added to the diagonal (SparseGPT: 0.01).
+    ///   - fixed: weights that must be pruned whatever their saliency (rows × cols, true = pruned):
+    ///     an earlier round's mask when the loop raises the sparsity, so masks only grow. They are
+    ///     chosen first (and their OBS error spread like any other); the pattern's count is then
+    ///     filled up from the rest. With n:m, no group of m may hold more than n of them.
     public static func prune(weights: UnsafeMutablePointer<Float>, rows: Int, cols: Int, hessian: [Double],
-                             pattern: SparsityPattern, blockSize: Int = 128, percentDamp: Double = 0.01) throws -> [Bool] {
+                             pattern: SparsityPattern, blockSize: Int = 128, percentDamp: Double = 0.01, fixed: [Bool]? = nil) throws -> [Bool] {
         guard rows > 0, cols > 0, hessian.count == cols * cols else {
             throw ModelError("SparseGPT: a \(rows) × \(cols) layer needs a \(cols) × \(cols) Hessian, got \(hessian.count) values")
         }
@@ -73,6 +77,22 @@ public enum SparseGPT {
         case .nOfM(let n, let m):
             guard n > 0, n < m, cols % m == 0, blockSize % m == 0 else {
                 throw ModelError("SparseGPT: \(n):\(m) needs 0 < n < m dividing the \(cols) inputs and the block size \(blockSize)")
+            }
+        }
+        if let fixed {
+            guard fixed.count == rows * cols else {
+                throw ModelError("SparseGPT: a mask of \(fixed.count) entries for a \(rows) × \(cols) layer")
+            }
+            if case .nOfM(let n, let m) = pattern {
+                for r in 0..<rows {
+                    for g in stride(from: 0, to: cols, by: m) {
+                        var k = 0
+                        for j in g..<(g + m) where fixed[r * cols + j] { k += 1 }
+                        guard k <= n else {
+                            throw ModelError("SparseGPT: row \(r), inputs \(g)..<\(g + m) already hold \(k) pruned weights, more than \(n):\(m) allows")
+                        }
+                    }
+                }
             }
         }
         var w = [Double](unsafeUninitializedCapacity: rows * cols) { d, n in
@@ -109,7 +129,7 @@ public enum SparseGPT {
                 for r in 0..<rows {
                     for j in 0..<count {
                         let d = u[(i1 + j) * cols + i1 + j], x = w1[r * count + j]
-                        scores[r * count + j] = (x * x) / (d * d)
+                        scores[r * count + j] = fixed?[r * cols + i1 + j] == true ? -.infinity : (x * x) / (d * d)
                     }
                 }
                 let k = Int(Double(rows * count) * f)
@@ -131,12 +151,15 @@ public enum SparseGPT {
                         for j in 0..<m {
                             let d = u[(i1 + i + j) * cols + i1 + i + j], x = w1[r * count + i + j]
                             var p = j
-                            let v = (x * x) / (d * d)
+                            let v = fixed?[r * cols + i1 + i + j] == true ? -.infinity : (x * x) / (d * d)
                             while p > 0 && group[p - 1].0 > v { group[p] = group[p - 1]; p -= 1 }
                             group[p] = (v, j)
                         }
                         for g in 0..<n { blockMask[r * count + i + group[g].1] = true }
                     }
+                }
+                if let fixed {
+                    for r in 0..<rows where fixed[r * cols + i1 + i] { blockMask[r * count + i] = true }
                 }
                 let d = u[(i1 + i) * cols + i1 + i]
                 let uRow = (i1 + i) * cols + i1

@@ -26,12 +26,6 @@ struct Sparsify: ParsableCommand {
     @OptionGroup(title: "Model and data") var data: LoopDataOptions
     @OptionGroup(title: "Logging") var log: LogOptions
 
-    @Option(help: "Sparsity: a fraction of every linear layer's weights (0.5), or n:m (2:4, 4:8).")
-    var sparsity: String = "0.5"
-    @Option(help: "SparseGPT's damping: this fraction of the mean of diag(H) is added to its diagonal.")
-    var percdamp: Double = 0.01
-    @Option(help: "Columns per SparseGPT lazy batch update (a multiple of m for n:m).")
-    var sparseBlockSize: Int = 128
     @Option(help: "Calibration token budget: sequences are taken in order until it is spent (RAC calibrates on long traces; 0: every calibration line).")
     var calibrationTokens: Int = 0
     @Option(help: "Output directory.")
@@ -40,9 +34,6 @@ struct Sparsify: ParsableCommand {
     var threads: Int?
 
     func validate() throws {
-        _ = try SparsityPattern(parsing: sparsity)
-        if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
-        if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         if calibrationTokens < 0 { throw ValidationError("--calibration-tokens must be ≥ 0") }
     }
@@ -71,7 +62,9 @@ struct Sparsify: ParsableCommand {
     func run() throws {
         ComputeThreads.set(threads ?? System.coreCount)
         let logger = log.logger("ptl")
-        let pattern = try SparsityPattern(parsing: sparsity)
+        let pattern = try SparsityPattern(parsing: loop.sparsity)
+        let percdamp = loop.percdamp, sparseBlockSize = loop.sparseBlockSize
+        var serial: UInt64 = 0
         let settings = try loop.settings()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let inputs = try LoopInputs.load(data.settings, loop: settings, out: out)
@@ -110,15 +103,15 @@ struct Sparsify: ParsableCommand {
         let tokens = sequences.reduce(0) { $0 + max(0, $1.count - 1) }
         logger.info("calibration: \(settings.calibration.rawValue), \(sequences.count) sequences, \(tokens) tokens; SparseGPT \(pattern)")
         let layers = try SparsePruning.run(model: model, backend: backend, sequences: sequences, shards: settings.shards, pattern: pattern,
-                                           blockSize: sparseBlockSize, percentDamp: percdamp, run: "sparsify") { logger.info("\($0)") }
+                                           blockSize: sparseBlockSize, percentDamp: percdamp,
+                                           key: { serial += 1; return WorkKey(run: "sparsify", measurement: serial) }) { logger.info("\($0)") }
         let seconds = Date().timeIntervalSince(t0)
         let after = try measure("pruned")
 
         let modelDir = (out as NSString).appendingPathComponent("model")
         try HFModel.save(model, to: modelDir, copyFrom: inputs.tokenizerSource)
-        try Safetensors.write(layers.map { l in (l.name, TensorF32(shape: [l.mask.count], values: l.mask.map { $0 ? 1 : 0 })) },
-                              to: (out as NSString).appendingPathComponent("masks.safetensors"), dtype: .bf16,
-                              metadata: ["sparsity": "\(pattern)", "calibration": settings.calibration.rawValue])
+        try SparseMasks.encode(layers, metadata: ["sparsity": "\(pattern)", "calibration": settings.calibration.rawValue])
+            .write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("masks.safetensors")), options: .atomic)
         let zeros = layers.reduce(0) { $0 + $1.zeros }, linear = layers.reduce(0) { $0 + $1.mask.count }
         let summary = Summary(model: data.settings.model, sparsity: "\(pattern)", calibration: settings.calibration.rawValue,
                               calibrationSequences: sequences.count, calibrationTokens: tokens,

@@ -219,6 +219,28 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try rows(base + "/three").contains { $0.phase == "stats" && $0.detail?.contains("on-policy traces of 8 calibration questions") == true })
     }
 
+    /// `--prune sparse` (issue 16), calibrated on-policy: SparseGPT's Hessians reduced over the
+    /// workers in shard order, the masks applied while tuning — one process, one worker and three
+    /// workers end at the same sparse model, bit for bit.
+    @Test func sparsePruningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-sparse-\(UUID().uuidString)").path
+        // ("0.50": the filter below drops every "0.5", the heartbeat's value.)
+        let sparse = ["--prune", "sparse", "--sparsity", "0.50", "--step", "0.25", "--sparse-block-size", "32", "--calibration", "on-policy"]
+        let args = Array(loopArgs(out: base + "/prune", extra: sparse).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+        let local = try runPTL(["prune"] + args)
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: sparse + ["--local-workers", "1"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: sparse + ["--local-workers", "3"])) == 0)
+        let w = try finalWeights(base + "/prune")
+        #expect(try w == finalWeights(base + "/one"))
+        #expect(try w == finalWeights(base + "/three"))
+        let masks = try Data(contentsOf: URL(fileURLWithPath: base + "/prune/final/masks.safetensors"))
+        #expect(try masks == Data(contentsOf: URL(fileURLWithPath: base + "/three/final/masks.safetensors")))
+        #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("SparseGPT to 0.5") == true })
+        // The same layers, the same shape: nothing was removed.
+        #expect(try rows(base + "/three").filter { $0.phase == "eval" }.allSatisfy { $0.layers == 8 && $0.intermediate == 512 })
+    }
+
     @Test func theRecipeAndConfigYAMLReproduceARunAndFlagsOverrideThem() throws {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-recipe-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)

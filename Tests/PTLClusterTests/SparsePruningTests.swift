@@ -13,8 +13,9 @@ import Testing
     static func pruned(_ pattern: SparsityPattern, workers: Int?) throws -> (weights: [Float], layers: [SparsePruning.Layer]) {
         let model = try clusterModel()
         let run = { (backend: ComputeBackend) in
-            try SparsePruning.run(model: model, backend: backend, sequences: clusterLines, shards: 3, pattern: pattern,
-                                  blockSize: 16, percentDamp: 0.01, run: "sparse")
+            var n: UInt64 = 0
+            return try SparsePruning.run(model: model, backend: backend, sequences: clusterLines, shards: 3, pattern: pattern,
+                                         blockSize: 16, percentDamp: 0.01, key: { n += 1; return WorkKey(run: "sparse", measurement: n) })
         }
         let layers: [SparsePruning.Layer]
         if let workers {

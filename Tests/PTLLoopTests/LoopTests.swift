@@ -147,6 +147,87 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
     }
 
+    /// `--prune sparse` (issue 16): SparseGPT raises every linear layer's sparsity round by round
+    /// (0.25 → 0.5 unstructured; 1:4 → 2:4), calibrated on the model's own traces; the masks only
+    /// grow, tuning keeps every masked weight an exact zero, and the saved model has exactly the
+    /// zeros the report and final/masks.safetensors say.
+    @Test(arguments: ["0.5", "2:4"])
+    func sparseRoundsRaiseTheSparsityAndTuningKeepsTheZeros(_ sparsity: String) throws {
+        var job = ShortJob()
+        job.settings.sparse = SparseSettings(sparsity: sparsity, blockSize: 32)
+        job.settings.step = 0.25
+        job.settings.calibration = .onPolicy
+        let out = temporaryDirectory("ptl-loop-sparse")
+        _ = try job.run(out: out)
+        let rows = try metrics(out)
+        let evals = rows.filter { $0.phase == .eval }
+        #expect(evals.map(\.round) == [0, 1, 2])
+        #expect(evals.allSatisfy { $0.layers == 8 && $0.intermediate == 512 && $0.meanGeneratedTokens != nil })
+        let zeros = evals.compactMap(\.linearZeros)
+        #expect(zeros.count == 3 && zeros[0] == 0 && abs(zeros[1] - 0.25) < 0.01 && abs(zeros[2] - 0.5) < 0.01, "\(zeros)")
+        #expect(rows.filter { $0.phase == .tune }.compactMap(\.tuneSteps).reduce(0, +) == 4)
+        let model = try HFModel.load(directory: out + "/final")
+        let masks = try SparseMasks.read(path: out + "/final/masks.safetensors", model: model)
+        let weights = model.parameters.array()
+        var masked = 0
+        for l in masks {
+            let w = weights[l.offset..<(l.offset + l.mask.count)]
+            #expect(zip(l.mask, w).allSatisfy { !$0 || $1 == 0 }, "\(l.name): a masked weight is not zero")
+            masked += l.zeros
+            #expect(abs(Double(l.zeros) / Double(l.mask.count) - 0.5) < 0.02, "\(l.name)")
+            if sparsity == "2:4" {
+                for row in 0..<l.rows {
+                    for g in stride(from: 0, to: l.cols, by: 4) {
+                        #expect((g..<(g + 4)).filter { l.mask[row * l.cols + $0] }.count == 2)
+                    }
+                }
+            }
+        }
+        #expect(abs(Double(masked) / Double(SparseMasks.count(masks).total) - zeros[2]) < 1e-12)
+        // The masks only grow: round 1's zeros are zeros at the end.
+        let first = try HFModel.load(directory: out + "/rounds/round-01").parameters.array()
+        for l in masks {
+            for i in 0..<l.mask.count where first[l.offset + i] == 0 { #expect(l.mask[i], "\(l.name)[\(i)] was pruned in round 1, not at the end") }
+        }
+        let report = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
+        #expect(report.contains("Sparsity per layer") && report.contains("mean generated tokens") && report.contains("SparseGPT"))
+    }
+
+    @Test func aStoppedSparseRunResumesToTheSameModel() throws {
+        var job = ShortJob()
+        job.settings.sparse = SparseSettings(sparsity: "0.5", blockSize: 32)
+        job.settings.step = 0.25
+        job.settings.calibration = .onPolicy
+        job.settings.optimizer = .carry
+        let straight = try job.run(out: temporaryDirectory("ptl-sparse-straight"))
+        let out = temporaryDirectory("ptl-sparse-resume")
+        for stopAt in [3, 2, 4, 1] {
+            var n = 0
+            #expect(try !job.loop(out: out).runLoop { n += 1; return n > stopAt })
+        }
+        #expect(try job.loop(out: out).runLoop { false })
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
+        // A checkpoint without its masks (dropped from the manifest too, so its CRCs pass) is
+        // refused, naming what is missing — a resumed run must not tune the zeros back.
+        let damaged = temporaryDirectory("ptl-sparse-damaged")
+        var n = 0
+        #expect(try !job.loop(out: damaged).runLoop { n += 1; return n > 3 })
+        let ck = damaged + "/checkpoint"
+        try FileManager.default.removeItem(atPath: ck + "/masks.safetensors")
+        try? FileManager.default.removeItem(atPath: damaged + "/.checkpoint.old")
+        var manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ck + "/manifest.json"))) as? [String: Any])
+        var files = try #require(manifest["files"] as? [String: Any])
+        files["masks.safetensors"] = nil
+        manifest["files"] = files
+        try JSONSerialization.data(withJSONObject: manifest).write(to: URL(fileURLWithPath: ck + "/manifest.json"))
+        do {
+            _ = try job.loop(out: damaged)
+            Issue.record("a sparse checkpoint without masks was resumed")
+        } catch {
+            #expect("\(error)".contains("no masks.safetensors"), "\(error)")
+        }
+    }
+
     @Test func otherSettingsDoNotResumeAnotherRunsCheckpoint() throws {
         let out = temporaryDirectory("ptl-loop-settings")
         var n = 0
