@@ -70,6 +70,13 @@ public final class TrainingPass: @unchecked Sendable {
     /// nothing after it — on SmolLM2 the logits alone cost about eight blocks.
     public var stopAfterBlock: Int? = nil
 
+    /// When set (and `distillation` is not), the loss of `forward` and the gradient of `backward`
+    /// are GRPO's (`grpoForwardBackward`): per row of the current (batch, seq), the sampling
+    /// policy's and the reference model's log-probability of the target and the advantage.
+    public var grpo: GRPORows? = nil
+    /// The sums of the last GRPO forward (clipped rows, KL, ratio) for the step's metrics.
+    public private(set) var grpoSums = GRPOSums()
+
     public convenience init(model: Model, batch: Int, seq: Int) {
         self.init(model: model, capacity: (batch, seq))
     }
@@ -217,6 +224,10 @@ public final class TrainingPass: @unchecked Sendable {
                rows: N, inDim: H, outDim: c.vocabSize)
         return targets.withUnsafeBufferPointer { tg in
             OpProfiler.time("crossentropy") {
+            if distillation == nil, let g = grpo {
+                grpoSums = g.run(losses: losses.pointer, dlogits: nil, logits: logits.pointer, targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, scale: 0)
+                return (grpoSums.loss, grpoSums.count)
+            }
             if let d = distillation {
                 return distillationForwardBackward(losses: losses.pointer, dlogits: nil, logits: logits.pointer, teacher: d.teacherLogits.pointer,
                                                    targets: tg.baseAddress!, rows: N, vocab: c.vocabSize, temperature: d.temperature,
@@ -243,6 +254,8 @@ public final class TrainingPass: @unchecked Sendable {
             if let d = distillation {
                 _ = distillationForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer, teacher: d.teacherLogits.pointer,
                                                 targets: tg.baseAddress!, rows: N, vocab: V, temperature: d.temperature, kdWeight: d.kdWeight, scale: scale)
+            } else if let g = grpo {
+                _ = g.run(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer, targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
             } else {
                 _ = crossEntropyForwardBackward(losses: losses.pointer, dlogits: logits.pointer, logits: logits.pointer,
                                                 targets: tg.baseAddress!, rows: N, vocab: V, scale: scale)
@@ -400,5 +413,34 @@ struct HalfBuffers {
         attention = BF16Buffer(count: attentionBF16ScratchCount(seq: seq, slots: slots))
         let widest = max(c.vocabSize, I, H, c.qDim)
         dout = BF16Buffer(count: N * widest)
+    }
+}
+
+
+/// GRPO's side of a training pass: per row of the (batch, seq) pass (the rows whose target is a
+/// completion token; prompt rows have target −1), the sampling policy's log-probability of the
+/// target, the reference model's (nil when β = 0), and the advantage of the row's completion.
+public struct GRPORows: Sendable {
+    public var oldLogp: [Float]
+    public var refLogp: [Float]?
+    public var advantages: [Float]
+    public var settings: GRPOSettings
+    public init(oldLogp: [Float], refLogp: [Float]?, advantages: [Float], settings: GRPOSettings) {
+        self.oldLogp = oldLogp; self.refLogp = refLogp; self.advantages = advantages; self.settings = settings
+    }
+
+    func run(losses: UnsafeMutablePointer<Float>, dlogits: UnsafeMutablePointer<Float>?, logits: UnsafeMutablePointer<Float>,
+             targets: UnsafePointer<Int32>, rows: Int, vocab: Int, scale: Float) -> GRPOSums {
+        precondition(oldLogp.count >= rows && advantages.count >= rows && (refLogp?.count ?? rows) >= rows, "GRPO rows shorter than the pass")
+        return oldLogp.withUnsafeBufferPointer { old in
+            advantages.withUnsafeBufferPointer { adv in
+                func go(_ ref: UnsafePointer<Float>?) -> GRPOSums {
+                    grpoForwardBackward(losses: losses, dlogits: dlogits, logits: logits, targets: targets, oldLogp: old.baseAddress!,
+                                        refLogp: ref, advantages: adv.baseAddress!, rows: rows, vocab: vocab, settings: settings, scale: scale)
+                }
+                if let refLogp { return refLogp.withUnsafeBufferPointer { go($0.baseAddress!) } }
+                return go(nil)
+            }
+        }
     }
 }
