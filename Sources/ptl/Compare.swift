@@ -51,6 +51,12 @@ struct Compare: ParsableCommand {
          "ptl-best recovering by cross-entropy (no distillation)"),
         ("prune-once-best", ["--method", "prune-once", "--recover", "kd", "--calibration", "on-policy", "--reconstruct", "ffn"],
          "Prune-Once with the same recovery options"),
+        // Weight sparsity (issue 16): SparseGPT calibrated on the model's own traces (RAC), raised
+        // round by round with tuning between (PTL + RAC), or all at once and then the same tuning.
+        ("sparse-ptl", ["--prune", "sparse", "--recover", "kd", "--calibration", "on-policy", "--damage", "probe", "--final-reserve", "0.3"],
+         "PTL + RAC: SparseGPT on-policy, sparsity raised by --step a round, distillation between"),
+        ("sparse-once", ["--method", "prune-once", "--prune", "sparse", "--recover", "kd", "--calibration", "on-policy"],
+         "one-shot SparseGPT on-policy (RAC), then the same distillation budget"),
     ]
 
     @Option(help: "The model (HF directory or .gguf).")
@@ -122,17 +128,20 @@ struct Compare: ParsableCommand {
 
     /// Accuracy against size, round by round, one line per variant (the first seed).
     func plot(_ names: [String], seed: UInt64) -> [UInt8] {
-        struct Row: Decodable { var phase: String; var paramsFraction: Double; var accuracy: Double? }
+        struct Row: Decodable { var phase: String; var paramsFraction: Double; var accuracy: Double?; var linearZeros: Double? }
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
         let series = names.enumerated().map { i, name -> PlotSeries in
             let path = (out as NSString).appendingPathComponent("\(name)-seed\(seed)/metrics.jsonl")
             let rows = ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n")
                 .compactMap { try? d.decode(Row.self, from: Data($0.utf8)) }
-            let points = rows.filter { $0.phase == "eval" }.compactMap { r in r.accuracy.map { PlotPoint(x: r.paramsFraction * 100, y: $0 * 100) } }
+            // Sparse runs keep every parameter: their x is the share of linear weights left nonzero.
+            let points = rows.filter { $0.phase == "eval" }.compactMap { r in
+                r.accuracy.map { PlotPoint(x: r.linearZeros.map { (1 - $0) * 100 } ?? r.paramsFraction * 100, y: $0 * 100) }
+            }
             return PlotSeries(label: name, points: points, color: PlotColor.palette[i % PlotColor.palette.count])
         }
-        return LinePlot.png(title: "ptl compare (seed \(seed)): accuracy vs size", xLabel: "parameters kept (% of the original)",
+        return LinePlot.png(title: "ptl compare (seed \(seed)): accuracy vs size", xLabel: "parameters kept (sparse runs: nonzero linear weights), %",
                             yLabel: "accuracy (%)", series: series, yRange: 0...100, invertX: true)
     }
 
@@ -147,9 +156,14 @@ struct Compare: ParsableCommand {
         var md = "# ptl compare\n\n"
         md += "Model \(model): \(first.originalParams) parameters, accuracy \(pct(first.originalAccuracy)) %"
         md += first.originalDecodeTokensPerSecond.map { String(format: ", decode %.0f tokens/s (batch 1, 1 thread)", $0) } ?? ""
-        md += ". Target \(String(format: "%.0f", first.settings.target * 100)) % of the parameters; every run tunes \(first.tuneSteps) steps × \(first.settings.batchSize) lines in total.\n\n"
-        md += "| variant | what | accuracy % (per seed) | mean | kept of original | params | FLOPs/token | decode speed-up | FLOPs ratio | loss right after the first cut | tune time s |\n"
-        md += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        if let sp = first.settings.sparse {
+            md += ". Sparsity \(sp.sparsity) of every linear layer (SparseGPT; embeddings and norms dense)"
+        } else {
+            md += ". Target \(String(format: "%.0f", first.settings.target * 100)) % of the parameters"
+        }
+        md += "; every run tunes \(first.tuneSteps) steps × \(first.settings.batchSize) lines in total.\n\n"
+        md += "| variant | what | accuracy % (per seed) | mean | kept of original | params | zeros (linear) | mean generated tokens | FLOPs/token | decode speed-up | FLOPs ratio | loss right after the first cut | tune time s |\n"
+        md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         var order: [String] = []
         for r in results where !order.contains(r.variant) { order.append(r.variant) }
         for v in order {
@@ -161,7 +175,9 @@ struct Compare: ParsableCommand {
             let speed = speedups.isEmpty ? "–" : String(format: "%.2f×", speedups.reduce(0, +) / Double(speedups.count))
             let losses = rs.compactMap { $0.summary.lossAfterFirstPrune }
             md += "| \(v) | \(rs[0].what) | \(rs.map { pct($0.summary.accuracy) }.joined(separator: " / ")) | \(pct(mean)) | \(pct(kept)) % | "
-            md += "\(s.params) (\(pct(Double(s.params) / Double(s.originalParams))) %) | \(pct(Double(s.flopsPerToken) / Double(s.originalFlopsPerToken))) % | "
+            md += "\(s.params) (\(pct(Double(s.params) / Double(s.originalParams))) %) | \(s.linearZeros.map { "\(pct($0)) %" } ?? "–") | "
+            md += "\(s.meanGeneratedTokens.map { String(format: "%.1f", $0) } ?? "–")\(s.originalMeanGeneratedTokens.map { String(format: " (original %.1f)", $0) } ?? "") | "
+            md += "\(pct(Double(s.flopsPerToken) / Double(s.originalFlopsPerToken))) % | "
             md += "\(speed) | \(String(format: "%.2f×", Double(s.originalFlopsPerToken) / Double(s.flopsPerToken))) | "
             md += "\(losses.isEmpty ? "–" : losses.map { String(format: "%.3f", $0) }.joined(separator: " / ")) | "
             md += "\(String(format: "%.0f", rs.map(\.summary.tuneSeconds).reduce(0, +) / Double(rs.count))) |\n"
@@ -172,6 +188,9 @@ struct Compare: ParsableCommand {
                 md += "\nPTL (mean \(pct(ptlMean)) %) is \(ptlMean > m ? "ahead of" : ptlMean == m ? "level with" : "BEHIND") \(b) (mean \(pct(m)) %)."
             }
             md += "\n"
+        }
+        if let a = meanAccuracy("sparse-ptl"), let b = meanAccuracy("sparse-once") {
+            md += "\nPTL + RAC (sparse-ptl, mean \(pct(a)) %) is \(a > b ? "ahead of" : a == b ? "level with" : "BEHIND") one-shot SparseGPT + the same tuning (sparse-once, mean \(pct(b)) %).\n"
         }
         return md
     }
