@@ -13,6 +13,9 @@ public struct EvalSettings: Sendable {
     public var fewShot: [CorpusRecord] = []
     /// Matmul arithmetic of the decoder (bf16 on a CPU without bf16 products runs fp32).
     public var precision: Precision = .fp32
+    /// Greedy (the default) or sampled decoding; sampled rows draw from their record's seed
+    /// (`run(seeds:)`), so a record's completion does not depend on the batch it shares.
+    public var sampling = SamplingSettings()
     public init() {}
 }
 
@@ -25,6 +28,10 @@ public struct EvalPrediction: Sendable {
     public let predicted: String?
     public let correct: Bool
     public let generatedTokens: Int
+    /// The prompt's token ids and the generated ones (the EOS included when it ended the answer):
+    /// what GRPO scores and trains on.
+    public var promptIds: [Int] = []
+    public var generatedIds: [Int] = []
 }
 
 /// The figures of an evaluation.
@@ -66,8 +73,9 @@ public enum Evaluator {
         return (String(text[..<end]), stopped)
     }
 
-    public static func run(model: Model, tokenizer: Tokenizer, records: [CorpusRecord], settings: EvalSettings,
+    public static func run(model: Model, tokenizer: Tokenizer, records: [CorpusRecord], settings: EvalSettings, seeds: [UInt64]? = nil,
                            progress: ((Int, Int, Int) -> Void)? = nil) -> (EvalReport, [EvalPrediction]) {
+        precondition(seeds == nil || seeds!.count == records.count, "one seed per record")
         let items: [(index: Int, question: String, reference: String?, ids: [Int])] = records.enumerated().map { i, r in
             switch r {
             case .qa(let q, let a):
@@ -103,13 +111,15 @@ public enum Evaluator {
             let t1 = DispatchTime.now().uptimeNanoseconds
             prefillSeconds += Double(t1 - t0) / 1e9
             var generated = [[Int]](repeating: [], count: group.count)
+            var endedByEOS = [Int?](repeating: nil, count: group.count)
             var finished = [Bool](repeating: false, count: group.count)
             var next = [Int32](repeating: 0, count: B)
+            var samplers = group.map { Sampler(settings: settings.sampling, seed: seeds?[items[$0].index] ?? 0) }
             for _ in 0..<settings.maxNewTokens {
                 for row in 0..<group.count where !finished[row] {
-                    let id = Sampler.argmax(decoder.logits(of: row))
+                    let id = settings.sampling.temperature > 0 ? samplers[row].sample(decoder.logits(of: row)) : Sampler.argmax(decoder.logits(of: row))
                     next[row] = Int32(id)
-                    if eos.contains(id) { finished[row] = true; continue }
+                    if eos.contains(id) { finished[row] = true; endedByEOS[row] = id; continue }
                     generated[row].append(id)
                     generatedTokens += 1
                     contextSum += Double(items[group[row]].ids.count + generated[row].count)
@@ -126,8 +136,11 @@ public enum Evaluator {
                 let predicted = AnswerExtraction.extract(text)
                 let ok = AnswerExtraction.matches(predicted, items[idx].reference)
                 if ok { correct += 1 }
-                predictions[idx] = EvalPrediction(index: items[idx].index, question: items[idx].question, reference: items[idx].reference,
-                                                  generated: text, predicted: predicted, correct: ok, generatedTokens: generated[row].count)
+                var p = EvalPrediction(index: items[idx].index, question: items[idx].question, reference: items[idx].reference,
+                                       generated: text, predicted: predicted, correct: ok, generatedTokens: generated[row].count)
+                p.promptIds = items[idx].ids
+                p.generatedIds = generated[row] + (endedByEOS[row].map { [$0] } ?? [])
+                predictions[idx] = p
             }
             done += group.count
             progress?(done, items.count, correct)

@@ -114,6 +114,7 @@ public final class ShardCompute: @unchecked Sendable {
         p.precision = precision
         p.distillation = distillation
         p.stopAfterBlock = stopAfterBlock
+        p.grpo = nil
         let (sum, count) = p.forward(tokens: batch.tokens, targets: batch.targets)
         return (p, ShardOutput(lossSum: sum, tokens: count, examples: sequences.count, seconds: Date().timeIntervalSince(t0)))
     }

@@ -421,26 +421,29 @@ struct HalfBuffers {
 /// completion token; prompt rows have target −1), the sampling policy's log-probability of the
 /// target, the reference model's (nil when β = 0), and the advantage of the row's completion.
 public struct GRPORows: Sendable {
-    public var oldLogp: [Float]
+    /// nil: on-policy (ρ = 1; the pass's own log-probs are the sampling policy's).
+    public var oldLogp: [Float]?
     public var refLogp: [Float]?
     public var advantages: [Float]
     public var settings: GRPOSettings
-    public init(oldLogp: [Float], refLogp: [Float]?, advantages: [Float], settings: GRPOSettings) {
+    public init(oldLogp: [Float]?, refLogp: [Float]?, advantages: [Float], settings: GRPOSettings) {
         self.oldLogp = oldLogp; self.refLogp = refLogp; self.advantages = advantages; self.settings = settings
     }
 
     func run(losses: UnsafeMutablePointer<Float>, dlogits: UnsafeMutablePointer<Float>?, logits: UnsafeMutablePointer<Float>,
              targets: UnsafePointer<Int32>, rows: Int, vocab: Int, scale: Float) -> GRPOSums {
-        precondition(oldLogp.count >= rows && advantages.count >= rows && (refLogp?.count ?? rows) >= rows, "GRPO rows shorter than the pass")
-        return oldLogp.withUnsafeBufferPointer { old in
-            advantages.withUnsafeBufferPointer { adv in
-                func go(_ ref: UnsafePointer<Float>?) -> GRPOSums {
-                    grpoForwardBackward(losses: losses, dlogits: dlogits, logits: logits, targets: targets, oldLogp: old.baseAddress!,
-                                        refLogp: ref, advantages: adv.baseAddress!, rows: rows, vocab: vocab, settings: settings, scale: scale)
-                }
-                if let refLogp { return refLogp.withUnsafeBufferPointer { go($0.baseAddress!) } }
-                return go(nil)
+        precondition((oldLogp?.count ?? rows) >= rows && advantages.count >= rows && (refLogp?.count ?? rows) >= rows, "GRPO rows shorter than the pass")
+        return advantages.withUnsafeBufferPointer { adv in
+            func go(_ old: UnsafePointer<Float>?, _ ref: UnsafePointer<Float>?) -> GRPOSums {
+                grpoForwardBackward(losses: losses, dlogits: dlogits, logits: logits, targets: targets, oldLogp: old,
+                                    refLogp: ref, advantages: adv.baseAddress!, rows: rows, vocab: vocab, settings: settings, scale: scale)
             }
+            func withRef(_ old: UnsafePointer<Float>?) -> GRPOSums {
+                if let refLogp { return refLogp.withUnsafeBufferPointer { go(old, $0.baseAddress!) } }
+                return go(old, nil)
+            }
+            if let oldLogp { return oldLogp.withUnsafeBufferPointer { withRef($0.baseAddress!) } }
+            return withRef(nil)
         }
     }
 }

@@ -31,7 +31,8 @@ public struct GRPOSums: Sendable, Equatable {
 ///
 ///     loss_r = −min(ρ·A, clip(ρ, 1 − clipLow, 1 + clipHigh)·A) + β·(exp(d) − d − 1)
 ///
-/// (the KL term is Schulman's k3 estimator of KL(π‖π_ref); with β = 0 `refLogp` is not read).
+/// (the KL term is Schulman's k3 estimator of KL(π‖π_ref); with β = 0 `refLogp` is not read;
+/// `oldLogp` nil means on-policy — one update per batch of rollouts, TRL's default — so ρ = 1).
 /// Writes each row's loss into `losses` (0 for ignored rows). When `dlogits` is given (it may
 /// alias `logits`) writes `scale · ∂loss_r/∂logits_r` = `scale · c · (onehot − softmax)` with
 /// c = ∂loss_r/∂logp = −A·ρ (0 when the clip is the active side: A > 0 and ρ > 1 + clipHigh, or
@@ -40,7 +41,7 @@ public struct GRPOSums: Sendable, Equatable {
 public func grpoForwardBackward(
     losses: UnsafeMutablePointer<Float>, dlogits: UnsafeMutablePointer<Float>?,
     logits: UnsafeMutablePointer<Float>, targets: UnsafePointer<Int32>,
-    oldLogp: UnsafePointer<Float>, refLogp: UnsafePointer<Float>?, advantages: UnsafePointer<Float>,
+    oldLogp: UnsafePointer<Float>?, refLogp: UnsafePointer<Float>?, advantages: UnsafePointer<Float>,
     rows: Int, vocab: Int, settings s: GRPOSettings, scale: Float
 ) -> GRPOSums {
     let flags = UnsafeMutablePointer<Float>.allocate(capacity: max(1, 3 * rows))   // clipped, kl, ratio per row
@@ -64,7 +65,8 @@ public func grpoForwardBackward(
             let sum = vectorExpShiftSum(g, shift: m, vocab)        // g ← exp(x − m)
             let logp = Double(xt) - Double(m) - Foundation.log(Double(sum))
             let a = Double(advantages[r])
-            let ratio = Foundation.exp(logp - Double(oldLogp[r]))
+            // No old log-probs: on-policy (the version that sampled is this one), ρ = 1 exactly.
+            let ratio = oldLogp.map { Foundation.exp(logp - Double($0[r])) } ?? 1
             let clippedRatio = min(max(ratio, 1 - Double(s.clipLow)), 1 + Double(s.clipHigh))
             let clipped = (a > 0 && ratio > 1 + Double(s.clipHigh)) || (a < 0 && ratio < 1 - Double(s.clipLow))
             var loss = -min(ratio * a, clippedRatio * a)

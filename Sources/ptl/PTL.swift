@@ -14,7 +14,7 @@ struct PTL: ParsableCommand {
         `ptl compare` runs it and its baselines to the same target and tabulates them.
         """,
         subcommands: [Prune.self, Inspect.self, Perplexity.self, Train.self, Generate.self, Tokenize.self, Eval.self, BenchDecode.self,
-                      Export.self, Init.self, DataCommand.self, Keys.self, Compare.self, Sparsify.self]
+                      Export.self, Init.self, DataCommand.self, Keys.self, Compare.self, Sparsify.self, GRPOCommand.self]
     )
 
     /// Expands a recipe (`--config FILE`) of `ptl prune` before parsing: its keys become options

@@ -1,0 +1,267 @@
+import Foundation
+import Logging
+import PTLData
+import PTLModel
+import PTLPrune
+import PTLTensor
+
+/// The machines GRPO runs on: rollouts (sampled completions) and GRPO gradients, sharded and
+/// reduced like every other phase.
+public protocol GRPOBackend: ComputeBackend {
+    func rollouts(model: Model, jsonlLines: [String], samples: Int, seeds: [UInt64], shards: Int, sampling: SamplingSettings,
+                  maxNewTokens: Int, batchSize: Int, key: WorkKey) throws -> [Rollout]
+    func grpoGradients(model: Model, batch: GRPOBatch, shards: Int, settings: GRPOSettings, reference: Teacher?, key: WorkKey,
+                       into grads: FloatBuffer) throws -> GRPOGradientResult
+}
+
+extension LocalBackend: GRPOBackend {}
+
+/// GRPO's settings (stored in the checkpoint: a resumed run keeps its own).
+public struct GRPOConfig: Codable, Sendable, Equatable {
+    public var steps = 100
+    public var promptsPerStep = 8
+    public var rolloutsPerPrompt = 8
+    public var temperature: Float = 1
+    public var topP: Float = 1
+    public var maxNewTokens = 96
+    public var learningRate: Float = 1e-5
+    public var warmup = 0
+    public var weightDecay: Float = 0
+    public var clip: Float = 1
+    public var beta: Float = 0.04
+    public var clipLow: Float = 0.2
+    public var clipHigh: Float = 0.28
+    public var rewards: RewardSpec = .standard
+    public var shards = 2
+    public var seed: UInt64 = 0
+    public var evalEvery = 25
+    public var evalBatchSize = 16
+    public var checkpointEvery = 5
+    public var precision: Precision = .fp32
+    public init() {}
+
+    public func check() throws {
+        guard steps >= 1, steps <= 1 << 24 else { throw LoopError("--steps must be between 1 and 16777216") }
+        guard promptsPerStep >= 1, rolloutsPerPrompt >= 2, rolloutsPerPrompt <= 1024 else {
+            throw LoopError("--prompts-per-step must be ≥ 1 and --rollouts-per-prompt between 2 and 1024 (advantages compare a prompt's completions)")
+        }
+        guard shards >= 1, shards <= promptsPerStep else { throw LoopError("--shards must be between 1 and --prompts-per-step") }
+        guard temperature.isFinite, temperature > 0, temperature <= 100 else { throw LoopError("--temperature must be in (0, 100]: GRPO samples") }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoopError("--top-p must be in (0, 1]") }
+        guard (1...65536).contains(maxNewTokens) else { throw LoopError("--max-new-tokens must be between 1 and 65536") }
+        guard learningRate.isFinite, learningRate > 0 else { throw LoopError("--lr must be a positive number") }
+        guard beta.isFinite, beta >= 0, clipLow >= 0, clipLow < 1, clipHigh >= 0, clipHigh.isFinite else {
+            throw LoopError("--kl-beta must be ≥ 0, --clip-low in [0, 1), --clip-high ≥ 0")
+        }
+        guard warmup >= 0, evalEvery >= 1, checkpointEvery >= 1, evalBatchSize >= 1 else { throw LoopError("--warmup ≥ 0, --eval-every, --checkpoint-every ≥ 1") }
+    }
+}
+
+/// One step's figures (a line of OUT/metrics.jsonl).
+public struct GRPOStepRow: Codable, Sendable, Equatable {
+    public var step: Int
+    public var meanReward: Double
+    public var accuracy: Double
+    public var formatRate: Double
+    public var meanResponseTokens: Double
+    public var kl: Double
+    public var clipFraction: Double
+    public var loss: Double
+    public var learningRate: Double
+    public var seconds: Double
+    /// Held-out greedy accuracy, measured every `evalEvery` steps (and before step 1: step 0).
+    public var evalAccuracy: Double?
+    public var evalMeanTokens: Double?
+}
+
+struct GRPOState: Codable {
+    var config: GRPOConfig
+    var step = 0
+    var rows: [GRPOStepRow] = []
+}
+
+/// GRPO (DeepSeekMath) as a tune phase: every step samples `rolloutsPerPrompt` completions of
+/// `promptsPerStep` training questions with the current policy (seeded per step, prompt and
+/// sample, so a retried shard samples the same), scores them (`RewardSpec`), normalises the
+/// rewards within each prompt's group, and takes one AdamW step on the token-mean clipped
+/// objective with a k3 KL to the reference model (the starting model). Checkpointed every
+/// `checkpointEvery` steps; a stopped run resumes to the same bits.
+public final class GRPOTrainer {
+    public let backend: GRPOBackend
+    let out: String
+    let trainLines: [String]
+    let golds: [String]
+    let evalLines: [String]
+    let tokenizerSource: String?
+    var model: Model
+    var optimizer: AdamW
+    var state: GRPOState
+    let reference: Teacher?
+    let grads: FloatBuffer
+    public var logger = Logger.silent
+    public var run = "grpo"
+
+    var checkpointDir: String { (out as NSString).appendingPathComponent("checkpoint") }
+
+    /// `trainLines` and `evalLines`: `{"question","answer"}` records (the answer may be only `#### N`).
+    public init(backend: GRPOBackend, model start: Model, trainLines: [String], evalLines: [String], config: GRPOConfig, out: String,
+                tokenizerSource: String?, fresh: Bool, logger: Logger = .silent) throws {
+        try config.check()
+        self.backend = backend
+        self.out = out
+        self.evalLines = evalLines
+        self.tokenizerSource = tokenizerSource
+        self.logger = logger
+        backend.precision = config.precision
+        backend.teacher = nil
+        // The questions and gold answers (records without both are an error naming the line).
+        let records = try Corpus.parse(Data(trainLines.joined(separator: "\n").utf8), source: "GRPO training data").records
+        var golds: [String] = []
+        for (i, r) in records.enumerated() {
+            guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {
+                throw LoopError("GRPO training data, record \(i + 1): needs a question and an answer with a final number (e.g. \"#### 42\")")
+            }
+            golds.append(a)
+        }
+        guard records.count >= config.promptsPerStep else { throw LoopError("GRPO: \(records.count) training questions, fewer than --prompts-per-step \(config.promptsPerStep)") }
+        guard evalLines.count >= 2 else { throw LoopError("GRPO: the eval set needs at least 2 questions") }
+        self.trainLines = trainLines
+        self.golds = golds
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var adam = AdamWSettings()
+        adam.weightDecay = config.weightDecay
+        if !fresh, let found = try Checkpoint.newest((out as NSString).appendingPathComponent("checkpoint"), logger: logger) {
+            (model, optimizer, _) = try Checkpoint.load(from: found, settings: adam)
+            let file = (found as NSString).appendingPathComponent("grpo.json")
+            let s: GRPOState
+            do { s = try JSONDecoder().decode(GRPOState.self, from: Data(contentsOf: URL(fileURLWithPath: file))) } catch {
+                throw LoopError("\(file) cannot be read as this version's GRPO state (\(error)); pass --fresh to start over")
+            }
+            guard s.config == config else { throw LoopError("\(out)/checkpoint was written by a GRPO run with other settings; pass --fresh, or the same options") }
+            guard s.step >= 0, s.step <= config.steps, s.rows.count == s.step + 1 || (s.step == 0 && s.rows.count <= 1) else {
+                throw LoopError("\(file): step \(s.step) with \(s.rows.count) rows; pass --fresh to start over")
+            }
+            guard model.layout.count == start.layout.count, model.config.numHiddenLayers == start.config.numHiddenLayers else { throw LoopError("\(found): the checkpoint's model is not the starting model's shape; pass --fresh") }
+            state = s
+        } else {
+            model = Model(config: start.config, parameters: FloatBuffer(start.parameters.array()))
+            optimizer = AdamW(layout: model.layout, settings: adam)
+            state = GRPOState(config: config)
+        }
+        // The reference of the KL: the starting model, as given (not the checkpoint's).
+        reference = config.beta > 0 ? try Teacher(model: start, temperature: 1, kdWeight: 1) : nil
+        grads = FloatBuffer(count: model.layout.count)
+    }
+
+    public var rows: [GRPOStepRow] { state.rows }
+    public var currentModel: Model { model }
+
+    /// The sampling seed of completion `g` of training question `index` at `step`.
+    func seed(step: Int, index: Int, sample g: Int) -> UInt64 {
+        SplitMix64.mix(state.config.seed ^ SplitMix64.mix(UInt64(step) &* 0x9E37_79B9_7F4A_7C15 ^ SplitMix64.mix(UInt64(index) << 16 | UInt64(g))))
+    }
+
+    func evaluate() throws -> (Double, Double) {
+        let c = try backend.evaluate(model: model, jsonlLines: evalLines, shards: min(state.config.shards, evalLines.count),
+                                     maxNewTokens: state.config.maxNewTokens, batchSize: state.config.evalBatchSize,
+                                     key: WorkKey(run: run, step: state.step, measurement: 1))
+        return (c.accuracy, Double(c.generatedTokens) / Double(max(1, c.total)))
+    }
+
+    /// Runs to the last step or until `stop()` (after a checkpoint). Returns true when done.
+    public func train(stop: () -> Bool = { false }) throws -> Bool {
+        let c = state.config
+        let order = EpochOrder(count: trainLines.count, seed: c.seed)
+        let schedule = LearningRateSchedule(kind: .constant, peak: c.learningRate, warmup: c.warmup, total: c.steps)
+        let settings = GRPOSettings(clipLow: c.clipLow, clipHigh: c.clipHigh, beta: c.beta)
+        let sampling = SamplingSettings(temperature: c.temperature, topK: 0, topP: c.topP)
+        if state.rows.isEmpty {
+            let (acc, tokens) = try evaluate()
+            state.rows.append(GRPOStepRow(step: 0, meanReward: 0, accuracy: 0, formatRate: 0, meanResponseTokens: 0, kl: 0, clipFraction: 0,
+                                          loss: 0, learningRate: 0, seconds: 0, evalAccuracy: acc, evalMeanTokens: tokens))
+            logger.info("\(String(format: "step 0: held-out accuracy %.1f%% (%d problems), %.1f tokens per answer", acc * 100, evalLines.count, tokens))")
+            try checkpoint()
+        }
+        while state.step < c.steps {
+            if stop() { try checkpoint(); return false }
+            let t0 = Date()
+            let k = state.step
+            let picked = order.indices(step: k, batchSize: c.promptsPerStep)
+            let seeds = picked.flatMap { i in (0..<c.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } }
+            let key = WorkKey(run: run, step: k + 1)
+            let rollouts = try backend.rollouts(model: model, jsonlLines: picked.map { trainLines[$0] }, samples: c.rolloutsPerPrompt, seeds: seeds,
+                                                shards: c.shards, sampling: sampling, maxNewTokens: c.maxNewTokens,
+                                                batchSize: c.evalBatchSize, key: key)
+            guard rollouts.count == seeds.count else { throw LoopError("internal: \(rollouts.count) rollouts for \(seeds.count) seeds") }
+            var rewards: [Double] = [], accurate = 0, formatted = 0
+            for (j, r) in rollouts.enumerated() {
+                let s = c.rewards.score(completion: r.text, gold: golds[picked[j / c.rolloutsPerPrompt]])
+                rewards.append(s.total)
+                accurate += s.accurate ? 1 : 0
+                formatted += s.formatted ? 1 : 0
+            }
+            let advantages = GRPOAdvantages.compute(rewards: rewards, groupSize: c.rolloutsPerPrompt)
+            let batch = GRPOBatch(sequences: rollouts.map { $0.promptIds + $0.completionIds }, promptLengths: rollouts.map(\.promptIds.count),
+                                  advantages: advantages.map { Float($0) })
+            let lr = schedule.rate(at: k)
+            var row = GRPOStepRow(step: k + 1, meanReward: rewards.reduce(0, +) / Double(rewards.count),
+                                  accuracy: Double(accurate) / Double(rollouts.count), formatRate: Double(formatted) / Double(rollouts.count),
+                                  meanResponseTokens: Double(batch.completionTokens) / Double(rollouts.count), kl: 0, clipFraction: 0,
+                                  loss: 0, learningRate: Double(lr), seconds: 0)
+            if batch.completionTokens > 0 && (advantages.contains { $0 != 0 } || c.beta > 0) {
+                let g = try backend.grpoGradients(model: model, batch: batch, shards: c.shards, settings: settings, reference: reference, key: key, into: grads)
+                let n = Double(max(1, g.sums.count))
+                row.loss = g.sums.loss / n
+                row.kl = g.sums.kl / n
+                row.clipFraction = Double(g.sums.clipped) / n
+                OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: lr, clip: c.clip)
+            }
+            state.step = k + 1
+            if state.step % c.evalEvery == 0 || state.step == c.steps {
+                let (acc, tokens) = try evaluate()
+                row.evalAccuracy = acc
+                row.evalMeanTokens = tokens
+            }
+            row.seconds = Date().timeIntervalSince(t0)
+            state.rows.append(row)
+            logger.info("\(String(format: "step %d: reward %.3f, accuracy %.1f%%, format %.1f%%, %.1f tokens, KL %.4f, clipped %.3f%@", row.step, row.meanReward, row.accuracy * 100, row.formatRate * 100, row.meanResponseTokens, row.kl, row.clipFraction, row.evalAccuracy.map { String(format: "; held-out accuracy %.1f%%", $0 * 100) } ?? ""))")
+            if state.step % c.checkpointEvery == 0 || state.step == c.steps { try checkpoint() }
+        }
+        try HFModel.save(model, to: (out as NSString).appendingPathComponent("final"), copyFrom: tokenizerSource)
+        return true
+    }
+
+    func checkpoint() throws {
+        try Checkpoint.save(model: model, optimizer: optimizer, state: Checkpoint.State(step: state.step, optimizerStep: optimizer.step, run: run),
+                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: ["grpo.json": try JSONEncoder().encode(state)])
+        try report()
+    }
+
+    /// OUT/metrics.jsonl, OUT/report.md and OUT/reward.png (mean reward and held-out accuracy per step).
+    func report() throws {
+        let enc = JSONEncoder()
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        enc.outputFormatting = [.sortedKeys]
+        var lines = Data()
+        for r in state.rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
+        try LoopReport.atomicWrite(lines, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
+        let steps = state.rows.filter { $0.step > 0 }
+        let reward = PlotSeries(label: "mean reward × 100", points: steps.map { PlotPoint(x: Double($0.step), y: $0.meanReward * 100) }, color: PlotColor.palette[0])
+        let evals = PlotSeries(label: "held-out accuracy %", points: state.rows.compactMap { r in r.evalAccuracy.map { PlotPoint(x: Double(r.step), y: $0 * 100) } },
+                               color: PlotColor.palette[1])
+        let png = LinePlot.png(title: "GRPO: reward and held-out accuracy", xLabel: "step", yLabel: "%", series: [reward, evals],
+                               xRange: nil, yRange: 0...100, invertX: false)
+        try LoopReport.atomicWrite(Data(png), to: (out as NSString).appendingPathComponent("reward.png"))
+        let c = state.config
+        var md = "# GRPO run\n\n"
+        md += "\(c.steps) steps of \(c.promptsPerStep) prompts × \(c.rolloutsPerPrompt) completions (temperature \(c.temperature), top-p \(c.topP), ≤ \(c.maxNewTokens) tokens); "
+        md += "rewards \(c.rewards); lr \(c.learningRate), KL β \(c.beta) to the starting model, clip \(c.clipLow)/\(c.clipHigh), token-mean loss, one update per batch (on-policy); seed \(c.seed).\n\n"
+        md += "| step | mean reward | accuracy (samples) | format | tokens/answer | KL | clipped | held-out accuracy | held-out tokens/answer | s |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        for r in state.rows {
+            md += String(format: "| %d | %.3f | %.1f%% | %.1f%% | %.1f | %.4f | %.3f | %@ | %@ | %.1f |\n", r.step, r.meanReward, r.accuracy * 100, r.formatRate * 100,
+                         r.meanResponseTokens, r.kl, r.clipFraction, r.evalAccuracy.map { String(format: "%.1f%%", $0 * 100) } ?? "",
+                         r.evalMeanTokens.map { String(format: "%.1f", $0) } ?? "", r.seconds)
+        }
+        try LoopReport.atomicWrite(Data(md.utf8), to: (out as NSString).appendingPathComponent("report.md"))
+    }
+}
