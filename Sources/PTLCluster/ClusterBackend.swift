@@ -17,6 +17,8 @@ public final class ClusterBackend: ComputeBackend {
         didSet { teacherHash = teacher.map { TaskCoding.pin($0.model, on: coordinator) } }
     }
     var teacherHash: String?
+    /// GRPO's reference model, pinned once (like a teacher) and named by its hash.
+    var referenceHash: (model: Model, hash: String)?
 
     var wirePrecision: Ptl_V1_Precision { precision == .bf16 ? .bf16 : .fp32 }
 

@@ -38,7 +38,7 @@ public enum Messages {
     }
 
     /// The phases a worker runs (`GradPhase.handler()`), announced in READY.
-    public static let capabilities: [Ptl_V1_Phase] = [.stats, .grad, .eval, .trace]
+    public static let capabilities: [Ptl_V1_Phase] = [.stats, .grad, .eval, .trace, .rollout]
 
     public static func heartbeat() -> WireMessage {
         var e = envelope(.heartbeat)

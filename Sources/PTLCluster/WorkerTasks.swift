@@ -56,6 +56,9 @@ public enum WorkerTasks {
                                                      lossScale: Float(spec.lossScale), branchScale: try TaskCoding.decodeBranchScale(inputs),
                                                      precision: precision, teacher: teacher, into: grads)
                 return (result(out), [WireTensor(name: "grad", buffer: grads)])   // sent from the buffer itself
+            case .rollout:
+                return try rollout(spec: spec, inputs: inputs, model: m, cache: cache, version: version, teacherVersion: teacherVersion,
+                                   precision: precision)
             default:
                 throw WireError(kind: .unknownType, message: "phase \(key.phase.name) is not run by this worker")
             }

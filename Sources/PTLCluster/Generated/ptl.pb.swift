@@ -368,7 +368,7 @@ public nonisolated struct Ptl_V1_Ready: Sendable {
   /// ptl version of the worker
   public var version: String = String()
 
-  /// phases it runs, by their names: "stats", "grad", "eval", "trace"
+  /// phases it runs, by their names: "stats", "grad", "eval", "trace", "rollout"
   public var capabilities: [String] = []
 
   /// the model version it already holds, if any
@@ -395,50 +395,131 @@ public nonisolated struct Ptl_V1_Heartbeat: Sendable {
   public init() {}
 }
 
-public nonisolated struct Ptl_V1_Task: Sendable {
+public nonisolated struct Ptl_V1_Task: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// the model version to run on
-  public var modelHash: String = String()
+  public var modelHash: String {
+    get {_storage._modelHash}
+    set {_uniqueStorage()._modelHash = newValue}
+  }
 
-  public var batchSize: UInt32 = 0
+  public var batchSize: UInt32 {
+    get {_storage._batchSize}
+    set {_uniqueStorage()._batchSize = newValue}
+  }
 
-  public var seqLen: UInt32 = 0
+  public var seqLen: UInt32 {
+    get {_storage._seqLen}
+    set {_uniqueStorage()._seqLen = newValue}
+  }
 
   /// GRAD: gradient of loss_scale × Σ losses
-  public var lossScale: Double = 0
+  public var lossScale: Double {
+    get {_storage._lossScale}
+    set {_uniqueStorage()._lossScale = newValue}
+  }
 
   /// EVAL
-  public var maxNewTokens: UInt32 = 0
+  public var maxNewTokens: UInt32 {
+    get {_storage._maxNewTokens}
+    set {_uniqueStorage()._maxNewTokens = newValue}
+  }
 
   /// EVAL: the shard's {"question","answer"} lines
-  public var recordsJsonl: String = String()
+  public var recordsJsonl: String {
+    get {_storage._recordsJsonl}
+    set {_uniqueStorage()._recordsJsonl = newValue}
+  }
 
   /// the job's matmul arithmetic (GRAD, STATS, EVAL)
-  public var precision: Ptl_V1_Precision = .fp32
+  public var precision: Ptl_V1_Precision {
+    get {_storage._precision}
+    set {_uniqueStorage()._precision = newValue}
+  }
 
   /// GRAD with distillation: the teacher's model version (fetched once with MODEL_REQUEST and
   /// kept beside the student's), T in (0, 100] and the weight w in (0, 1] of
   /// w · T² · KL(teacher ‖ student) + (1 − w) · CE. Empty: cross-entropy.
-  public var teacherHash: String = String()
+  public var teacherHash: String {
+    get {_storage._teacherHash}
+    set {_uniqueStorage()._teacherHash = newValue}
+  }
 
-  public var kdTemperature: Float = 0
+  public var kdTemperature: Float {
+    get {_storage._kdTemperature}
+    set {_uniqueStorage()._kdTemperature = newValue}
+  }
 
-  public var kdWeight: Float = 0
+  public var kdWeight: Float {
+    get {_storage._kdWeight}
+    set {_uniqueStorage()._kdWeight = newValue}
+  }
 
   /// STATS: return the FFN Gram matrices (one F64 tensor gram.<block>, intermediate²) instead of
   /// the activation statistics (least-squares reconstruction).
-  public var ffnGram: Bool = false
+  public var ffnGram: Bool {
+    get {_storage._ffnGram}
+    set {_uniqueStorage()._ffnGram = newValue}
+  }
 
   /// STATS: return block (hessian_block − 1)'s layer Hessians for SparseGPT (F64 tensors
   /// hessian.attention, hessian.output, hessian.mlp, hessian.down); 0: none.
-  public var hessianBlock: UInt32 = 0
+  public var hessianBlock: UInt32 {
+    get {_storage._hessianBlock}
+    set {_uniqueStorage()._hessianBlock = newValue}
+  }
+
+  /// ROLLOUT (GRPO), sampling: samples_per_prompt completions of every record of records_jsonl at
+  /// temperature (0, 100] and top_p (0, 1], up to max_new_tokens; the j-th completion of record i
+  /// drawn from seed i·samples_per_prompt + j of the I64 tensor "seeds" (a retried task samples
+  /// the same). The result holds I32 tensors prompt_ids / completion_ids (all of them, in order),
+  /// prompt_lengths / completion_lengths, and the cut texts as one JSON array (U8 "texts").
+  public var samplesPerPrompt: UInt32 {
+    get {_storage._samplesPerPrompt}
+    set {_uniqueStorage()._samplesPerPrompt = newValue}
+  }
+
+  public var temperature: Float {
+    get {_storage._temperature}
+    set {_uniqueStorage()._temperature = newValue}
+  }
+
+  public var topP: Float {
+    get {_storage._topP}
+    set {_uniqueStorage()._topP = newValue}
+  }
+
+  /// ROLLOUT (GRPO), gradient: the gradient of loss_scale × Σ GRPO per-token losses of the
+  /// sequences (prompt + completion; I32 "prompt_lengths", F32 "advantages" one per sequence),
+  /// on-policy; with kl_beta > 0 the KL is to teacher_hash's model (the reference).
+  public var grpoGradient: Bool {
+    get {_storage._grpoGradient}
+    set {_uniqueStorage()._grpoGradient = newValue}
+  }
+
+  public var klBeta: Float {
+    get {_storage._klBeta}
+    set {_uniqueStorage()._klBeta = newValue}
+  }
+
+  public var clipLow: Float {
+    get {_storage._clipLow}
+    set {_uniqueStorage()._clipLow = newValue}
+  }
+
+  public var clipHigh: Float {
+    get {_storage._clipHigh}
+    set {_uniqueStorage()._clipHigh = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Ptl_V1_Result: Sendable {
@@ -457,6 +538,12 @@ public nonisolated struct Ptl_V1_Result: Sendable {
 
   /// compute time on the worker
   public var seconds: Double = 0
+
+  /// ROLLOUT gradient: scored tokens whose ratio the clip held
+  public var clipped: UInt64 = 0
+
+  /// ROLLOUT gradient: Σ of the k3 KL over the scored tokens
+  public var klSum: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -847,84 +934,191 @@ nonisolated extension Ptl_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{3}ffn_gram\0\u{3}hessian_block\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_hash\0\u{4}\u{3}batch_size\0\u{3}seq_len\0\u{3}loss_scale\0\u{3}max_new_tokens\0\u{4}\u{2}records_jsonl\0\u{1}precision\0\u{3}teacher_hash\0\u{3}kd_temperature\0\u{3}kd_weight\0\u{3}ffn_gram\0\u{3}hessian_block\0\u{3}samples_per_prompt\0\u{1}temperature\0\u{3}top_p\0\u{3}grpo_gradient\0\u{3}kl_beta\0\u{3}clip_low\0\u{3}clip_high\0\u{b}seed\0\u{b}example_indices\0\u{b}data_path\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{8}\u{1}")
+
+  fileprivate class _StorageClass {
+    var _modelHash: String = String()
+    var _batchSize: UInt32 = 0
+    var _seqLen: UInt32 = 0
+    var _lossScale: Double = 0
+    var _maxNewTokens: UInt32 = 0
+    var _recordsJsonl: String = String()
+    var _precision: Ptl_V1_Precision = .fp32
+    var _teacherHash: String = String()
+    var _kdTemperature: Float = 0
+    var _kdWeight: Float = 0
+    var _ffnGram: Bool = false
+    var _hessianBlock: UInt32 = 0
+    var _samplesPerPrompt: UInt32 = 0
+    var _temperature: Float = 0
+    var _topP: Float = 0
+    var _grpoGradient: Bool = false
+    var _klBeta: Float = 0
+    var _clipLow: Float = 0
+    var _clipHigh: Float = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _modelHash = source._modelHash
+      _batchSize = source._batchSize
+      _seqLen = source._seqLen
+      _lossScale = source._lossScale
+      _maxNewTokens = source._maxNewTokens
+      _recordsJsonl = source._recordsJsonl
+      _precision = source._precision
+      _teacherHash = source._teacherHash
+      _kdTemperature = source._kdTemperature
+      _kdWeight = source._kdWeight
+      _ffnGram = source._ffnGram
+      _hessianBlock = source._hessianBlock
+      _samplesPerPrompt = source._samplesPerPrompt
+      _temperature = source._temperature
+      _topP = source._topP
+      _grpoGradient = source._grpoGradient
+      _klBeta = source._klBeta
+      _clipLow = source._clipLow
+      _clipHigh = source._clipHigh
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.modelHash) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batchSize) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.seqLen) }()
-      case 6: try { try decoder.decodeSingularDoubleField(value: &self.lossScale) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxNewTokens) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.recordsJsonl) }()
-      case 10: try { try decoder.decodeSingularEnumField(value: &self.precision) }()
-      case 11: try { try decoder.decodeSingularStringField(value: &self.teacherHash) }()
-      case 12: try { try decoder.decodeSingularFloatField(value: &self.kdTemperature) }()
-      case 13: try { try decoder.decodeSingularFloatField(value: &self.kdWeight) }()
-      case 14: try { try decoder.decodeSingularBoolField(value: &self.ffnGram) }()
-      case 15: try { try decoder.decodeSingularUInt32Field(value: &self.hessianBlock) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._modelHash) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._batchSize) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._seqLen) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._lossScale) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._maxNewTokens) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._recordsJsonl) }()
+        case 10: try { try decoder.decodeSingularEnumField(value: &_storage._precision) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._teacherHash) }()
+        case 12: try { try decoder.decodeSingularFloatField(value: &_storage._kdTemperature) }()
+        case 13: try { try decoder.decodeSingularFloatField(value: &_storage._kdWeight) }()
+        case 14: try { try decoder.decodeSingularBoolField(value: &_storage._ffnGram) }()
+        case 15: try { try decoder.decodeSingularUInt32Field(value: &_storage._hessianBlock) }()
+        case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._samplesPerPrompt) }()
+        case 17: try { try decoder.decodeSingularFloatField(value: &_storage._temperature) }()
+        case 18: try { try decoder.decodeSingularFloatField(value: &_storage._topP) }()
+        case 19: try { try decoder.decodeSingularBoolField(value: &_storage._grpoGradient) }()
+        case 20: try { try decoder.decodeSingularFloatField(value: &_storage._klBeta) }()
+        case 21: try { try decoder.decodeSingularFloatField(value: &_storage._clipLow) }()
+        case 22: try { try decoder.decodeSingularFloatField(value: &_storage._clipHigh) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.modelHash.isEmpty {
-      try visitor.visitSingularStringField(value: self.modelHash, fieldNumber: 1)
-    }
-    if self.batchSize != 0 {
-      try visitor.visitSingularUInt32Field(value: self.batchSize, fieldNumber: 4)
-    }
-    if self.seqLen != 0 {
-      try visitor.visitSingularUInt32Field(value: self.seqLen, fieldNumber: 5)
-    }
-    if self.lossScale.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.lossScale, fieldNumber: 6)
-    }
-    if self.maxNewTokens != 0 {
-      try visitor.visitSingularUInt32Field(value: self.maxNewTokens, fieldNumber: 7)
-    }
-    if !self.recordsJsonl.isEmpty {
-      try visitor.visitSingularStringField(value: self.recordsJsonl, fieldNumber: 9)
-    }
-    if self.precision != .fp32 {
-      try visitor.visitSingularEnumField(value: self.precision, fieldNumber: 10)
-    }
-    if !self.teacherHash.isEmpty {
-      try visitor.visitSingularStringField(value: self.teacherHash, fieldNumber: 11)
-    }
-    if self.kdTemperature.bitPattern != 0 {
-      try visitor.visitSingularFloatField(value: self.kdTemperature, fieldNumber: 12)
-    }
-    if self.kdWeight.bitPattern != 0 {
-      try visitor.visitSingularFloatField(value: self.kdWeight, fieldNumber: 13)
-    }
-    if self.ffnGram != false {
-      try visitor.visitSingularBoolField(value: self.ffnGram, fieldNumber: 14)
-    }
-    if self.hessianBlock != 0 {
-      try visitor.visitSingularUInt32Field(value: self.hessianBlock, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._modelHash.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._modelHash, fieldNumber: 1)
+      }
+      if _storage._batchSize != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._batchSize, fieldNumber: 4)
+      }
+      if _storage._seqLen != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._seqLen, fieldNumber: 5)
+      }
+      if _storage._lossScale.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._lossScale, fieldNumber: 6)
+      }
+      if _storage._maxNewTokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._maxNewTokens, fieldNumber: 7)
+      }
+      if !_storage._recordsJsonl.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._recordsJsonl, fieldNumber: 9)
+      }
+      if _storage._precision != .fp32 {
+        try visitor.visitSingularEnumField(value: _storage._precision, fieldNumber: 10)
+      }
+      if !_storage._teacherHash.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._teacherHash, fieldNumber: 11)
+      }
+      if _storage._kdTemperature.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._kdTemperature, fieldNumber: 12)
+      }
+      if _storage._kdWeight.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._kdWeight, fieldNumber: 13)
+      }
+      if _storage._ffnGram != false {
+        try visitor.visitSingularBoolField(value: _storage._ffnGram, fieldNumber: 14)
+      }
+      if _storage._hessianBlock != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._hessianBlock, fieldNumber: 15)
+      }
+      if _storage._samplesPerPrompt != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._samplesPerPrompt, fieldNumber: 16)
+      }
+      if _storage._temperature.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._temperature, fieldNumber: 17)
+      }
+      if _storage._topP.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._topP, fieldNumber: 18)
+      }
+      if _storage._grpoGradient != false {
+        try visitor.visitSingularBoolField(value: _storage._grpoGradient, fieldNumber: 19)
+      }
+      if _storage._klBeta.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._klBeta, fieldNumber: 20)
+      }
+      if _storage._clipLow.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._clipLow, fieldNumber: 21)
+      }
+      if _storage._clipHigh.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._clipHigh, fieldNumber: 22)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ptl_V1_Task, rhs: Ptl_V1_Task) -> Bool {
-    if lhs.modelHash != rhs.modelHash {return false}
-    if lhs.batchSize != rhs.batchSize {return false}
-    if lhs.seqLen != rhs.seqLen {return false}
-    if lhs.lossScale != rhs.lossScale {return false}
-    if lhs.maxNewTokens != rhs.maxNewTokens {return false}
-    if lhs.recordsJsonl != rhs.recordsJsonl {return false}
-    if lhs.precision != rhs.precision {return false}
-    if lhs.teacherHash != rhs.teacherHash {return false}
-    if lhs.kdTemperature != rhs.kdTemperature {return false}
-    if lhs.kdWeight != rhs.kdWeight {return false}
-    if lhs.ffnGram != rhs.ffnGram {return false}
-    if lhs.hessianBlock != rhs.hessianBlock {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._modelHash != rhs_storage._modelHash {return false}
+        if _storage._batchSize != rhs_storage._batchSize {return false}
+        if _storage._seqLen != rhs_storage._seqLen {return false}
+        if _storage._lossScale != rhs_storage._lossScale {return false}
+        if _storage._maxNewTokens != rhs_storage._maxNewTokens {return false}
+        if _storage._recordsJsonl != rhs_storage._recordsJsonl {return false}
+        if _storage._precision != rhs_storage._precision {return false}
+        if _storage._teacherHash != rhs_storage._teacherHash {return false}
+        if _storage._kdTemperature != rhs_storage._kdTemperature {return false}
+        if _storage._kdWeight != rhs_storage._kdWeight {return false}
+        if _storage._ffnGram != rhs_storage._ffnGram {return false}
+        if _storage._hessianBlock != rhs_storage._hessianBlock {return false}
+        if _storage._samplesPerPrompt != rhs_storage._samplesPerPrompt {return false}
+        if _storage._temperature != rhs_storage._temperature {return false}
+        if _storage._topP != rhs_storage._topP {return false}
+        if _storage._grpoGradient != rhs_storage._grpoGradient {return false}
+        if _storage._klBeta != rhs_storage._klBeta {return false}
+        if _storage._clipLow != rhs_storage._clipLow {return false}
+        if _storage._clipHigh != rhs_storage._clipHigh {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -932,7 +1126,7 @@ nonisolated extension Ptl_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension Ptl_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Result"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}loss_sum\0\u{3}token_count\0\u{1}correct\0\u{1}examples\0\u{1}seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}loss_sum\0\u{3}token_count\0\u{1}correct\0\u{1}examples\0\u{1}seconds\0\u{1}clipped\0\u{3}kl_sum\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -945,6 +1139,8 @@ nonisolated extension Ptl_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.correct) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.examples) }()
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.clipped) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.klSum) }()
       default: break
       }
     }
@@ -966,6 +1162,12 @@ nonisolated extension Ptl_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if self.seconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.seconds, fieldNumber: 5)
     }
+    if self.clipped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clipped, fieldNumber: 6)
+    }
+    if self.klSum.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.klSum, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -975,6 +1177,8 @@ nonisolated extension Ptl_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.correct != rhs.correct {return false}
     if lhs.examples != rhs.examples {return false}
     if lhs.seconds != rhs.seconds {return false}
+    if lhs.clipped != rhs.clipped {return false}
+    if lhs.klSum != rhs.klSum {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+import PTLData
+import PTLLoop
+import PTLModel
+import PTLTestSupport
+import PTLTokenizer
+@testable import PTLCluster
+
+/// GRPO over the cluster (issue 17): rollouts sampled on the workers (seeded per completion) and
+/// GRPO gradients with the reference model fetched once like a teacher, reduced in shard order —
+/// 1, 2 or 3 workers, a worker whose first rollout fails mid-phase, and this process all end at
+/// the same model, bit for bit, with the same figures every step.
+@Suite(.serialized) struct GRPOClusterTests {
+    static let demo = packageRoot.appendingPathComponent("models/demo").path
+
+    static func run(_ backend: GRPOBackend, out: String) throws -> (weights: [Float], rows: [GRPOStepRow]) {
+        let model = try HFModel.load(directory: demo)
+        let task = try ArithmeticTask()
+        var c = GRPOConfig()
+        c.steps = 3
+        c.promptsPerStep = 6
+        c.rolloutsPerPrompt = 4
+        c.maxNewTokens = 48
+        c.learningRate = 1e-4
+        c.shards = 3
+        c.evalEvery = 3
+        c.checkpointEvery = 3
+        let t = try GRPOTrainer(backend: backend, model: model, trainLines: task.jsonl(seed: 5, count: 36).split(separator: "\n").map(String.init),
+                                evalLines: task.jsonl(seed: ArithmeticTask.testSeed(5), count: 6).split(separator: "\n").map(String.init),
+                                config: c, out: out, tokenizerSource: demo, fresh: true)
+        #expect(try t.train())
+        return (t.currentModel.parameters.array(), t.rows.map { var r = $0; r.seconds = 0; return r })
+    }
+
+    @Test func theSameModelInThisProcessAndOverOneTwoOrThreeWorkersWithAFailedRollout() throws {
+        let tokenizerJSON = try String(contentsOfFile: Self.demo + "/tokenizer.json", encoding: .utf8)
+        let local = try Self.run(LocalBackend(tokenizer: try Tokenizer(path: Self.demo + "/tokenizer.json")), out: temporaryDirectory("ptl-grpo-local"))
+        #expect(local.rows.count == 4 && local.rows.dropFirst().allSatisfy { $0.meanResponseTokens > 0 })
+        for workers in [1, 2, 3] {
+            let cluster = try InProcessCluster.with(workers: workers) { cluster in
+                try Self.run(ClusterBackend(coordinator: cluster.coordinator, tokenizerJSON: tokenizerJSON), out: temporaryDirectory("ptl-grpo-cluster"))
+            }
+            #expect(cluster.weights == local.weights, "\(workers) worker(s)")
+            #expect(cluster.rows == local.rows, "\(workers) worker(s)")
+        }
+        // A worker that fails its first sampling task (as a killed one would lose it): the task is
+        // sampled again elsewhere from the same seeds.
+        let failures = LockedBox(0)
+        let flaky = try InProcessCluster(workers: 0)
+        defer { flaky.shutdown() }
+        let honest = WorkerTasks.handler()
+        try flaky.addWorker(id: "flaky", handler: { key, spec, inputs, version, teacher in
+            if key.phase == .rollout && !spec.grpoGradient && failures.value == 0 {
+                failures.value += 1
+                throw WireError(kind: .descriptorMismatch, message: "killed mid-rollout (test)")
+            }
+            return try honest(key, spec, inputs, version, teacher)
+        })
+        try flaky.addWorker(id: "steady", handler: WorkerTasks.handler())
+        let recovered = try Self.run(ClusterBackend(coordinator: flaky.coordinator, tokenizerJSON: tokenizerJSON), out: temporaryDirectory("ptl-grpo-flaky"))
+        #expect(failures.value == 1)
+        #expect(recovered.weights == local.weights)
+        #expect(recovered.rows == local.rows)
+    }
+}
