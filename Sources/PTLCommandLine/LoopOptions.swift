@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PTLModel
+import PTLData
 import PTLFormats
 import PTLLoop
 import PTLPrune
@@ -31,6 +32,7 @@ extension RecoveryLoss: ExpressibleByArgument {}
 extension ReconstructKind: ExpressibleByArgument {}
 extension CalibrationKind: ExpressibleByArgument {}
 extension DamageMeasure: ExpressibleByArgument {}
+extension TuneKind: ExpressibleByArgument {}
 
 /// What a round removes: neurons and blocks (a smaller dense model), or weights (SparseGPT).
 public enum PruneKind: String, Codable, Sendable, CaseIterable, ExpressibleByArgument {
@@ -122,6 +124,36 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "Damping of the reconstruction: λ = this × the mean diagonal of the kept neurons' Gram matrix.")
     public var reconstructDamping: Double = 0.01
 
+    @Option(help: "What the tune phase trains with: cpt (next-token loss, --recover says which), grpo (GRPO on the tuning questions: sampled answers rewarded by --rewards, a clipped objective with a KL to the round's starting model), or cpt+grpo (the first half of a round's steps one, the second half the other).")
+    public var tune: TuneKind = .cpt
+
+    @Option(help: "GRPO: training questions per step.")
+    public var promptsPerStep: Int = 8
+
+    @Option(help: "GRPO: completions sampled per question (the group its rewards are normalised in).")
+    public var rolloutsPerPrompt: Int = 8
+
+    @Option(help: "GRPO: sampling temperature.")
+    public var temperature: Float = 1
+
+    @Option(help: "GRPO: nucleus sampling's p.")
+    public var topP: Float = 1
+
+    @Option(help: "GRPO: weight β of the KL (k3) to the round's starting model; 0: none.")
+    public var klBeta: Float = 0.04
+
+    @Option(help: "GRPO: the ratio's clip, 1 − clip-low …")
+    public var clipLow: Float = 0.2
+
+    @Option(help: "GRPO: … 1 + clip-high (DAPO's clip-higher).")
+    public var clipHigh: Float = 0.28
+
+    @Option(help: "GRPO: reward functions and weights (accuracy: the extracted answer equals the gold one; format: one final answer as #### N or \\boxed{N}).")
+    public var rewards: String = "accuracy:0.9,format:0.1"
+
+    @Option(help: "GRPO: peak learning rate of the GRPO steps.")
+    public var grpoLr: Float = 1e-5
+
     @Option(help: "Peak learning rate (per round, with a warm-up and cosine decay).")
     public var lr: Float = 3e-4
 
@@ -166,6 +198,16 @@ public struct LoopOptions: ParsableArguments {
         do { _ = try SparsityPattern(parsing: sparsity) } catch { throw ValidationError("--\(error)") }
         if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
         if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
+        do { _ = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
+        if tune != .cpt {
+            if promptsPerStep < shards || promptsPerStep > 1 << 16 { throw ValidationError("--prompts-per-step must be between --shards and 65536") }
+            if rolloutsPerPrompt < 2 || rolloutsPerPrompt > 1024 { throw ValidationError("--rollouts-per-prompt must be between 2 and 1024") }
+            if !(temperature > 0 && temperature <= 100) || !(topP > 0 && topP <= 1) { throw ValidationError("--temperature must be in (0, 100] and --top-p in (0, 1]") }
+            if !(klBeta >= 0 && klBeta.isFinite) || !(clipLow >= 0 && clipLow < 1) || !(clipHigh >= 0 && clipHigh.isFinite) {
+                throw ValidationError("--kl-beta must be ≥ 0, --clip-low in [0, 1), --clip-high ≥ 0")
+            }
+            if !(grpoLr > 0 && grpoLr.isFinite) { throw ValidationError("--grpo-lr must be a positive number") }
+        }
     }
 
     /// The loop's settings: built here and nowhere else.
@@ -204,6 +246,20 @@ public struct LoopOptions: ParsableArguments {
         ls.damage = damage
         ls.finalReserve = finalReserve
         if prune == .sparse { ls.sparse = SparseSettings(sparsity: sparsity, percentDamp: percdamp, blockSize: sparseBlockSize) }
+        if tune != .cpt {
+            var g = GRPOTuneSettings()
+            g.tune = tune
+            g.promptsPerStep = promptsPerStep
+            g.rolloutsPerPrompt = rolloutsPerPrompt
+            g.temperature = temperature
+            g.topP = topP
+            g.beta = klBeta
+            g.clipLow = clipLow
+            g.clipHigh = clipHigh
+            g.rewards = try RewardSpec(parsing: rewards)
+            g.learningRate = grpoLr
+            ls.grpo = g
+        }
         return ls
     }
 }

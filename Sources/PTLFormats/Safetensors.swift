@@ -88,6 +88,38 @@ public enum Safetensors {
         }
     }
 
+    /// A file of BOOL tensors (torch.bool: one byte, 0 or 1), built from the flags without a
+    /// Float copy (masks of a 135M-parameter model are 10⁸ flags).
+    public static func encodeBool(_ tensors: [(name: String, shape: [Int], values: [Bool])], metadata: [String: String] = [:],
+                                  path: String = "safetensors") throws -> Data {
+        var meta = metadata
+        meta["format"] = meta["format"] ?? "pt"
+        var header = "{\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
+        var offset = 0
+        var seen = Set<String>()
+        for (name, shape, values) in tensors {
+            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
+            guard checkedElementCount(shape) == values.count else {
+                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(shape) does not hold its \(values.count) values")
+            }
+            header += ",\(jsonString(name)):{\"dtype\":\"BOOL\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + values.count)]}"
+            offset += values.count
+        }
+        header += "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        var file = Data(capacity: 8 + headerBytes.count + offset)
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(contentsOf: headerBytes)
+        for (_, _, values) in tensors {
+            values.withUnsafeBufferPointer { v in
+                // Swift's Bool is one byte, 0 or 1: the layout torch.bool has.
+                v.withMemoryRebound(to: UInt8.self) { file.append($0) }
+            }
+        }
+        return file
+    }
+
     /// The bytes `write` puts in a file: F32, BF16, or BOOL (a value is true when it is not 0).
     public static func encode(_ tensors: [(name: String, tensor: TensorF32)], dtype: SafetensorsDType = .f32,
                               metadata: [String: String] = [:], path: String = "safetensors") throws -> Data {

@@ -60,6 +60,8 @@ public struct GRPOConfig: Codable, Sendable, Equatable {
 /// One step's figures (a line of OUT/metrics.jsonl).
 public struct GRPOStepRow: Codable, Sendable, Equatable {
     public var step: Int
+    /// In the loop: the round the step tuned.
+    public var round: Int?
     public var meanReward: Double
     public var accuracy: Double
     public var formatRate: Double
@@ -177,7 +179,7 @@ public final class GRPOTrainer {
         let sampling = SamplingSettings(temperature: c.temperature, topK: 0, topP: c.topP)
         if state.rows.isEmpty {
             let (acc, tokens) = try evaluate()
-            state.rows.append(GRPOStepRow(step: 0, meanReward: 0, accuracy: 0, formatRate: 0, meanResponseTokens: 0, kl: 0, clipFraction: 0,
+            state.rows.append(GRPOStepRow(step: 0, round: nil, meanReward: 0, accuracy: 0, formatRate: 0, meanResponseTokens: 0, kl: 0, clipFraction: 0,
                                           loss: 0, learningRate: 0, seconds: 0, evalAccuracy: acc, evalMeanTokens: tokens))
             logger.info("\(String(format: "step 0: held-out accuracy %.1f%% (%d problems), %.1f tokens per answer", acc * 100, evalLines.count, tokens))")
             try checkpoint()
@@ -187,35 +189,13 @@ public final class GRPOTrainer {
             let t0 = Date()
             let k = state.step
             let picked = order.indices(step: k, batchSize: c.promptsPerStep)
-            let seeds = picked.flatMap { i in (0..<c.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } }
-            let key = WorkKey(run: run, step: k + 1)
-            let rollouts = try backend.rollouts(model: model, jsonlLines: picked.map { trainLines[$0] }, samples: c.rolloutsPerPrompt, seeds: seeds,
-                                                shards: c.shards, sampling: sampling, maxNewTokens: c.maxNewTokens,
-                                                batchSize: c.evalBatchSize, key: key)
-            guard rollouts.count == seeds.count else { throw LoopError("internal: \(rollouts.count) rollouts for \(seeds.count) seeds") }
-            var rewards: [Double] = [], accurate = 0, formatted = 0
-            for (j, r) in rollouts.enumerated() {
-                let s = c.rewards.score(completion: r.text, gold: golds[picked[j / c.rolloutsPerPrompt]])
-                rewards.append(s.total)
-                accurate += s.accurate ? 1 : 0
-                formatted += s.formatted ? 1 : 0
-            }
-            let advantages = GRPOAdvantages.compute(rewards: rewards, groupSize: c.rolloutsPerPrompt)
-            let batch = GRPOBatch(sequences: rollouts.map { $0.promptIds + $0.completionIds }, promptLengths: rollouts.map(\.promptIds.count),
-                                  advantages: advantages.map { Float($0) })
-            let lr = schedule.rate(at: k)
-            var row = GRPOStepRow(step: k + 1, meanReward: rewards.reduce(0, +) / Double(rewards.count),
-                                  accuracy: Double(accurate) / Double(rollouts.count), formatRate: Double(formatted) / Double(rollouts.count),
-                                  meanResponseTokens: Double(batch.completionTokens) / Double(rollouts.count), kl: 0, clipFraction: 0,
-                                  loss: 0, learningRate: Double(lr), seconds: 0)
-            if batch.completionTokens > 0 && (advantages.contains { $0 != 0 } || c.beta > 0) {
-                let g = try backend.grpoGradients(model: model, batch: batch, shards: c.shards, settings: settings, reference: reference, key: key, into: grads)
-                let n = Double(max(1, g.sums.count))
-                row.loss = g.sums.loss / n
-                row.kl = g.sums.kl / n
-                row.clipFraction = Double(g.sums.clipped) / n
-                OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: lr, clip: c.clip)
-            }
+            var row = try GRPOStep.run(backend: backend, model: model, optimizer: optimizer, grads: grads, lines: picked.map { trainLines[$0] },
+                                       golds: picked.map { golds[$0] },
+                                       seeds: picked.flatMap { i in (0..<c.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } },
+                                       rolloutsPerPrompt: c.rolloutsPerPrompt, sampling: sampling, maxNewTokens: c.maxNewTokens,
+                                       batchSize: c.evalBatchSize, rewards: c.rewards, settings: settings, reference: reference,
+                                       shards: c.shards, lr: schedule.rate(at: k), clip: c.clip, key: WorkKey(run: run, step: k + 1))
+            row.step = k + 1
             state.step = k + 1
             if state.step % c.evalEvery == 0 || state.step == c.steps {
                 let (acc, tokens) = try evaluate()
@@ -263,5 +243,46 @@ public final class GRPOTrainer {
                          r.evalMeanTokens.map { String(format: "%.1f", $0) } ?? "", r.seconds)
         }
         try LoopReport.atomicWrite(Data(md.utf8), to: (out as NSString).appendingPathComponent("report.md"))
+    }
+}
+
+/// One GRPO step on any backend: sample `rolloutsPerPrompt` completions of each of `lines` (from
+/// `seeds`, one a completion), score them against `golds`, normalise within each prompt's group,
+/// and — unless every advantage is 0 and there is no KL — take one AdamW step on the GRPO
+/// gradient. Returns the step's figures (`step` left 0 for the caller).
+public enum GRPOStep {
+    public static func run(backend: GRPOBackend, model: Model, optimizer: AdamW, grads: FloatBuffer, lines: [String], golds: [String],
+                           seeds: [UInt64], rolloutsPerPrompt: Int, sampling: SamplingSettings, maxNewTokens: Int, batchSize: Int,
+                           rewards spec: RewardSpec, settings: GRPOSettings, reference: Teacher?, shards: Int, lr: Float, clip: Float,
+                           key: WorkKey, maskGradients: ((FloatBuffer) -> Void)? = nil) throws -> GRPOStepRow {
+        let t0 = Date()
+        let rollouts = try backend.rollouts(model: model, jsonlLines: lines, samples: rolloutsPerPrompt, seeds: seeds, shards: shards,
+                                            sampling: sampling, maxNewTokens: maxNewTokens, batchSize: batchSize, key: key)
+        guard rollouts.count == seeds.count else { throw LoopError("internal: \(rollouts.count) rollouts for \(seeds.count) seeds") }
+        var rewards: [Double] = [], accurate = 0, formatted = 0
+        for (j, r) in rollouts.enumerated() {
+            let s = spec.score(completion: r.text, gold: golds[j / rolloutsPerPrompt])
+            rewards.append(s.total)
+            accurate += s.accurate ? 1 : 0
+            formatted += s.formatted ? 1 : 0
+        }
+        let advantages = GRPOAdvantages.compute(rewards: rewards, groupSize: rolloutsPerPrompt)
+        let batch = GRPOBatch(sequences: rollouts.map { $0.promptIds + $0.completionIds }, promptLengths: rollouts.map(\.promptIds.count),
+                              advantages: advantages.map { Float($0) })
+        var row = GRPOStepRow(step: 0, round: nil, meanReward: rewards.reduce(0, +) / Double(rewards.count),
+                              accuracy: Double(accurate) / Double(rollouts.count), formatRate: Double(formatted) / Double(rollouts.count),
+                              meanResponseTokens: Double(batch.completionTokens) / Double(rollouts.count), kl: 0, clipFraction: 0,
+                              loss: 0, learningRate: Double(lr), seconds: 0)
+        if batch.completionTokens > 0 && (advantages.contains { $0 != 0 } || settings.beta > 0) {
+            let g = try backend.grpoGradients(model: model, batch: batch, shards: shards, settings: settings, reference: reference, key: key, into: grads)
+            let n = Double(max(1, g.sums.count))
+            row.loss = g.sums.loss / n
+            row.kl = g.sums.kl / n
+            row.clipFraction = Double(g.sums.clipped) / n
+            maskGradients?(grads)
+            OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: lr, clip: clip)
+        }
+        row.seconds = Date().timeIntervalSince(t0)
+        return row
     }
 }

@@ -61,8 +61,7 @@ public struct LoopInputs {
         let start = try ModelSource.loadModel(d.model)
         do { try tokenizer.validate(modelVocabularySize: start.config.vocabSize) } catch { throw LoopError("\(d.model): \(error)") }
         // The PTL plan fixes the total tune budget of every method; enough fresh lines for it.
-        let ptlRounds = try PrunePlan.make(config: start.config, method: .ptl, target: s.target, removeLayers: s.removeLayers, step: s.step,
-                                           widthMultiple: s.widthMultiple, layersPerRound: s.layersPerRound, order: s.order).rounds.count
+        let ptlRounds = try s.plan(config: start.config, method: .ptl).rounds.count
         let needed = s.tuneSteps * ptlRounds * s.batchSize
         let template = PromptTemplate.standard
         func encode(_ r: CorpusRecord) -> [Int] { encodeLine(template.render(r), tokenizer: tokenizer, eos: start.config.eosTokenIds, maxTokens: d.seqLen) }
@@ -99,6 +98,8 @@ public struct LoopInputs {
         let evalLines = try eval.map { try jsonl($0, "eval") }
         // Prompts and on-policy traces need questions; text records calibrate as they are.
         let calibrationLines = calibration.allSatisfy({ if case .qa = $0 { true } else { false } }) ? try calibration.map { try jsonl($0, "calibration") } : []
+        // GRPO answers the tuning questions (records with a final answer only).
+        let tuneRecords = s.grpo == nil ? [] : try tune.map { try jsonl($0, "tuning (--tune grpo)") }
         let probeLines = heldOut.allSatisfy({ if case .qa = $0 { true } else { false } })
             ? try heldOut.prefix(d.calibrationLines).map { try jsonl($0, "held-out") } : []
         let calibrationPrompts = calibration.map { r -> [Int] in
@@ -122,7 +123,7 @@ public struct LoopInputs {
         return LoopInputs(model: start, tokenizer: tokenizer, tokenizerJSON: tokenizerJSON, tokenizerSource: source,
                           data: LoopData(tune: tune.map(encode), calibration: calibration.map(calib), heldOut: heldOut.map(encode),
                                          evalLines: evalLines, calibrationLines: calibrationLines, calibrationPrompts: calibrationPrompts,
-                                         probeLines: probeLines),
+                                         probeLines: probeLines, tuneRecords: tuneRecords),
                           teacher: teacher)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import PTLData
 import PTLModel
 import PTLPrune
 import PTLTensor
@@ -47,6 +48,30 @@ public struct SparseSettings: Codable, Sendable, Equatable {
     public init(sparsity: String, percentDamp: Double = 0.01, blockSize: Int = 128) {
         self.sparsity = sparsity; self.percentDamp = percentDamp; self.blockSize = blockSize
     }
+}
+
+/// What a round's tune phase trains with: next-token loss (continual pre-training, `--recover`
+/// says which), GRPO, or the first half of the round's steps one and the second half the other.
+public enum TuneKind: String, Codable, Sendable, CaseIterable {
+    case cpt, grpo
+    case cptGRPO = "cpt+grpo"
+}
+
+/// `--tune grpo | cpt+grpo`: GRPO steps in the tune phase (issue 17). The KL is to the round's
+/// starting model (the pruned model before its tuning).
+public struct GRPOTuneSettings: Codable, Sendable, Equatable {
+    public var tune: TuneKind = .grpo
+    public var promptsPerStep = 8
+    public var rolloutsPerPrompt = 8
+    public var temperature: Float = 1
+    public var topP: Float = 1
+    public var beta: Float = 0.04
+    public var clipLow: Float = 0.2
+    public var clipHigh: Float = 0.28
+    public var rewards: RewardSpec = .standard
+    /// The GRPO steps' peak learning rate (RL wants a smaller one than next-token tuning).
+    public var learningRate: Float = 1e-5
+    public init() {}
 }
 
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).
@@ -104,6 +129,8 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var finalReserve = 0.0
     /// Set: the loop prunes weights (SparseGPT) instead of neurons and blocks.
     public var sparse: SparseSettings?
+    /// Set: GRPO steps in the tune phase (`--tune grpo | cpt+grpo`); nil: next-token tuning.
+    public var grpo: GRPOTuneSettings?
     public init() {}
 
     /// The rounds these settings give for a model of `config` with `method`.
@@ -142,10 +169,14 @@ public struct LoopData: Sendable {
     /// specialist a 20 % FFN cut probed 93.8 → 96.9 % on the calibration questions while 100
     /// held-out problems fell from 91.5 to 68 %).
     public var probeLines: [String]
+    /// The tuning records as JSONL lines (GRPO samples answers to their questions); empty when
+    /// the tuning data are plain text.
+    public var tuneRecords: [String]
     public init(tune: [[Int]], calibration: [[Int]], heldOut: [[Int]], evalLines: [String],
-                calibrationLines: [String] = [], calibrationPrompts: [[Int]] = [], probeLines: [String] = []) {
+                calibrationLines: [String] = [], calibrationPrompts: [[Int]] = [], probeLines: [String] = [], tuneRecords: [String] = []) {
         self.tune = tune; self.calibration = calibration; self.heldOut = heldOut; self.evalLines = evalLines
         self.calibrationLines = calibrationLines; self.calibrationPrompts = calibrationPrompts; self.probeLines = probeLines
+        self.tuneRecords = tuneRecords
     }
 }
 

@@ -97,6 +97,8 @@ struct LoopState: Codable, Sendable {
     var workerSeconds = 0.0
     var rows: [PhaseRow] = []
     var removals: [RemovalRecord] = []
+    /// `--tune grpo`: every GRPO step's figures (OUT/grpo.jsonl).
+    var grpoRows: [GRPOStepRow]?
 }
 
 

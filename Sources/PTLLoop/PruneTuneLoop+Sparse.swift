@@ -68,6 +68,7 @@ extension PruneTuneLoop {
         logger.info("\(String(format: "round %d: SparseGPT to %@ (%.1f%% of the linear weights zero); held-out loss %.4f → %.4f; %d tune steps", r, "\(pattern)", 100 * Double(z) / Double(max(1, n)), state.lossBefore, after, state.roundSteps))",
                     metadata: ["round": "\(r)", "sparsity": "\(pattern)", "tune_steps": "\(state.roundSteps)"])
         state.stage = .tune
+        captureReference()
         try checkpoint()
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PTLData
 import PTLEval
+import PTLFormats
 import PTLModel
 import PTLPrune
 import PTLTensor
@@ -32,6 +33,10 @@ public final class PruneTuneLoop {
     /// `--prune sparse`: every linear layer's mask (true = pruned, kept at zero), in
     /// `SparsePruning.linears` order; empty before the first sparse round.
     var masks: [SparsePruning.Layer] = []
+    /// `--tune grpo`: the tuning records' gold answers, and the round's starting model (the KL's
+    /// reference; checkpointed while the round tunes).
+    var grpoGolds: [String] = []
+    var roundReference: Model?
     /// Progress: (round, rounds, phase, fraction of the phase done).
     public var progress: (Int, Int, String, Double) -> Void = { _, _, _, _ in }
     public var run = "ptl"
@@ -59,6 +64,22 @@ public final class PruneTuneLoop {
         }
         guard settings.finalReserve >= 0 && settings.finalReserve < 1 else { throw LoopError("--final-reserve must be in [0, 1)") }
         if let sp = settings.sparse { try Self.check(sparse: sp, config: start.config) }
+        if let g = settings.grpo {
+            guard backend is GRPOBackend else { throw LoopError("--tune \(g.tune.rawValue): this backend does not run GRPO") }
+            guard !data.tuneRecords.isEmpty else { throw LoopError("--tune \(g.tune.rawValue) needs question/answer tuning records") }
+            guard g.promptsPerStep >= 1, g.rolloutsPerPrompt >= 2, g.rolloutsPerPrompt <= 1024, g.temperature > 0, g.temperature <= 100,
+                  g.topP > 0, g.topP <= 1, g.beta >= 0, g.beta.isFinite, g.clipLow >= 0, g.clipLow < 1, g.clipHigh >= 0, g.clipHigh.isFinite,
+                  g.learningRate > 0, g.learningRate.isFinite, g.promptsPerStep >= settings.shards else {
+                throw LoopError("--tune grpo: prompts per step ≥ --shards, rollouts per prompt in 2…1024, temperature in (0, 100], top-p in (0, 1], β ≥ 0, clip-low in [0, 1), clip-high ≥ 0, a positive learning rate")
+            }
+            let records = try Corpus.parse(Data(data.tuneRecords.joined(separator: "\n").utf8), source: "tuning records").records
+            grpoGolds = try records.enumerated().map { i, r in
+                guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {
+                    throw LoopError("tuning record \(i + 1): --tune grpo needs a question and an answer with a final number")
+                }
+                return a
+            }
+        }
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
         if let (t, w) = settings.distillationWeights {
@@ -111,6 +132,18 @@ public final class PruneTuneLoop {
                         throw LoopError("\(maskFile): \(l.name) has a nonzero weight where its mask says pruned; pass --fresh to start over")
                     }
                 }
+            }
+            if s.stage == .tune, let g = settings.grpo, g.beta > 0 {
+                let file = (found as NSString).appendingPathComponent("reference.safetensors")
+                let tensors = try Safetensors.read(path: file)
+                let ref = Model(config: model.config, parameters: FloatBuffer(count: model.layout.count))
+                for e in model.layout.entries {
+                    guard let t = tensors[e.name], t.values.count == e.count, t.values.allSatisfy({ $0.isFinite }) else {
+                        throw LoopError("\(file): \(e.name) is missing, of the wrong size or not finite; pass --fresh to start over")
+                    }
+                    t.values.withUnsafeBufferPointer { ref.parameters.at(e.range.lowerBound).update(from: $0.baseAddress!, count: e.count) }
+                }
+                roundReference = ref
             }
         } else {
             func plan(_ method: PruneMethod) throws -> PrunePlan { try settings.plan(config: start.config, method: method) }
@@ -244,21 +277,31 @@ public final class PruneTuneLoop {
             let i = state.stepInRound
             let a = alpha(atStep: i + 1)
             let t0 = Date()
-            let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
-            let res = try backend.gradients(model: model, batch: batch, shards: s.shards, branchScale: a.allSatisfy { $0 == 1 } ? nil : a,
-                                            key: WorkKey(run: run, round: r, step: state.stepsUsed), into: grads)
-            // Pruned weights stay exactly zero: their gradients are zeroed before clipping (so the
-            // norm is that of the weights that train), and the weights again after the step.
-            if !masks.isEmpty { SparseMasks.zero(masks, in: grads) }
-            OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: schedule.rate(at: i), clip: s.clip)
+            var meanLoss = 0.0, computeSeconds = 0.0
+            if let g = s.grpo, g.tune == .grpo || (g.tune == .cptGRPO && i >= n / 2) {
+                // A GRPO step (branch scales folded: sampling and the gradient see the same model).
+                let row = try grpoStep(g, round: r, stepInRound: i, steps: n, alpha: a)
+                meanLoss = row.loss
+                computeSeconds = row.seconds
+            } else {
+                let batch = order.indices(step: state.stepsUsed, batchSize: s.batchSize).map { data.tune[$0] }
+                let res = try backend.gradients(model: model, batch: batch, shards: s.shards, branchScale: a.allSatisfy { $0 == 1 } ? nil : a,
+                                                key: WorkKey(run: run, round: r, step: state.stepsUsed), into: grads)
+                // Pruned weights stay exactly zero: their gradients are zeroed before clipping (so the
+                // norm is that of the weights that train), and the weights again after the step.
+                if !masks.isEmpty { SparseMasks.zero(masks, in: grads) }
+                OptimizerStep.apply(model: model, optimizer: optimizer, grads: grads, lr: schedule.rate(at: i), clip: s.clip)
+                meanLoss = res.meanLoss
+                computeSeconds = res.computeSeconds
+            }
             if !masks.isEmpty { SparseMasks.zero(masks, in: model.parameters); model.parametersChanged() }
             state.alpha = a
             state.stepInRound += 1
             state.stepsUsed += 1
-            state.tuneLossSum += res.meanLoss
-            state.workerSeconds += res.computeSeconds
+            state.tuneLossSum += meanLoss
+            state.workerSeconds += computeSeconds
             state.tuneSeconds += Date().timeIntervalSince(t0)
-            progress(r, rounds, String(format: "tune loss %.3f", res.meanLoss), Double(state.stepInRound) / Double(n))
+            progress(r, rounds, String(format: "tune loss %.3f", meanLoss), Double(state.stepInRound) / Double(n))
             if state.stepInRound % s.checkpointEvery == 0 && state.stepInRound < n { try checkpoint(report: false) }
             if stop() { try checkpoint(report: false); return false }
         }
@@ -303,6 +346,44 @@ public final class PruneTuneLoop {
         try checkpoint()
     }
 
+    /// One GRPO step of round `r`'s tuning: prompts of the tuning records in a seeded order,
+    /// completions seeded per step, prompt and sample; the KL to the round's starting model.
+    func grpoStep(_ g: GRPOTuneSettings, round r: Int, stepInRound i: Int, steps n: Int, alpha: [Float]) throws -> GRPOStepRow {
+        guard let backend = backend as? GRPOBackend else { throw LoopError("this backend does not run GRPO") }
+        let k = state.stepsUsed
+        let order = EpochOrder(count: data.tuneRecords.count, seed: settings.seed ^ 0x4752_504F)
+        let picked = order.indices(step: k, batchSize: g.promptsPerStep)
+        let seeds = picked.flatMap { p in (0..<g.rolloutsPerPrompt).map { j in
+            SplitMix64.mix(settings.seed ^ SplitMix64.mix(UInt64(k) &* 0x9E37_79B9_7F4A_7C15 ^ SplitMix64.mix(UInt64(p) << 16 | UInt64(j))))
+        } }
+        let first = g.tune == .cptGRPO ? n / 2 : 0
+        let schedule = LearningRateSchedule(kind: .cosine, peak: g.learningRate, warmup: min(settings.warmup, (n - first) / 4),
+                                            total: max(1, n - first), minRatio: settings.minLearningRateRatio)
+        if alpha.contains(where: { $0 != 1 }) {
+            throw LoopError("--tune grpo with annealed blocks (--layer-removal anneal) is not supported: use --layer-removal cut")
+        }
+        let reference: Teacher? = g.beta > 0 ? try Teacher(model: roundReference ?? originalModel, temperature: 1, kdWeight: 1) : nil
+        let masks = self.masks
+        var row = try GRPOStep.run(backend: backend, model: model, optimizer: optimizer, grads: grads, lines: picked.map { data.tuneRecords[$0] },
+                                   golds: picked.map { grpoGolds[$0] }, seeds: seeds, rolloutsPerPrompt: g.rolloutsPerPrompt,
+                                   sampling: SamplingSettings(temperature: g.temperature, topK: 0, topP: g.topP), maxNewTokens: settings.evalMaxNewTokens,
+                                   batchSize: settings.evalBatchSize, rewards: g.rewards,
+                                   settings: GRPOSettings(clipLow: g.clipLow, clipHigh: g.clipHigh, beta: g.beta), reference: reference,
+                                   shards: settings.shards, lr: schedule.rate(at: i - first), clip: settings.clip,
+                                   key: WorkKey(run: run, round: r, step: k), maskGradients: masks.isEmpty ? nil : { SparseMasks.zero(masks, in: $0) })
+        row.step = k + 1
+        row.round = r
+        state.grpoRows = (state.grpoRows ?? []) + [row]
+        logger.info("\(String(format: "round %d GRPO step %d: reward %.3f, accuracy %.1f%%, format %.1f%%, %.1f tokens, KL %.4f", r, i + 1, row.meanReward, row.accuracy * 100, row.formatRate * 100, row.meanResponseTokens, row.kl))")
+        return row
+    }
+
+    /// The round's starting model, kept as GRPO's reference while the round tunes.
+    func captureReference() {
+        guard let g = settings.grpo, g.beta > 0 else { roundReference = nil; return }
+        roundReference = Model(config: model.config, parameters: FloatBuffer(model.parameters.array()))
+    }
+
     /// The checks `--prune sparse` needs before any work: the pattern parses, n:m divides every
     /// linear layer's inputs and the SparseGPT block size, the damping and block size are sane.
     static func check(sparse sp: SparseSettings, config c: ModelConfig) throws {
@@ -321,10 +402,24 @@ public final class PruneTuneLoop {
     /// Writes the resumable state; `report` also rewrites the report files (only phases add rows).
     func checkpoint(report: Bool = true) throws {
         let loop = try JSONEncoder().encode(state)
+        var extra: [String: Data] = ["loop.json": loop]
+        if !masks.isEmpty { extra["masks.safetensors"] = try SparseMasks.encode(masks) }
+        if state.stage == .tune, let ref = roundReference {
+            extra["reference.safetensors"] = try Safetensors.encode(ref.layout.entries.map { e in
+                (e.name, TensorF32(shape: e.shape, values: ref.parameters.array(e.range)))
+            })
+        }
+        if let rows = state.grpoRows {
+            let enc = JSONEncoder()
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            enc.outputFormatting = [.sortedKeys]
+            var lines = Data()
+            for r in rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
+            try LoopReport.atomicWrite(lines, to: (out as NSString).appendingPathComponent("grpo.jsonl"))
+        }
         try Checkpoint.save(model: model, optimizer: optimizer,
                             state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
-                            to: checkpointDir, copyTokenizerFrom: tokenizerSource,
-                            extraFiles: ["loop.json": loop].merging(masks.isEmpty ? [:] : ["masks.safetensors": try SparseMasks.encode(masks)]) { a, _ in a })
+                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: extra)
         guard report else { return }
         try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
                              original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out,

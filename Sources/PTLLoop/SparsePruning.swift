@@ -106,8 +106,7 @@ public enum SparseMasks {
     }
 
     public static func encode(_ layers: [SparsePruning.Layer], metadata: [String: String] = [:]) throws -> Data {
-        try Safetensors.encode(layers.map { l in (l.name, TensorF32(shape: [l.rows, l.cols], values: l.mask.map { $0 ? 1 : 0 })) },
-                               dtype: .bool, metadata: metadata)
+        try Safetensors.encodeBool(layers.map { ($0.name, [$0.rows, $0.cols], $0.mask) }, metadata: metadata)
     }
 
     /// Reads masks written by `encode` and checks them against `model` (every linear layer, its

@@ -241,6 +241,28 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try rows(base + "/three").filter { $0.phase == "eval" }.allSatisfy { $0.layers == 8 && $0.intermediate == 512 })
     }
 
+    /// `--tune grpo` (issue 17) with the real binaries: rollouts on the workers, the round's
+    /// reference fetched once by each — one process, one worker and three workers end at the same
+    /// model, bit for bit, with the same GRPO figures every step.
+    @Test func grpoTuningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-grpo-\(UUID().uuidString)").path
+        let grpo = ["--tune", "grpo", "--prompts-per-step", "4", "--rollouts-per-prompt", "2", "--grpo-lr", "1e-4"]
+        let args = Array(loopArgs(out: base + "/prune", extra: grpo).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+        let local = try runPTL(["prune"] + args)
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: grpo + ["--local-workers", "1"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: grpo + ["--local-workers", "3"])) == 0)
+        let w = try finalWeights(base + "/prune")
+        #expect(try w == finalWeights(base + "/one"))
+        #expect(try w == finalWeights(base + "/three"))
+        func figures(_ dir: String) throws -> [String] {
+            try String(contentsOfFile: dir + "/grpo.jsonl", encoding: .utf8).split(separator: "\n")
+                .map { $0.replacingOccurrences(of: #""seconds":[0-9.e+-]+"#, with: "", options: .regularExpression) }
+        }
+        #expect(try figures(base + "/prune").count == 4)
+        #expect(try figures(base + "/prune") == figures(base + "/three"))
+    }
+
     @Test func theRecipeAndConfigYAMLReproduceARunAndFlagsOverrideThem() throws {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-recipe-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)

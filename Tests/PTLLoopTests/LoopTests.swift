@@ -228,6 +228,36 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         }
     }
 
+    /// `--tune grpo` and `cpt+grpo` (issue 17): the tune phase's steps are GRPO steps on the tuning
+    /// questions (the KL to the round's starting model, checkpointed while the round tunes); every
+    /// step's figures land in OUT/grpo.jsonl, and a run stopped anywhere resumes to the same bits.
+    @Test(arguments: [TuneKind.grpo, .cptGRPO])
+    func grpoTuningResumesToTheSameModel(_ tune: TuneKind) throws {
+        var job = ShortJob()
+        var g = GRPOTuneSettings()
+        g.tune = tune
+        g.promptsPerStep = 2
+        g.rolloutsPerPrompt = 2
+        g.learningRate = 1e-4
+        job.settings.grpo = g
+        let straightOut = temporaryDirectory("ptl-loop-grpo")
+        let straight = try job.run(out: straightOut)
+        let grpoRows = try String(contentsOfFile: straightOut + "/grpo.jsonl", encoding: .utf8).split(separator: "\n")
+        // Every tune step (4 in all), or with cpt+grpo the second half of each round's.
+        let perRound = try metrics(straightOut).filter { $0.phase == .tune }.compactMap(\.tuneSteps)
+        #expect(perRound.reduce(0, +) == 4)
+        #expect(grpoRows.count == (tune == .grpo ? 4 : perRound.reduce(0) { $0 + ($1 - $1 / 2) }), "\(grpoRows.count) GRPO steps for rounds of \(perRound)")
+        #expect(grpoRows.allSatisfy { $0.contains("\"mean_reward\"") && $0.contains("\"round\"") })
+        let out = temporaryDirectory("ptl-loop-grpo-resume")
+        for stopAt in [3, 2, 4, 1] {
+            var n = 0
+            #expect(try !job.loop(out: out).runLoop { n += 1; return n > stopAt })
+        }
+        #expect(try job.loop(out: out).runLoop { false })
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
+        #expect(try String(contentsOfFile: out + "/grpo.jsonl", encoding: .utf8).split(separator: "\n").count == grpoRows.count)
+    }
+
     @Test func otherSettingsDoNotResumeAnotherRunsCheckpoint() throws {
         let out = temporaryDirectory("ptl-loop-settings")
         var n = 0
