@@ -125,9 +125,7 @@ extension ClusterBackend: GRPOBackend {
 
     public func grpoGradients(model: Model, batch: GRPOBatch, shards: Int, settings: GRPOSettings, reference: Teacher?, key: WorkKey,
                               into grads: FloatBuffer) throws -> GRPOGradientResult {
-        try Shards.check(shards, items: batch.sequences.count, what: "GRPO gradients of \(key)")
-        let tokens = batch.completionTokens
-        guard tokens > 0 else { throw LoopError("GRPO gradients of \(key): no completion token to score") }
+        let tokens = try batch.checkedTokens(shards: shards, key: key)
         let hash = TaskCoding.publish(model, on: coordinator)
         // The reference travels like a distillation teacher: pinned once, fetched once by each worker.
         if settings.beta > 0 {

@@ -199,14 +199,8 @@ public struct LoopOptions: ParsableArguments {
         if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
         if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
         do { _ = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
-        if tune != .cpt {
-            if promptsPerStep < shards || promptsPerStep > 1 << 16 { throw ValidationError("--prompts-per-step must be between --shards and 65536") }
-            if rolloutsPerPrompt < 2 || rolloutsPerPrompt > 1024 { throw ValidationError("--rollouts-per-prompt must be between 2 and 1024") }
-            if !(temperature > 0 && temperature <= 100) || !(topP > 0 && topP <= 1) { throw ValidationError("--temperature must be in (0, 100] and --top-p in (0, 1]") }
-            if !(klBeta >= 0 && klBeta.isFinite) || !(clipLow >= 0 && clipLow < 1) || !(clipHigh >= 0 && clipHigh.isFinite) {
-                throw ValidationError("--kl-beta must be ≥ 0, --clip-low in [0, 1), --clip-high ≥ 0")
-            }
-            if !(grpoLr > 0 && grpoLr.isFinite) { throw ValidationError("--grpo-lr must be a positive number") }
+        if tune != .cpt, let g = try settings().grpo {
+            do { try g.check(shards: shards) } catch { throw ValidationError("\(error)") }
         }
     }
 

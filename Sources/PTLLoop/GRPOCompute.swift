@@ -29,6 +29,13 @@ public struct GRPOBatch: Sendable, Equatable {
     /// Completion tokens scored (what the token-mean divides by).
     public var completionTokens: Int { zip(sequences, promptLengths).reduce(0) { $0 + max(0, $1.0.count - $1.1) } }
 
+    /// Checks the batch fills `shards` and scores a token; returns the tokens scored.
+    public func checkedTokens(shards: Int, key: WorkKey) throws -> Int {
+        try Shards.check(shards, items: sequences.count, what: "GRPO gradients of \(key)")
+        guard completionTokens > 0 else { throw LoopError("GRPO gradients of \(key): no completion token to score") }
+        return completionTokens
+    }
+
     /// The batch of shard `s` of `shards` (whole completions; `Shards.range`).
     public func shard(_ s: Int, of shards: Int) -> GRPOBatch {
         let r = Shards.range(s, of: sequences.count, shards: shards)
@@ -143,9 +150,7 @@ extension LocalBackend {
 
     public func grpoGradients(model: Model, batch: GRPOBatch, shards: Int, settings: GRPOSettings, reference: Teacher?, key: WorkKey,
                               into grads: FloatBuffer) throws -> GRPOGradientResult {
-        try Shards.check(shards, items: batch.sequences.count, what: "GRPO gradients of \(key)")
-        let tokens = batch.completionTokens
-        guard tokens > 0 else { throw LoopError("GRPO gradients of \(key): no completion token to score") }
+        let tokens = try batch.checkedTokens(shards: shards, key: key)
         let n = model.layout.count
         if shardGrads.count != shards || shardGrads.first?.count != n {
             shardGrads = []

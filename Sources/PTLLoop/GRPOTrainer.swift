@@ -16,22 +16,15 @@ public protocol GRPOBackend: ComputeBackend {
 
 extension LocalBackend: GRPOBackend {}
 
-/// GRPO's settings (stored in the checkpoint: a resumed run keeps its own).
+/// GRPO's settings as a run of its own (`ptl grpo`; stored in the checkpoint: a resumed run keeps
+/// its own): the GRPO step's settings the loop's `--tune grpo` shares, and the run's.
 public struct GRPOConfig: Codable, Sendable, Equatable {
+    public var grpo = GRPOTuneSettings()
     public var steps = 100
-    public var promptsPerStep = 8
-    public var rolloutsPerPrompt = 8
-    public var temperature: Float = 1
-    public var topP: Float = 1
     public var maxNewTokens = 96
-    public var learningRate: Float = 1e-5
     public var warmup = 0
     public var weightDecay: Float = 0
     public var clip: Float = 1
-    public var beta: Float = 0.04
-    public var clipLow: Float = 0.2
-    public var clipHigh: Float = 0.28
-    public var rewards: RewardSpec = .standard
     public var shards = 2
     public var seed: UInt64 = 0
     public var evalEvery = 25
@@ -41,18 +34,9 @@ public struct GRPOConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func check() throws {
+        try grpo.check(shards: shards)
         guard steps >= 1, steps <= 1 << 24 else { throw LoopError("--steps must be between 1 and 16777216") }
-        guard promptsPerStep >= 1, rolloutsPerPrompt >= 2, rolloutsPerPrompt <= 1024 else {
-            throw LoopError("--prompts-per-step must be ≥ 1 and --rollouts-per-prompt between 2 and 1024 (advantages compare a prompt's completions)")
-        }
-        guard shards >= 1, shards <= promptsPerStep else { throw LoopError("--shards must be between 1 and --prompts-per-step") }
-        guard temperature.isFinite, temperature > 0, temperature <= 100 else { throw LoopError("--temperature must be in (0, 100]: GRPO samples") }
-        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoopError("--top-p must be in (0, 1]") }
         guard (1...65536).contains(maxNewTokens) else { throw LoopError("--max-new-tokens must be between 1 and 65536") }
-        guard learningRate.isFinite, learningRate > 0 else { throw LoopError("--lr must be a positive number") }
-        guard beta.isFinite, beta >= 0, clipLow >= 0, clipLow < 1, clipHigh >= 0, clipHigh.isFinite else {
-            throw LoopError("--kl-beta must be ≥ 0, --clip-low in [0, 1), --clip-high ≥ 0")
-        }
         guard warmup >= 0, evalEvery >= 1, checkpointEvery >= 1, evalBatchSize >= 1 else { throw LoopError("--warmup ≥ 0, --eval-every, --checkpoint-every ≥ 1") }
     }
 }
@@ -125,7 +109,7 @@ public final class GRPOTrainer {
             }
             golds.append(a)
         }
-        guard records.count >= config.promptsPerStep else { throw LoopError("GRPO: \(records.count) training questions, fewer than --prompts-per-step \(config.promptsPerStep)") }
+        guard records.count >= config.grpo.promptsPerStep else { throw LoopError("GRPO: \(records.count) training questions, fewer than --prompts-per-step \(config.grpo.promptsPerStep)") }
         guard evalLines.count >= 2 else { throw LoopError("GRPO: the eval set needs at least 2 questions") }
         self.trainLines = trainLines
         self.golds = golds
@@ -151,7 +135,7 @@ public final class GRPOTrainer {
             state = GRPOState(config: config)
         }
         // The reference of the KL: the starting model, as given (not the checkpoint's).
-        reference = config.beta > 0 ? try Teacher(model: start, temperature: 1, kdWeight: 1) : nil
+        reference = config.grpo.beta > 0 ? try Teacher(model: start, temperature: 1, kdWeight: 1) : nil
         grads = FloatBuffer(count: model.layout.count)
     }
 
@@ -174,9 +158,9 @@ public final class GRPOTrainer {
     public func train(stop: () -> Bool = { false }) throws -> Bool {
         let c = state.config
         let order = EpochOrder(count: trainLines.count, seed: c.seed)
-        let schedule = LearningRateSchedule(kind: .constant, peak: c.learningRate, warmup: c.warmup, total: c.steps)
-        let settings = GRPOSettings(clipLow: c.clipLow, clipHigh: c.clipHigh, beta: c.beta)
-        let sampling = SamplingSettings(temperature: c.temperature, topK: 0, topP: c.topP)
+        let schedule = LearningRateSchedule(kind: .constant, peak: c.grpo.learningRate, warmup: c.warmup, total: c.steps)
+        let settings = GRPOSettings(clipLow: c.grpo.clipLow, clipHigh: c.grpo.clipHigh, beta: c.grpo.beta)
+        let sampling = SamplingSettings(temperature: c.grpo.temperature, topK: 0, topP: c.grpo.topP)
         if state.rows.isEmpty {
             let (acc, tokens) = try evaluate()
             state.rows.append(GRPOStepRow(step: 0, round: nil, meanReward: 0, accuracy: 0, formatRate: 0, meanResponseTokens: 0, kl: 0, clipFraction: 0,
@@ -188,12 +172,12 @@ public final class GRPOTrainer {
             if stop() { try checkpoint(); return false }
             let t0 = Date()
             let k = state.step
-            let picked = order.indices(step: k, batchSize: c.promptsPerStep)
+            let picked = order.indices(step: k, batchSize: c.grpo.promptsPerStep)
             var row = try GRPOStep.run(backend: backend, model: model, optimizer: optimizer, grads: grads, lines: picked.map { trainLines[$0] },
                                        golds: picked.map { golds[$0] },
-                                       seeds: picked.flatMap { i in (0..<c.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } },
-                                       rolloutsPerPrompt: c.rolloutsPerPrompt, sampling: sampling, maxNewTokens: c.maxNewTokens,
-                                       batchSize: c.evalBatchSize, rewards: c.rewards, settings: settings, reference: reference,
+                                       seeds: picked.flatMap { i in (0..<c.grpo.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } },
+                                       rolloutsPerPrompt: c.grpo.rolloutsPerPrompt, sampling: sampling, maxNewTokens: c.maxNewTokens,
+                                       batchSize: c.evalBatchSize, rewards: c.grpo.rewards, settings: settings, reference: reference,
                                        shards: c.shards, lr: schedule.rate(at: k), clip: c.clip, key: WorkKey(run: run, step: k + 1))
             row.step = k + 1
             state.step = k + 1
@@ -234,8 +218,8 @@ public final class GRPOTrainer {
         try LoopReport.atomicWrite(Data(png), to: (out as NSString).appendingPathComponent("reward.png"))
         let c = state.config
         var md = "# GRPO run\n\n"
-        md += "\(c.steps) steps of \(c.promptsPerStep) prompts × \(c.rolloutsPerPrompt) completions (temperature \(c.temperature), top-p \(c.topP), ≤ \(c.maxNewTokens) tokens); "
-        md += "rewards \(c.rewards); lr \(c.learningRate), KL β \(c.beta) to the starting model, clip \(c.clipLow)/\(c.clipHigh), token-mean loss, one update per batch (on-policy); seed \(c.seed).\n\n"
+        md += "\(c.steps) steps of \(c.grpo.promptsPerStep) prompts × \(c.grpo.rolloutsPerPrompt) completions (temperature \(c.grpo.temperature), top-p \(c.grpo.topP), ≤ \(c.maxNewTokens) tokens); "
+        md += "rewards \(c.grpo.rewards); lr \(c.grpo.learningRate), KL β \(c.grpo.beta) to the starting model, clip \(c.grpo.clipLow)/\(c.grpo.clipHigh), token-mean loss, one update per batch (on-policy); seed \(c.seed).\n\n"
         md += "| step | mean reward | accuracy (samples) | format | tokens/answer | KL | clipped | held-out accuracy | held-out tokens/answer | s |\n|---|---|---|---|---|---|---|---|---|---|\n"
         for r in state.rows {
             md += String(format: "| %d | %.3f | %.1f%% | %.1f%% | %.1f | %.4f | %.3f | %@ | %@ | %.1f |\n", r.step, r.meanReward, r.accuracy * 100, r.formatRate * 100,

@@ -72,6 +72,19 @@ public struct GRPOTuneSettings: Codable, Sendable, Equatable {
     /// The GRPO steps' peak learning rate (RL wants a smaller one than next-token tuning).
     public var learningRate: Float = 1e-5
     public init() {}
+
+    /// Throws naming the first setting out of range.
+    public func check(shards: Int) throws {
+        guard promptsPerStep >= shards, promptsPerStep <= 1 << 16 else { throw LoopError("--prompts-per-step must be between --shards (\(shards)) and 65536") }
+        guard rolloutsPerPrompt >= 2, rolloutsPerPrompt <= 1024 else {
+            throw LoopError("--rollouts-per-prompt must be between 2 and 1024 (advantages compare a prompt's completions)")
+        }
+        guard temperature.isFinite, temperature > 0, temperature <= 100 else { throw LoopError("--temperature must be in (0, 100]: GRPO samples") }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoopError("--top-p must be in (0, 1]") }
+        guard beta.isFinite, beta >= 0 else { throw LoopError("--kl-beta must be a number ≥ 0") }
+        guard clipLow >= 0, clipLow < 1, clipHigh >= 0, clipHigh.isFinite else { throw LoopError("--clip-low must be in [0, 1) and --clip-high ≥ 0") }
+        guard learningRate.isFinite, learningRate > 0 else { throw LoopError("the GRPO learning rate must be a positive number") }
+    }
 }
 
 /// Every setting of a loop run (stored in the checkpoint: a resumed run keeps its own).

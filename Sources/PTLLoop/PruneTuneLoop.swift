@@ -67,11 +67,7 @@ public final class PruneTuneLoop {
         if let g = settings.grpo {
             guard backend is GRPOBackend else { throw LoopError("--tune \(g.tune.rawValue): this backend does not run GRPO") }
             guard !data.tuneRecords.isEmpty else { throw LoopError("--tune \(g.tune.rawValue) needs question/answer tuning records") }
-            guard g.promptsPerStep >= 1, g.rolloutsPerPrompt >= 2, g.rolloutsPerPrompt <= 1024, g.temperature > 0, g.temperature <= 100,
-                  g.topP > 0, g.topP <= 1, g.beta >= 0, g.beta.isFinite, g.clipLow >= 0, g.clipLow < 1, g.clipHigh >= 0, g.clipHigh.isFinite,
-                  g.learningRate > 0, g.learningRate.isFinite, g.promptsPerStep >= settings.shards else {
-                throw LoopError("--tune grpo: prompts per step ≥ --shards, rollouts per prompt in 2…1024, temperature in (0, 100], top-p in (0, 1], β ≥ 0, clip-low in [0, 1), clip-high ≥ 0, a positive learning rate")
-            }
+            try g.check(shards: settings.shards)
             let records = try Corpus.parse(Data(data.tuneRecords.joined(separator: "\n").utf8), source: "tuning records").records
             grpoGolds = try records.enumerated().map { i, r in
                 guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {

@@ -56,11 +56,11 @@ struct GRPOCommand: ParsableCommand {
 
     func config() throws -> GRPOConfig {
         var c = GRPOConfig()
-        c.steps = steps; c.promptsPerStep = promptsPerStep; c.rolloutsPerPrompt = rolloutsPerPrompt
-        c.temperature = temperature; c.topP = topP; c.maxNewTokens = maxNewTokens; c.learningRate = lr; c.warmup = warmup
-        c.beta = klBeta; c.clipLow = clipLow; c.clipHigh = clipHigh; c.shards = shards; c.seed = seed; c.evalEvery = evalEvery
+        c.steps = steps; c.grpo.promptsPerStep = promptsPerStep; c.grpo.rolloutsPerPrompt = rolloutsPerPrompt
+        c.grpo.temperature = temperature; c.grpo.topP = topP; c.maxNewTokens = maxNewTokens; c.grpo.learningRate = lr; c.warmup = warmup
+        c.grpo.beta = klBeta; c.grpo.clipLow = clipLow; c.grpo.clipHigh = clipHigh; c.shards = shards; c.seed = seed; c.evalEvery = evalEvery
         c.checkpointEvery = checkpointEvery; c.precision = precision
-        do { c.rewards = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
+        do { c.grpo.rewards = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
         do { try c.check() } catch { throw ValidationError("\(error)") }
         return c
     }

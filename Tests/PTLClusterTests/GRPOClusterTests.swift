@@ -19,10 +19,10 @@ import PTLTokenizer
         let task = try ArithmeticTask()
         var c = GRPOConfig()
         c.steps = 3
-        c.promptsPerStep = 6
-        c.rolloutsPerPrompt = 4
+        c.grpo.promptsPerStep = 6
+        c.grpo.rolloutsPerPrompt = 4
         c.maxNewTokens = 48
-        c.learningRate = 1e-4
+        c.grpo.learningRate = 1e-4
         c.shards = 3
         c.evalEvery = 3
         c.checkpointEvery = 3

@@ -19,10 +19,10 @@ import PTLTokenizer
         let eval = task.jsonl(seed: ArithmeticTask.testSeed(0), count: 8).split(separator: "\n").map(String.init)
         var c = GRPOConfig()
         c.steps = steps
-        c.promptsPerStep = 4
-        c.rolloutsPerPrompt = 4
+        c.grpo.promptsPerStep = 4
+        c.grpo.rolloutsPerPrompt = 4
         c.maxNewTokens = 48
-        c.learningRate = 1e-4
+        c.grpo.learningRate = 1e-4
         c.evalEvery = 2
         c.checkpointEvery = 1
         return try GRPOTrainer(backend: LocalBackend(tokenizer: tokenizer), model: model, trainLines: train, evalLines: eval, config: c,
@@ -61,8 +61,8 @@ import PTLTokenizer
         let model = try HFModel.load(directory: dir)
         let tokenizer = try Tokenizer(data: Data(contentsOf: URL(fileURLWithPath: dir + "/tokenizer.json")))
         var c = GRPOConfig()
-        c.promptsPerStep = 2
-        c.rolloutsPerPrompt = 2
+        c.grpo.promptsPerStep = 2
+        c.grpo.rolloutsPerPrompt = 2
         let good = "{\"question\": \"1 + 1?\", \"answer\": \"#### 2\"}"
         let noAnswer = "{\"question\": \"1 + 1?\", \"answer\": \"two\"}"
         do {
@@ -70,7 +70,7 @@ import PTLTokenizer
                                 config: c, out: temporaryDirectory("ptl-grpo-bad"), tokenizerSource: dir, fresh: true)
             Issue.record("a record without a final number was accepted")
         } catch { #expect("\(error)".contains("record 2"), "\(error)") }
-        c.rolloutsPerPrompt = 1
+        c.grpo.rolloutsPerPrompt = 1
         #expect(throws: LoopError.self) {
             try GRPOTrainer(backend: LocalBackend(tokenizer: tokenizer), model: model, trainLines: [good, good], evalLines: [good, good],
                             config: c, out: temporaryDirectory("ptl-grpo-bad"), tokenizerSource: dir, fresh: true)
