@@ -88,6 +88,62 @@ public enum Safetensors {
         }
     }
 
+    /// Writes F32 tensors straight from memory the caller owns, header first and then each
+    /// tensor's bytes, without copying them into one buffer (a model's parameters or an
+    /// optimizer's moments: a copy of 10⁸ floats is what a checkpoint must not cost). Written to a
+    /// temporary file beside `path`, then renamed; the bytes equal `write`'s.
+    public static func writeF32(_ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)], to path: String,
+                                metadata: [String: String] = [:]) throws {
+        var meta = metadata
+        meta["format"] = meta["format"] ?? "pt"
+        var header = "{\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
+        var offset = 0
+        var seen = Set<String>()
+        for (name, shape, values) in tensors {
+            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
+            guard checkedElementCount(shape) == values.count else {
+                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(shape) does not hold its \(values.count) values")
+            }
+            header += ",\(jsonString(name)):{\"dtype\":\"F32\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + 4 * values.count)]}"
+            offset += 4 * values.count
+        }
+        header += "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        let url = URL(fileURLWithPath: path)
+        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        do {
+            guard FileManager.default.createFile(atPath: temp.path, contents: nil) else {
+                throw SafetensorsError(.unreadableFile, "\(path): cannot create \(temp.path)")
+            }
+            let handle = try FileHandle(forWritingTo: temp)
+            defer { try? handle.close() }
+            var prefix = Data()
+            withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { prefix.append(contentsOf: $0) }
+            prefix.append(contentsOf: headerBytes)
+            try handle.write(contentsOf: prefix)
+            let chunk = 1 << 24   // floats per write: 64 MB
+            for (_, _, values) in tensors {
+                var at = 0
+                while at < values.count {
+                    let n = min(chunk, values.count - at)
+                    let raw = UnsafeRawPointer(values.baseAddress! + at)
+                    try handle.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw), count: 4 * n, deallocator: .none))
+                    at += n
+                }
+            }
+            try handle.close()
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(at: temp, to: url)
+        } catch let e as SafetensorsError {
+            try? FileManager.default.removeItem(at: temp)
+            throw e
+        } catch {
+            try? FileManager.default.removeItem(at: temp)
+            throw SafetensorsError(.unreadableFile, "\(path): cannot write (\(error.localizedDescription))")
+        }
+    }
+
     /// A file of BOOL tensors (torch.bool: one byte, 0 or 1), built from the flags without a
     /// Float copy (masks of a 135M-parameter model are 10⁸ flags).
     public static func encodeBool(_ tensors: [(name: String, shape: [Int], values: [Bool])], metadata: [String: String] = [:],

@@ -51,9 +51,9 @@ public enum Checkpoint {
         let (temp, old, target) = siblings(dir)
         try? fm.removeItem(at: temp)
         try HFModel.save(model, to: temp.path, copyFrom: source)
-        try Safetensors.write([("m", TensorF32(shape: [optimizer.m.count], values: optimizer.m.array())),
-                               ("v", TensorF32(shape: [optimizer.v.count], values: optimizer.v.array()))],
-                              to: temp.appendingPathComponent("optimizer.safetensors").path)
+        try Safetensors.writeF32([("m", [optimizer.m.count], UnsafeBufferPointer(start: UnsafePointer(optimizer.m.pointer), count: optimizer.m.count)),
+                                  ("v", [optimizer.v.count], UnsafeBufferPointer(start: UnsafePointer(optimizer.v.pointer), count: optimizer.v.count))],
+                                 to: temp.appendingPathComponent("optimizer.safetensors").path)
         writes += 1
         if let k = killDuringWrite, k == writes { kill(getpid(), SIGKILL) }
         try JSONEncoder().encode(state).write(to: temp.appendingPathComponent("state.json"))

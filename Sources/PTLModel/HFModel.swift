@@ -76,10 +76,19 @@ public enum HFModel {
         var cfg = model.config
         cfg.raw = config
         try cfg.jsonData().write(to: temp.appendingPathComponent("config.json"))
-        let tensors = model.layout.entries.map { e in
-            (name: e.name, tensor: TensorF32(shape: e.shape, values: model.parameters.array(e.range)))
+        let file = temp.appendingPathComponent("model.safetensors").path
+        if dtype == .f32 {
+            // Straight from the parameter buffer: no copy of the model.
+            let p = model.parameters.pointer
+            try Safetensors.writeF32(model.layout.entries.map { e in
+                (e.name, e.shape, UnsafeBufferPointer(start: UnsafePointer(p + e.range.lowerBound), count: e.count))
+            }, to: file)
+        } else {
+            let tensors = model.layout.entries.map { e in
+                (name: e.name, tensor: TensorF32(shape: e.shape, values: model.parameters.array(e.range)))
+            }
+            try Safetensors.write(tensors, to: file, dtype: dtype)
         }
-        try Safetensors.write(tensors, to: temp.appendingPathComponent("model.safetensors").path, dtype: dtype)
         if let source {
             for f in tokenizerFiles {
                 let src = URL(fileURLWithPath: source).appendingPathComponent(f)

@@ -61,6 +61,16 @@ func rawFile(_ header: String, data: [UInt8], in dir: URL, name: String = "raw.s
         try Safetensors.write([("x", t), ("m", m)], to: f32)
         let back = try Safetensors.read(path: f32)
         #expect(back["x"] == t && back["m"] == m)
+        // The streaming writer (checkpoints, models) writes the same bytes from memory it does not copy.
+        let streamed = dir.appendingPathComponent("s.safetensors").path
+        try t.values.withUnsafeBufferPointer { x in
+            try m.values.withUnsafeBufferPointer { mm in try Safetensors.writeF32([("x", [values.count], x), ("m", [2, 3], mm)], to: streamed) }
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: streamed)) == Data(contentsOf: URL(fileURLWithPath: f32)))
+        // BOOL masks: 0/1 bytes, read back as 0/1.
+        let masks = dir.appendingPathComponent("masks.safetensors")
+        try Safetensors.encodeBool([("mask", [2, 2], [true, false, false, true])]).write(to: masks)
+        #expect(try Safetensors.read(path: masks.path)["mask"] == TensorF32(shape: [2, 2], values: [1, 0, 0, 1]))
         let bf = dir.appendingPathComponent("b.safetensors").path
         try Safetensors.write([("x", t)], to: bf, dtype: .bf16)
         let b = try Safetensors.read(path: bf)["x"]!.values
