@@ -8,13 +8,13 @@ import PTLTensor
 /// worker (seeded per completion, so a retried task samples the same wherever it runs), and
 /// ROLLOUT gradient tasks compute the GRPO gradient of a shard's completions; both checked on
 /// either side like every other task.
-enum GRPOCoding {
+public enum GRPOCoding {
     static func i32(_ name: String, _ xs: [Int]) -> WireTensor {
         let v = xs.map { Int32(truncatingIfNeeded: $0) }
         return WireTensor(name: name, dtype: .i32, shape: [v.count], bytes: v.withUnsafeBytes { Array($0) })
     }
 
-    static func ints(_ inputs: [WireTensor], _ name: String, what: String) throws -> [Int] {
+    public static func ints(_ inputs: [WireTensor], _ name: String, what: String) throws -> [Int] {
         guard let t = inputs.first(where: { $0.name == name }), t.dtype == .i32, t.byteCount % 4 == 0 else {
             throw WireError(kind: .descriptorMismatch, message: "the \(what) lacks the I32 tensor \(name)")
         }
@@ -31,7 +31,7 @@ enum GRPOCoding {
 
     /// The rollouts of a result, checked: `count` of them, lengths adding up, completions within
     /// `maxNewTokens` (+ the EOS), ids in the vocabulary, texts a JSON array of strings.
-    static func decodeRollouts(_ m: WireMessage, count: Int, maxNewTokens: Int, vocab: Int) throws -> [Rollout] {
+    public static func decodeRollouts(_ m: WireMessage, count: Int, maxNewTokens: Int, vocab: Int) throws -> [Rollout] {
         let what = "rollout result"
         let pl = try ints(m.tensors, "prompt_lengths", what: what), pi = try ints(m.tensors, "prompt_ids", what: what)
         let cl = try ints(m.tensors, "completion_lengths", what: what), ci = try ints(m.tensors, "completion_ids", what: what)

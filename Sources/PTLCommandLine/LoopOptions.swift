@@ -55,6 +55,9 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "With --prune sparse (and ptl sparsify): a fraction of every linear layer's weights (0.5), or n:m (2:4, 4:8).")
     public var sparsity: String = "0.5"
 
+    @Option(help: "With --prune sparse and an unstructured target: linear (the sparsity rises by --step a round) or cubic (the same number of rounds spaced as gradual magnitude pruning does: big steps first, small ones near the target).")
+    public var sparsitySchedule: String = "linear"
+
     @Option(help: "SparseGPT's damping: this fraction of the mean of diag(H) is added to its diagonal.")
     public var percdamp: Double = 0.01
 
@@ -196,6 +199,7 @@ public struct LoopOptions: ParsableArguments {
         if !(finalReserve >= 0 && finalReserve < 1) { throw ValidationError("--final-reserve must be in [0, 1)") }
         if !(reconstructDamping >= 0 && reconstructDamping <= 1e6) { throw ValidationError("--reconstruct-damping must be in [0, 1e6]") }
         do { _ = try SparsityPattern(parsing: sparsity) } catch { throw ValidationError("--\(error)") }
+        if !["linear", "cubic"].contains(sparsitySchedule) { throw ValidationError("--sparsity-schedule must be linear or cubic") }
         if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
         if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
         do { _ = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
@@ -239,7 +243,11 @@ public struct LoopOptions: ParsableArguments {
         ls.calibration = calibration
         ls.damage = damage
         ls.finalReserve = finalReserve
-        if prune == .sparse { ls.sparse = SparseSettings(sparsity: sparsity, percentDamp: percdamp, blockSize: sparseBlockSize) }
+        if prune == .sparse {
+            ls.sparse = SparseSettings(sparsity: sparsity, percentDamp: percdamp, blockSize: sparseBlockSize)
+            // linear stays nil: checkpoints of runs before the option resume unchanged.
+            if sparsitySchedule != "linear" { ls.sparse?.schedule = sparsitySchedule }
+        }
         if tune != .cpt {
             var g = GRPOTuneSettings()
             g.tune = tune

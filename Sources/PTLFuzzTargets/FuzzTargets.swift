@@ -77,6 +77,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 _ = try? TaskCoding.decodeGram(m, layers: layers, intermediate: intermediate)
             }
             _ = try? TaskCoding.decodeHessians(m, block: 1, config: fuzzConfig)
+            // GRPO: a ROLLOUT result's completions (the coordinator) and a gradient task's inputs (the worker).
+            for count in [1, 2, 4] { _ = try? GRPOCoding.decodeRollouts(m, count: count, maxNewTokens: 64, vocab: 384) }
+            _ = try? GRPOCoding.ints(m.tensors, "prompt_lengths", what: "GRPO gradient task")
             return true
         case .delta:
             // A model update applied to weights of a size the first two bytes choose.

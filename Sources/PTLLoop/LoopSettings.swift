@@ -45,6 +45,8 @@ public struct SparseSettings: Codable, Sendable, Equatable {
     public var percentDamp = 0.01
     /// Columns per SparseGPT lazy batch update.
     public var blockSize = 128
+    /// The rounds' sparsity levels: nil or "linear" (step by step), "cubic" (Zhu & Gupta).
+    public var schedule: String?
     public init(sparsity: String, percentDamp: Double = 0.01, blockSize: Int = 128) {
         self.sparsity = sparsity; self.percentDamp = percentDamp; self.blockSize = blockSize
     }
@@ -149,7 +151,11 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     /// The rounds these settings give for a model of `config` with `method`.
     public func plan(config: ModelConfig, method: PruneMethod) throws -> PrunePlan {
         if let sparse {
-            return try PrunePlan.sparse(config: config, method: method, target: try SparsityPattern(parsing: sparse.sparsity), step: step)
+            guard sparse.schedule == nil || sparse.schedule == "linear" || sparse.schedule == "cubic" else {
+                throw LoopError("--sparsity-schedule must be linear or cubic (got \(sparse.schedule!))")
+            }
+            return try PrunePlan.sparse(config: config, method: method, target: try SparsityPattern(parsing: sparse.sparsity), step: step,
+                                        cubic: sparse.schedule == "cubic")
         }
         return try PrunePlan.make(config: config, method: method, target: target, removeLayers: removeLayers, step: step,
                                   widthMultiple: widthMultiple, layersPerRound: layersPerRound, order: order)

@@ -125,8 +125,12 @@ public struct PrunePlan: Codable, Sendable, Equatable {
 extension PrunePlan {
     /// The rounds of `--prune sparse`: no block or neuron leaves; every linear layer's sparsity
     /// rises to `target`. PTL: unstructured by `step` a round (0.1, 0.2, … 0.5), n:m one more
-    /// weight of every m a round (1:4, 2:4); Prune-Once: all of it in round 1.
-    public static func sparse(config: ModelConfig, method: PruneMethod, target: SparsityPattern, step: Double) throws -> PrunePlan {
+    /// weight of every m a round (1:4, 2:4); Prune-Once: all of it in round 1. `cubic` spaces an
+    /// unstructured target's ⌈target/step⌉ rounds as gradual magnitude pruning does (Zhu & Gupta
+    /// 2017: s_k = s·(1 − (1 − k/R)³)) — big steps while the model is robust, small ones near the
+    /// target, where the damage of a step grows fastest.
+    public static func sparse(config: ModelConfig, method: PruneMethod, target: SparsityPattern, step: Double,
+                              cubic: Bool = false) throws -> PrunePlan {
         let original = ParameterLayout(config: config).count
         var plan = PrunePlan(rounds: [], finalLayers: config.numHiddenLayers, finalIntermediate: config.intermediateSize,
                              finalParameters: original, originalParameters: original)
@@ -148,6 +152,12 @@ extension PrunePlan {
                     k += 1
                 }
                 guard levels.count < 1000 else { throw ModelError("--step \(step) gives more than 1000 rounds to sparsity \(f)") }
+                if cubic {
+                    let R = Double(levels.count + 1)
+                    levels = (1..<(levels.count + 1)).map { k in
+                        (f * (1 - Foundation.pow(1 - Double(k) / R, 3)) * 1e6).rounded() / 1e6
+                    }
+                }
                 plan.rounds = (levels + [f]).map { RoundPlan(neurons: 0, layers: 0, sparsity: "\(SparsityPattern.unstructured($0))") }
             case .nOfM(let n, let m):
                 plan.rounds = (1...n).map { RoundPlan(neurons: 0, layers: 0, sparsity: "\(SparsityPattern.nOfM(n: $0, m: m))") }

@@ -55,6 +55,9 @@ struct Compare: ParsableCommand {
         // round by round with tuning between (PTL + RAC), or all at once and then the same tuning.
         ("sparse-ptl", ["--prune", "sparse", "--recover", "kd", "--calibration", "on-policy", "--damage", "probe", "--final-reserve", "0.3"],
          "PTL + RAC: SparseGPT on-policy, sparsity raised by --step a round, distillation between"),
+        ("sparse-ptl-cubic", ["--prune", "sparse", "--sparsity-schedule", "cubic", "--recover", "kd", "--calibration", "on-policy", "--damage", "probe",
+                              "--final-reserve", "0.3"],
+         "sparse-ptl with the rounds spaced cubically (big steps first, small near the target)"),
         ("sparse-once", ["--method", "prune-once", "--prune", "sparse", "--recover", "kd", "--calibration", "on-policy"],
          "one-shot SparseGPT on-policy (RAC), then the same distillation budget"),
     ]

@@ -33,6 +33,24 @@ import PTLTokenizer
         return (t.currentModel.parameters.array(), t.rows.map { var r = $0; r.seconds = 0; return r })
     }
 
+    /// A rollout result is checked before the coordinator scores it: counts, lengths that add up,
+    /// completions within the token budget, ids in the vocabulary, one text a completion.
+    @Test func badRolloutResultsAreNamed() throws {
+        let good = [Rollout(promptIds: [1, 2, 3], completionIds: [4, 5], text: "#### 9"), Rollout(promptIds: [1, 2, 3], completionIds: [], text: "")]
+        func message(_ tensors: [WireTensor]) -> WireMessage { WireMessage(envelope: Ptl_V1_Envelope(), tensors: tensors) }
+        let tensors = try GRPOCoding.encode(good)
+        #expect(try GRPOCoding.decodeRollouts(message(tensors), count: 2, maxNewTokens: 8, vocab: 10) == good)
+        #expect(throws: WireError.self) { try GRPOCoding.decodeRollouts(message(tensors), count: 3, maxNewTokens: 8, vocab: 10) }
+        #expect(throws: WireError.self) { try GRPOCoding.decodeRollouts(message(tensors), count: 2, maxNewTokens: 0, vocab: 10) }
+        #expect(throws: WireError.self) { try GRPOCoding.decodeRollouts(message(tensors), count: 2, maxNewTokens: 8, vocab: 5) }
+        var lying = tensors
+        lying[2] = GRPOCoding.i32("completion_lengths", [2, 1])   // one more id than sent
+        #expect(throws: WireError.self) { try GRPOCoding.decodeRollouts(message(lying), count: 2, maxNewTokens: 8, vocab: 10) }
+        var noTexts = tensors
+        noTexts.removeLast()
+        #expect(throws: WireError.self) { try GRPOCoding.decodeRollouts(message(noTexts), count: 2, maxNewTokens: 8, vocab: 10) }
+    }
+
     @Test func theSameModelInThisProcessAndOverOneTwoOrThreeWorkersWithAFailedRollout() throws {
         let tokenizerJSON = try String(contentsOfFile: Self.demo + "/tokenizer.json", encoding: .utf8)
         let local = try Self.run(LocalBackend(tokenizer: try Tokenizer(path: Self.demo + "/tokenizer.json")), out: temporaryDirectory("ptl-grpo-local"))
