@@ -58,6 +58,9 @@ struct Compare: ParsableCommand {
         ("sparse-ptl-cubic", ["--prune", "sparse", "--sparsity-schedule", "cubic", "--recover", "kd", "--calibration", "on-policy", "--damage", "probe",
                               "--final-reserve", "0.3"],
          "sparse-ptl with the rounds spaced cubically (big steps first, small near the target)"),
+        ("sparse-ptl-cubic-equal", ["--prune", "sparse", "--sparsity-schedule", "cubic", "--budget", "equal", "--recover", "kd",
+                                    "--calibration", "on-policy"],
+         "sparse-ptl-cubic with the same tune steps every round"),
         ("sparse-once", ["--method", "prune-once", "--prune", "sparse", "--recover", "kd", "--calibration", "on-policy"],
          "one-shot SparseGPT on-policy (RAC), then the same distillation budget"),
     ]
@@ -192,8 +195,12 @@ struct Compare: ParsableCommand {
             }
             md += "\n"
         }
-        if let a = meanAccuracy("sparse-ptl"), let b = meanAccuracy("sparse-once") {
-            md += "\nPTL + RAC (sparse-ptl, mean \(pct(a)) %) is \(a > b ? "ahead of" : a == b ? "level with" : "BEHIND") one-shot SparseGPT + the same tuning (sparse-once, mean \(pct(b)) %).\n"
+        if let b = meanAccuracy("sparse-once") {
+            for v in order where v.hasPrefix("sparse-ptl") {
+                guard let a = meanAccuracy(v) else { continue }
+                md += "\nPTL + RAC (\(v), mean \(pct(a)) %) is \(a > b ? "ahead of" : a == b ? "level with" : "BEHIND") one-shot SparseGPT + the same tuning (sparse-once, mean \(pct(b)) %)."
+            }
+            md += "\n"
         }
         return md
     }
