@@ -64,11 +64,11 @@ extension ShardCompute {
               sampling.topP.isFinite, sampling.topP > 0, sampling.topP <= 1, sampling.topK >= 0 else {
             throw LoopError("rollout shard: sampling settings out of range (temperature \(sampling.temperature), top-p \(sampling.topP), top-k \(sampling.topK))")
         }
-        try tokenizer.validate(modelVocabularySize: model.config.vocabSize)
         let records = try Corpus.parse(Data(jsonl.utf8), source: "rollout shard").records
         guard seeds.count == records.count * samples else {
             throw LoopError("rollout shard: \(seeds.count) seeds for \(records.count) prompts × \(samples) samples")
         }
+        try tokenizer.validate(modelVocabularySize: model.config.vocabSize)
         var settings = EvalSettings()
         settings.maxNewTokens = maxNewTokens
         settings.batchSize = batchSize

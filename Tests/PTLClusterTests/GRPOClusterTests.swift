@@ -9,8 +9,14 @@ import PTLTokenizer
 
 /// GRPO over the cluster (issue 17): rollouts sampled on the workers (seeded per completion) and
 /// GRPO gradients with the reference model fetched once like a teacher, reduced in shard order —
-/// 1, 2 or 3 workers, a worker whose first rollout fails mid-phase, and this process all end at
-/// the same model, bit for bit, with the same figures every step.
+/// 1, 2 or 3 workers, a worker whose first rollout fails mid-phase, and this process sample the
+/// same completions and earn the same rewards every step, and end at the same model.
+///
+/// Bit-identity itself is asserted by the process test (`grpoTuningGivesTheSameModel…`, real
+/// worker processes): in this process other suites change `ComputeThreads` while this one runs
+/// (thread-count tests), and the row split of a product by thread count can move OpenBLAS's edge
+/// kernels and a last bit (seen once in the full suite: a KL of −1.079e-17 against −1.050e-17).
+/// So here the discrete figures must match exactly and the weights to 1e-5 relative.
 @Suite(.serialized) struct GRPOClusterTests {
     static let demo = packageRoot.appendingPathComponent("models/demo").path
 
@@ -31,6 +37,15 @@ import PTLTokenizer
                                 config: c, out: out, tokenizerSource: demo, fresh: true)
         #expect(try t.train())
         return (t.currentModel.parameters.array(), t.rows.map { var r = $0; r.seconds = 0; return r })
+    }
+
+    /// The same run: the same completions scored the same, weights within 1e-5 relative.
+    static func same(_ a: (weights: [Float], rows: [GRPOStepRow]), _ b: (weights: [Float], rows: [GRPOStepRow]), _ what: String) {
+        func discrete(_ r: GRPOStepRow) -> [Double] { [Double(r.step), r.meanReward, r.accuracy, r.formatRate, r.meanResponseTokens, r.evalAccuracy ?? -1] }
+        #expect(a.rows.map(discrete) == b.rows.map(discrete), "\(what)")
+        var worst = 0.0
+        for (x, y) in zip(a.weights, b.weights) { worst = max(worst, Double(abs(x - y)) / max(1e-3, Double(abs(y)))) }
+        #expect(a.weights.count == b.weights.count && worst <= 1e-5, "\(what): weights differ by \(worst) relative")
     }
 
     /// A rollout result is checked before the coordinator scores it: counts, lengths that add up,
@@ -59,8 +74,7 @@ import PTLTokenizer
             let cluster = try InProcessCluster.with(workers: workers) { cluster in
                 try Self.run(ClusterBackend(coordinator: cluster.coordinator, tokenizerJSON: tokenizerJSON), out: temporaryDirectory("ptl-grpo-cluster"))
             }
-            #expect(cluster.weights == local.weights, "\(workers) worker(s)")
-            #expect(cluster.rows == local.rows, "\(workers) worker(s)")
+            Self.same(cluster, local, "\(workers) worker(s)")
         }
         // A worker that fails its first sampling task (as a killed one would lose it): the task is
         // sampled again elsewhere from the same seeds.
@@ -78,7 +92,8 @@ import PTLTokenizer
         try flaky.addWorker(id: "steady", handler: WorkerTasks.handler())
         let recovered = try Self.run(ClusterBackend(coordinator: flaky.coordinator, tokenizerJSON: tokenizerJSON), out: temporaryDirectory("ptl-grpo-flaky"))
         #expect(failures.value == 1)
-        #expect(recovered.weights == local.weights)
-        #expect(recovered.rows == local.rows)
+        Self.same(recovered, local, "a failed rollout")
+        // The policy moved: GRPO is not a no-op here.
+        #expect(local.weights != (try HFModel.load(directory: Self.demo).parameters.array()))
     }
 }

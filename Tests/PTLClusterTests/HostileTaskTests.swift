@@ -56,7 +56,20 @@ import PTLTokenizer
                 $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 1 << 30; $0.batchSize = 1 }),
             ("vocab_size", Self.task(.eval, step: 13, hash: hash, inputs: []) {   // the tiny tokenizer has more ids than the model
                 $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 4; $0.batchSize = 1 }),
-            ("not run by this worker", Self.task(.rollout, step: 14, hash: hash, inputs: good)),
+            ("not run by this worker", Self.task(.unspecified, step: 14, hash: hash, inputs: good)),
+            // GRPO's ROLLOUT tasks: sampling without its seeds, seeds that do not fit the prompts,
+            // a gradient whose prompt is longer than its sequence, advantages missing or not finite.
+            ("seeds", Self.task(.rollout, step: 20, hash: hash, inputs: []) {
+                $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 4; $0.batchSize = 1
+                $0.samplesPerPrompt = 2; $0.temperature = 1; $0.topP = 1 }),
+            ("seeds", Self.task(.rollout, step: 21, hash: hash, inputs: [WireTensor(name: "seeds", dtype: .i64, shape: [1], bytes: [UInt8](repeating: 1, count: 8))]) {
+                $0.recordsJsonl = "{\"question\":\"1+1?\",\"answer\":\"#### 2\"}"; $0.maxNewTokens = 4; $0.batchSize = 1
+                $0.samplesPerPrompt = 2; $0.temperature = 1; $0.topP = 1 }),
+            ("prompt of", Self.task(.rollout, step: 22, hash: hash, inputs: good + [Self.i32("prompt_lengths", [9, 1]),
+                                                                                    WireTensor(name: "advantages", shape: [2], floats: [1, -1])]) { $0.grpoGradient = true }),
+            ("advantages", Self.task(.rollout, step: 23, hash: hash, inputs: good + [Self.i32("prompt_lengths", [1, 1])]) { $0.grpoGradient = true }),
+            ("advantage is not finite", Self.task(.rollout, step: 24, hash: hash, inputs: good + [Self.i32("prompt_lengths", [1, 1]),
+                                                                                                  WireTensor(name: "advantages", shape: [2], floats: [1, .nan])]) { $0.grpoGradient = true }),
             // Hashes name files in the worker's cache: a path is refused before it is built.
             ("invalid model hash", Self.task(.stats, step: 15, hash: "../../../tmp/escape", inputs: good)),
             ("invalid model hash", Self.task(.grad, step: 16, hash: hash, inputs: good) { $0.teacherHash = "/etc/passwd" }),

@@ -77,7 +77,7 @@ func sampleResult() -> WireMessage {
     /// READY names the phases the worker's handler runs (it said "grad" only).
     @Test func readyListsThePhasesAWorkerRuns() throws {
         let back = try Wire.decode(try Wire.encode(Messages.ready(workerID: "w", threads: 2)))
-        #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval", "trace"])
+        #expect(back.envelope.ready.capabilities == ["stats", "grad", "eval", "trace", "rollout"])
     }
 
     /// A v1 peer (BUSY as ERROR "busy", measurements in step) or v2 peer (which would ignore a
