@@ -88,28 +88,41 @@ public enum Safetensors {
         }
     }
 
+    /// The 8-byte length and the header (padded with spaces to a multiple of 8) of a file holding
+    /// `entries` in order, each `count` elements of `dtype`; checks names are unique and shapes hold
+    /// their counts. Returns the bytes before the data and the data's length.
+    static func prefix(_ entries: [(name: String, shape: [Int], count: Int)], dtype: SafetensorsDType, metadata: [String: String],
+                       path: String) throws -> (bytes: Data, dataLength: Int) {
+        var meta = metadata
+        meta["format"] = meta["format"] ?? "pt"
+        var header = "{\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
+        var offset = 0
+        var seen = Set<String>()
+        for (name, shape, count) in entries {
+            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
+            guard checkedElementCount(shape) == count else {
+                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(shape) does not hold its \(count) values")
+            }
+            let bytes = count * dtype.size
+            header += ",\(jsonString(name)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            offset += bytes
+        }
+        header += "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        var out = Data(capacity: 8 + headerBytes.count)
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: headerBytes)
+        return (out, offset)
+    }
+
     /// Writes F32 tensors straight from memory the caller owns, header first and then each
     /// tensor's bytes, without copying them into one buffer (a model's parameters or an
     /// optimizer's moments: a copy of 10⁸ floats is what a checkpoint must not cost). Written to a
     /// temporary file beside `path`, then renamed; the bytes equal `write`'s.
     public static func writeF32(_ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)], to path: String,
                                 metadata: [String: String] = [:]) throws {
-        var meta = metadata
-        meta["format"] = meta["format"] ?? "pt"
-        var header = "{\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
-        var offset = 0
-        var seen = Set<String>()
-        for (name, shape, values) in tensors {
-            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
-            guard checkedElementCount(shape) == values.count else {
-                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(shape) does not hold its \(values.count) values")
-            }
-            header += ",\(jsonString(name)):{\"dtype\":\"F32\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + 4 * values.count)]}"
-            offset += 4 * values.count
-        }
-        header += "}"
-        var headerBytes = Array(header.utf8)
-        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        let (prefix, _) = try prefix(tensors.map { ($0.name, $0.shape, $0.values.count) }, dtype: .f32, metadata: metadata, path: path)
         let url = URL(fileURLWithPath: path)
         let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         do {
@@ -118,9 +131,6 @@ public enum Safetensors {
             }
             let handle = try FileHandle(forWritingTo: temp)
             defer { try? handle.close() }
-            var prefix = Data()
-            withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { prefix.append(contentsOf: $0) }
-            prefix.append(contentsOf: headerBytes)
             try handle.write(contentsOf: prefix)
             let chunk = 1 << 24   // floats per write: 64 MB
             for (_, _, values) in tensors {
@@ -148,25 +158,9 @@ public enum Safetensors {
     /// Float copy (masks of a 135M-parameter model are 10⁸ flags).
     public static func encodeBool(_ tensors: [(name: String, shape: [Int], values: [Bool])], metadata: [String: String] = [:],
                                   path: String = "safetensors") throws -> Data {
-        var meta = metadata
-        meta["format"] = meta["format"] ?? "pt"
-        var header = "{\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
-        var offset = 0
-        var seen = Set<String>()
-        for (name, shape, values) in tensors {
-            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
-            guard checkedElementCount(shape) == values.count else {
-                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(shape) does not hold its \(values.count) values")
-            }
-            header += ",\(jsonString(name)):{\"dtype\":\"BOOL\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + values.count)]}"
-            offset += values.count
-        }
-        header += "}"
-        var headerBytes = Array(header.utf8)
-        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
-        var file = Data(capacity: 8 + headerBytes.count + offset)
-        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { file.append(contentsOf: $0) }
-        file.append(contentsOf: headerBytes)
+        let (prefix, length) = try prefix(tensors.map { ($0.name, $0.shape, $0.values.count) }, dtype: .bool, metadata: metadata, path: path)
+        var file = Data(capacity: prefix.count + length)
+        file.append(prefix)
         for (_, _, values) in tensors {
             values.withUnsafeBufferPointer { v in
                 // Swift's Bool is one byte, 0 or 1: the layout torch.bool has.
@@ -182,35 +176,17 @@ public enum Safetensors {
         guard dtype == .f32 || dtype == .bf16 || dtype == .bool else {
             throw SafetensorsError(.unsupportedDType, "\(path): writing \(dtype.rawValue) is not supported (F32, BF16 or BOOL)")
         }
-        var seen = Set<String>()
-        var offset = 0
-        var header = "{"
-        var meta = metadata
-        meta["format"] = meta["format"] ?? "pt"
-        header += "\"__metadata__\":{" + meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",") + "}"
-        for (name, t) in tensors {
-            guard seen.insert(name).inserted else { throw SafetensorsError(.invalidTensor, "\(path): tensor \(name) given twice") }
-            guard checkedElementCount(t.shape) == t.values.count else {
-                throw SafetensorsError(.invalidTensor, "\(path): tensor \(name): shape \(t.shape) does not hold its \(t.values.count) values")
-            }
-            let bytes = t.count * dtype.size
-            header += ",\(jsonString(name)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
-            offset += bytes
-        }
-        header += "}"
-        var headerBytes = Array(header.utf8)
-        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
-        let total = 8 + headerBytes.count + offset
-        var file = [UInt8](repeating: 0, count: total)
+        let (prefix, length) = try prefix(tensors.map { ($0.name, $0.tensor.shape, $0.tensor.values.count) }, dtype: dtype,
+                                          metadata: metadata, path: path)
+        var file = [UInt8](repeating: 0, count: prefix.count + length)
         file.withUnsafeMutableBytes { raw in
             let base = raw.baseAddress!
-            base.storeBytes(of: UInt64(headerBytes.count).littleEndian, as: UInt64.self)
-            headerBytes.withUnsafeBytes { base.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: headerBytes.count) }
-            var p = base + 8 + headerBytes.count
+            prefix.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: prefix.count) }
+            var p = base + prefix.count
             for (_, t) in tensors {
                 t.values.withUnsafeBufferPointer { src in
                     if dtype == .f32 {
-                        p.copyMemory(from: src.baseAddress!, byteCount: t.count * 4)
+                        if t.count > 0 { p.copyMemory(from: src.baseAddress!, byteCount: t.count * 4) }
                     } else if dtype == .bool {
                         let dst = p.bindMemory(to: UInt8.self, capacity: t.count)
                         for i in 0..<t.count { dst[i] = src[i] != 0 ? 1 : 0 }
