@@ -46,7 +46,7 @@ public enum Checkpoint {
 
     /// Writes `dir` atomically.
     public static func save(model: Model, optimizer: AdamW, state: State, to dir: String, copyTokenizerFrom source: String?,
-                            extraFiles: [String: Data] = [:]) throws {
+                            extraFiles: [String: Data] = [:], extraModels: [String: Model] = [:]) throws {
         let fm = FileManager.default
         let (temp, old, target) = siblings(dir)
         try? fm.removeItem(at: temp)
@@ -58,6 +58,12 @@ public enum Checkpoint {
         if let k = killDuringWrite, k == writes { kill(getpid(), SIGKILL) }
         try JSONEncoder().encode(state).write(to: temp.appendingPathComponent("state.json"))
         for (name, data) in extraFiles { try data.write(to: temp.appendingPathComponent(name)) }
+        // Other models' parameters (GRPO's reference), streamed from their buffers like the model's.
+        for (name, m) in extraModels {
+            try Safetensors.writeF32(m.layout.entries.map { e in
+                (e.name, e.shape, UnsafeBufferPointer(start: UnsafePointer(m.parameters.pointer + e.range.lowerBound), count: e.count))
+            }, to: temp.appendingPathComponent(name).path)
+        }
         var manifest = Manifest(files: [:])
         for f in try fm.contentsOfDirectory(atPath: temp.path).sorted() {
             let data = try Data(contentsOf: temp.appendingPathComponent(f), options: .alwaysMapped)
@@ -119,6 +125,20 @@ public enum Checkpoint {
         }
         if problems.isEmpty { return nil }
         throw CheckpointError(message: "no usable checkpoint: " + problems.joined(separator: "; ") + " — pass --fresh to start over")
+    }
+
+    /// Parameters written by `save(extraModels:)` as a model shaped like `like`: every tensor
+    /// present with its size and finite; throws naming the file and tensor.
+    public static func loadParameters(_ file: String, like model: Model) throws -> Model {
+        let tensors = try Safetensors.read(path: file)
+        let out = Model(config: model.config, parameters: FloatBuffer(count: model.layout.count))
+        for e in model.layout.entries {
+            guard let t = tensors[e.name], t.values.count == e.count, t.values.allSatisfy({ $0.isFinite }) else {
+                throw LoopError("\(file): \(e.name) is missing, of the wrong size or not finite; pass --fresh to start over")
+            }
+            t.values.withUnsafeBufferPointer { out.parameters.at(e.range.lowerBound).update(from: $0.baseAddress!, count: e.count) }
+        }
+        return out
     }
 
     /// Reads a checkpoint (verified first): the model, the optimizer (moments and step), and the state.

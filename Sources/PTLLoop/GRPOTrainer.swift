@@ -100,16 +100,8 @@ public final class GRPOTrainer {
         self.logger = logger
         backend.precision = config.precision
         backend.teacher = nil
-        // The questions and gold answers (records without both are an error naming the line).
-        let records = try Corpus.parse(Data(trainLines.joined(separator: "\n").utf8), source: "GRPO training data").records
-        var golds: [String] = []
-        for (i, r) in records.enumerated() {
-            guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {
-                throw LoopError("GRPO training data, record \(i + 1): needs a question and an answer with a final number (e.g. \"#### 42\")")
-            }
-            golds.append(a)
-        }
-        guard records.count >= config.grpo.promptsPerStep else { throw LoopError("GRPO: \(records.count) training questions, fewer than --prompts-per-step \(config.grpo.promptsPerStep)") }
+        let golds = try GRPOStep.golds(trainLines, source: "GRPO training data")
+        guard golds.count >= config.grpo.promptsPerStep else { throw LoopError("GRPO: \(golds.count) training questions, fewer than --prompts-per-step \(config.grpo.promptsPerStep)") }
         guard evalLines.count >= 2 else { throw LoopError("GRPO: the eval set needs at least 2 questions") }
         self.trainLines = trainLines
         self.golds = golds
@@ -142,11 +134,6 @@ public final class GRPOTrainer {
     public var rows: [GRPOStepRow] { state.rows }
     public var currentModel: Model { model }
 
-    /// The sampling seed of completion `g` of training question `index` at `step`.
-    func seed(step: Int, index: Int, sample g: Int) -> UInt64 {
-        SplitMix64.mix(state.config.seed ^ SplitMix64.mix(UInt64(step) &* 0x9E37_79B9_7F4A_7C15 ^ SplitMix64.mix(UInt64(index) << 16 | UInt64(g))))
-    }
-
     func evaluate() throws -> (Double, Double) {
         let c = try backend.evaluate(model: model, jsonlLines: evalLines, shards: min(state.config.shards, evalLines.count),
                                      maxNewTokens: state.config.maxNewTokens, batchSize: state.config.evalBatchSize,
@@ -175,7 +162,7 @@ public final class GRPOTrainer {
             let picked = order.indices(step: k, batchSize: c.grpo.promptsPerStep)
             var row = try GRPOStep.run(backend: backend, model: model, optimizer: optimizer, grads: grads, lines: picked.map { trainLines[$0] },
                                        golds: picked.map { golds[$0] },
-                                       seeds: picked.flatMap { i in (0..<c.grpo.rolloutsPerPrompt).map { seed(step: k, index: i, sample: $0) } },
+                                       seeds: GRPOStep.seeds(base: c.seed, step: k, prompts: picked, samples: c.grpo.rolloutsPerPrompt),
                                        rolloutsPerPrompt: c.grpo.rolloutsPerPrompt, sampling: sampling, maxNewTokens: c.maxNewTokens,
                                        batchSize: c.evalBatchSize, rewards: c.grpo.rewards, settings: settings, reference: reference,
                                        shards: c.shards, lr: schedule.rate(at: k), clip: c.clip, key: WorkKey(run: run, step: k + 1))
@@ -203,12 +190,7 @@ public final class GRPOTrainer {
 
     /// OUT/metrics.jsonl, OUT/report.md and OUT/reward.png (mean reward and held-out accuracy per step).
     func report() throws {
-        let enc = JSONEncoder()
-        enc.keyEncodingStrategy = .convertToSnakeCase
-        enc.outputFormatting = [.sortedKeys]
-        var lines = Data()
-        for r in state.rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
-        try LoopReport.atomicWrite(lines, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
+        try LoopReport.writeJSONLines(state.rows, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
         let steps = state.rows.filter { $0.step > 0 }
         let reward = PlotSeries(label: "mean reward × 100", points: steps.map { PlotPoint(x: Double($0.step), y: $0.meanReward * 100) }, color: PlotColor.palette[0])
         let evals = PlotSeries(label: "held-out accuracy %", points: state.rows.compactMap { r in r.evalAccuracy.map { PlotPoint(x: Double(r.step), y: $0 * 100) } },
@@ -235,6 +217,26 @@ public final class GRPOTrainer {
 /// and — unless every advantage is 0 and there is no KL — take one AdamW step on the GRPO
 /// gradient. Returns the step's figures (`step` left 0 for the caller).
 public enum GRPOStep {
+    /// The sampling seed of every completion of a step: sample j of training question p (its index
+    /// in the data) at step k, from the run's seed — so a retried shard samples the same tokens.
+    public static func seeds(base: UInt64, step k: Int, prompts: [Int], samples: Int) -> [UInt64] {
+        prompts.flatMap { p in (0..<samples).map { j in
+            SplitMix64.mix(base ^ SplitMix64.mix(UInt64(k) &* 0x9E37_79B9_7F4A_7C15 ^ SplitMix64.mix(UInt64(p) << 16 | UInt64(j))))
+        } }
+    }
+
+    /// The gold answers of question/answer JSONL records; a record without a question and a final
+    /// number is an error naming it.
+    public static func golds(_ lines: [String], source: String) throws -> [String] {
+        let records = try Corpus.parse(Data(lines.joined(separator: "\n").utf8), source: source).records
+        return try records.enumerated().map { i, r in
+            guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {
+                throw LoopError("\(source), record \(i + 1): GRPO needs a question and an answer with a final number (e.g. \"#### 42\")")
+            }
+            return a
+        }
+    }
+
     public static func run(backend: GRPOBackend, model: Model, optimizer: AdamW, grads: FloatBuffer, lines: [String], golds: [String],
                            seeds: [UInt64], rolloutsPerPrompt: Int, sampling: SamplingSettings, maxNewTokens: Int, batchSize: Int,
                            rewards spec: RewardSpec, settings: GRPOSettings, reference: Teacher?, shards: Int, lr: Float, clip: Float,

@@ -38,17 +38,22 @@ public enum LoopReport {
         guard rename(tmp, path) == 0 else { throw LoopError("\(path): cannot write (errno \(errno))") }
     }
 
-    static func pct(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
-
-    public static func write(rows: [PhaseRow], removals: [RemovalRecord], settings: LoopSettings, plan: PrunePlan,
-                             original: ModelCost, context: Int, tuneSeconds: Double, done: Bool, to out: String,
-                             layerZeros: [(name: String, zeros: Double)] = []) throws {
+    /// One JSON object a line (snake_case keys, sorted), written atomically: metrics.jsonl, grpo.jsonl.
+    static func writeJSONLines<T: Encodable>(_ rows: [T], to path: String) throws {
         let enc = JSONEncoder()
         enc.keyEncodingStrategy = .convertToSnakeCase
         enc.outputFormatting = [.sortedKeys]
         var lines = Data()
         for r in rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
-        try atomicWrite(lines, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
+        try atomicWrite(lines, to: path)
+    }
+
+    static func pct(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
+
+    public static func write(rows: [PhaseRow], removals: [RemovalRecord], settings: LoopSettings, plan: PrunePlan,
+                             original: ModelCost, context: Int, tuneSeconds: Double, done: Bool, to out: String,
+                             layerZeros: [(name: String, zeros: Double)] = []) throws {
+        try writeJSONLines(rows, to: (out as NSString).appendingPathComponent("metrics.jsonl"))
 
         let evals = rows.filter { $0.phase == .eval }
         let first = evals.first, last = evals.last

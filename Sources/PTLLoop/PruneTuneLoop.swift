@@ -68,13 +68,7 @@ public final class PruneTuneLoop {
             guard backend is GRPOBackend else { throw LoopError("--tune \(g.tune.rawValue): this backend does not run GRPO") }
             guard !data.tuneRecords.isEmpty else { throw LoopError("--tune \(g.tune.rawValue) needs question/answer tuning records") }
             try g.check(shards: settings.shards)
-            let records = try Corpus.parse(Data(data.tuneRecords.joined(separator: "\n").utf8), source: "tuning records").records
-            grpoGolds = try records.enumerated().map { i, r in
-                guard case .qa(_, let a) = r, AnswerExtraction.extract(a) != nil else {
-                    throw LoopError("tuning record \(i + 1): --tune grpo needs a question and an answer with a final number")
-                }
-                return a
-            }
+            grpoGolds = try GRPOStep.golds(data.tuneRecords, source: "tuning records")
         }
         backend.precision = settings.precision
         // Distillation's teacher: the unpruned starting model unless one is given.
@@ -130,16 +124,7 @@ public final class PruneTuneLoop {
                 }
             }
             if s.stage == .tune, let g = settings.grpo, g.beta > 0 {
-                let file = (found as NSString).appendingPathComponent("reference.safetensors")
-                let tensors = try Safetensors.read(path: file)
-                let ref = Model(config: model.config, parameters: FloatBuffer(count: model.layout.count))
-                for e in model.layout.entries {
-                    guard let t = tensors[e.name], t.values.count == e.count, t.values.allSatisfy({ $0.isFinite }) else {
-                        throw LoopError("\(file): \(e.name) is missing, of the wrong size or not finite; pass --fresh to start over")
-                    }
-                    t.values.withUnsafeBufferPointer { ref.parameters.at(e.range.lowerBound).update(from: $0.baseAddress!, count: e.count) }
-                }
-                roundReference = ref
+                roundReference = try Checkpoint.loadParameters((found as NSString).appendingPathComponent("reference.safetensors"), like: model)
             }
         } else {
             func plan(_ method: PruneMethod) throws -> PrunePlan { try settings.plan(config: start.config, method: method) }
@@ -349,9 +334,7 @@ public final class PruneTuneLoop {
         let k = state.stepsUsed
         let order = EpochOrder(count: data.tuneRecords.count, seed: settings.seed ^ 0x4752_504F)
         let picked = order.indices(step: k, batchSize: g.promptsPerStep)
-        let seeds = picked.flatMap { p in (0..<g.rolloutsPerPrompt).map { j in
-            SplitMix64.mix(settings.seed ^ SplitMix64.mix(UInt64(k) &* 0x9E37_79B9_7F4A_7C15 ^ SplitMix64.mix(UInt64(p) << 16 | UInt64(j))))
-        } }
+        let seeds = GRPOStep.seeds(base: settings.seed, step: k, prompts: picked, samples: g.rolloutsPerPrompt)
         let first = g.tune == .cptGRPO ? n / 2 : 0
         let schedule = LearningRateSchedule(kind: .cosine, peak: g.learningRate, warmup: min(settings.warmup, (n - first) / 4),
                                             total: max(1, n - first), minRatio: settings.minLearningRateRatio)
@@ -400,22 +383,13 @@ public final class PruneTuneLoop {
         let loop = try JSONEncoder().encode(state)
         var extra: [String: Data] = ["loop.json": loop]
         if !masks.isEmpty { extra["masks.safetensors"] = try SparseMasks.encode(masks) }
-        if state.stage == .tune, let ref = roundReference {
-            extra["reference.safetensors"] = try Safetensors.encode(ref.layout.entries.map { e in
-                (e.name, TensorF32(shape: e.shape, values: ref.parameters.array(e.range)))
-            })
-        }
         if let rows = state.grpoRows {
-            let enc = JSONEncoder()
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            enc.outputFormatting = [.sortedKeys]
-            var lines = Data()
-            for r in rows { lines += try enc.encode(r); lines += Data("\n".utf8) }
-            try LoopReport.atomicWrite(lines, to: (out as NSString).appendingPathComponent("grpo.jsonl"))
+            try LoopReport.writeJSONLines(rows, to: (out as NSString).appendingPathComponent("grpo.jsonl"))
         }
         try Checkpoint.save(model: model, optimizer: optimizer,
                             state: Checkpoint.State(step: state.stepsUsed, optimizerStep: optimizer.step, run: run),
-                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: extra)
+                            to: checkpointDir, copyTokenizerFrom: tokenizerSource, extraFiles: extra,
+                            extraModels: state.stage == .tune ? roundReference.map { ["reference.safetensors": $0] } ?? [:] : [:])
         guard report else { return }
         try LoopReport.write(rows: state.rows, removals: state.removals, settings: settings, plan: state.plan,
                              original: original, context: decodeContext, tuneSeconds: state.tuneSeconds, done: state.stage == .done, to: out,

@@ -44,8 +44,13 @@ public enum SparsePruning {
         public var offset: Int
         public var rows: Int
         public var cols: Int
-        public var mask: [Bool]
-        public var zeros: Int { mask.lazy.filter { $0 }.count }
+        public let mask: [Bool]
+        /// Masked entries, counted once (reports and every phase row read it).
+        public let zeros: Int
+        public init(name: String, offset: Int, rows: Int, cols: Int, mask: [Bool]) {
+            self.name = name; self.offset = offset; self.rows = rows; self.cols = cols; self.mask = mask
+            zeros = mask.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
     }
 
     /// Every linear layer of every block (HF name, offset, rows = outputs, cols = inputs), in order.
