@@ -1,8 +1,7 @@
 import COpenBLAS
 
-/// `C = α·op(A)·op(B) + β·C` (row-major), split over our threads by blocks of C's rows or
-/// columns, each block one single-threaded sgemm. Every element of C is computed by one sgemm
-/// over the full K, so the result does not depend on the split.
+/// `C = α·op(A)·op(B) + β·C` (row-major), split by blocks of C's rows or columns, each block one
+/// single-threaded sgemm over the full K, the blocks spread over our threads.
 @inline(__always)
 public func parallelSgemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
@@ -10,37 +9,38 @@ public func parallelSgemm(
     beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int
 ) {
     let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
-    let threads = ComputeThreads.count
-    let work = m * n * k
-    if threads == 1 || work < 1 << 18 {
+    if m * n * k < 1 << 18 {
         cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         return
     }
+    // The split into blocks depends on the shape alone, never on the thread count: OpenBLAS takes
+    // other kernels for other block shapes (its small-matrix and edge kernels round differently),
+    // so a split by threads made `ptl prune` on two threads differ in the last bits from workers
+    // on one. Blocks are multiples of 16 rows (or columns) of C, at most `sgemmBlocks` of them.
     if m >= n {
-        // Blocks of rows of C (and of op(A)), multiples of 16.
-        let blocks = min(threads, max(1, m / 16))
-        parallelChunks(blocks) { b0, b1 in
-            for blk in b0..<b1 {
-                let r0 = blk * m / blocks / 16 * 16, r1 = blk + 1 == blocks ? m : (blk + 1) * m / blocks / 16 * 16
-                if r1 <= r0 { continue }
-                let aOff = transA ? r0 : r0 * lda
-                cblas_sgemm(CblasRowMajor, ta, tb, Int32(r1 - r0), Int32(n), Int32(k), alpha, a + aOff, Int32(lda),
-                            b, Int32(ldb), beta, c + r0 * ldc, Int32(ldc))
-            }
-        }
+        let blocks = max(1, min(sgemmBlocks, m / 64))
+        parallelChunks(blocks) { b0, b1 in for blk in b0..<b1 {
+            let r0 = blk * m / blocks / 16 * 16, r1 = blk + 1 == blocks ? m : (blk + 1) * m / blocks / 16 * 16
+            if r1 <= r0 { continue }
+            let aOff = transA ? r0 : r0 * lda
+            cblas_sgemm(CblasRowMajor, ta, tb, Int32(r1 - r0), Int32(n), Int32(k), alpha, a + aOff, Int32(lda),
+                        b, Int32(ldb), beta, c + r0 * ldc, Int32(ldc))
+        } }
     } else {
-        let blocks = min(threads, max(1, n / 16))
-        parallelChunks(blocks) { b0, b1 in
-            for blk in b0..<b1 {
-                let c0 = blk * n / blocks / 16 * 16, c1 = blk + 1 == blocks ? n : (blk + 1) * n / blocks / 16 * 16
-                if c1 <= c0 { continue }
-                let bOff = transB ? c0 * ldb : c0
-                cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(c1 - c0), Int32(k), alpha, a, Int32(lda),
-                            b + bOff, Int32(ldb), beta, c + c0, Int32(ldc))
-            }
-        }
+        let blocks = max(1, min(sgemmBlocks, n / 64))
+        parallelChunks(blocks) { b0, b1 in for blk in b0..<b1 {
+            let c0 = blk * n / blocks / 16 * 16, c1 = blk + 1 == blocks ? n : (blk + 1) * n / blocks / 16 * 16
+            if c1 <= c0 { continue }
+            let bOff = transB ? c0 * ldb : c0
+            cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(c1 - c0), Int32(k), alpha, a, Int32(lda),
+                        b + bOff, Int32(ldb), beta, c + c0, Int32(ldc))
+        } }
     }
 }
+
+/// The most blocks `parallelSgemm` splits a product into (enough for the cores of the machines
+/// this runs on; a fixed number, so the bits do not depend on them).
+let sgemmBlocks = 8
 
 /// `y (rows) = W (rows, cols) · x (cols)`: rows split over our threads; each thread streams its
 /// rows of W four at a time against x, so decoding reads every weight once.
