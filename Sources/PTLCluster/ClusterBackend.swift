@@ -30,13 +30,13 @@ public final class ClusterBackend: ComputeBackend {
     }
 
     /// The task key of shard `shard` of a phase of `key`.
-    static func taskKey(_ key: WorkKey, phase: Ptl_V1_Phase, shard: Int) -> Ptl_V1_TaskKey {
+    static func taskKey(_ key: WorkKey, phase: Ptl_V1_Phase, shard: Int, measurement: UInt64? = nil) -> Ptl_V1_TaskKey {
         var k = Ptl_V1_TaskKey()
         k.run = key.run
         k.round = UInt32(truncatingIfNeeded: key.round)
         k.phase = phase
         k.step = UInt64(key.step)
-        k.measurement = key.measurement
+        k.measurement = measurement ?? key.measurement
         k.shard = UInt32(shard)
         return k
     }

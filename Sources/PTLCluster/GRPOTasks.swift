@@ -93,6 +93,11 @@ extension WorkerTasks {
 }
 
 extension ClusterBackend: GRPOBackend {
+    /// The gradient tasks of a GRPO step carry this bit in their key's measurement: sampling and
+    /// gradient are both ROLLOUT-phase tasks of the same step, and a result (or a duplicate) of
+    /// one must never be taken for the other.
+    static let grpoGradientMeasurement: UInt64 = 1 << 62
+
     public func rollouts(model: Model, jsonlLines: [String], samples: Int, seeds: [UInt64], shards: Int, sampling: SamplingSettings,
                          maxNewTokens: Int, batchSize: Int, key: WorkKey) throws -> [Rollout] {
         try Shards.check(shards, items: jsonlLines.count, what: "rollouts of \(key)")
@@ -146,7 +151,7 @@ extension ClusterBackend: GRPOBackend {
             spec.clipLow = settings.clipLow
             spec.clipHigh = settings.clipHigh
             if settings.beta > 0, let h = referenceHash?.hash { spec.teacherHash = h; spec.kdTemperature = 1; spec.kdWeight = 1 }
-            return (Self.taskKey(key, phase: .rollout, shard: s), spec,
+            return (Self.taskKey(key, phase: .rollout, shard: s, measurement: key.measurement | Self.grpoGradientMeasurement), spec,
                     TaskCoding.encode(part.sequences) + [GRPOCoding.i32("prompt_lengths", part.promptLengths),
                                                          WireTensor(name: "advantages", shape: [part.advantages.count], floats: part.advantages)])
         }

@@ -152,7 +152,10 @@ public final class TaskScheduler<Output>: @unchecked Sendable {
     @discardableResult
     public func complete(_ key: Ptl_V1_TaskKey, from worker: String, output: Output) -> Verdict {
         let id = TaskID(key)
-        if workers[worker]?.task == id { workers[worker]!.task = nil }
+        // Only the answer to the lease the worker holds frees it from its task: a stale result of
+        // the same task (an older attempt, or an earlier phase's task under the same key) must
+        // not, or the lease it holds would never run out and a lost result would stall the phase.
+        if workers[worker]?.task == id, leases[id]?[key.attempt] == worker { workers[worker]!.task = nil }
         workers[worker]?.occupied = false
         if let a = acceptedFrom[id], a.worker == worker, a.attempt == key.attempt { duplicates += 1; return .duplicate }
         guard keys[id] != nil, results[id] == nil, leases[id]?[key.attempt] == worker else { stale += 1; return .stale }

@@ -24,6 +24,27 @@ func keys(_ n: Int, step: UInt64 = 0) -> [Ptl_V1_TaskKey] {
         #expect(!s.isPhaseComplete)
     }
 
+    /// A stale result (an older attempt of the task the worker holds, or an earlier phase's task
+    /// under the same key) does not free the worker from the attempt it holds: that lease still
+    /// runs out and the task goes back. It did free it: a duplicated GRPO rollout result arrived
+    /// after the gradient phase had leased the same key to the same worker, and when that
+    /// attempt's result was lost the phase waited forever (found by the mid-rollout fault test).
+    @Test func aStaleResultDoesNotReleaseTheLeaseTheWorkerHolds() {
+        let clock = ManualClock()
+        let s = TaskScheduler<Int>(clock: clock, workerTimeout: 1000, leaseSeconds: 10)
+        s.startPhase(keys(1))
+        s.seen("a", threads: 1)
+        let lease = s.assign()
+        var old = lease[0].key
+        old.attempt += 5
+        #expect(s.complete(old, from: "a", output: 1) == .stale)
+        clock.advance(11)
+        _ = s.expire()
+        let again = s.assign()
+        #expect(again.map(\.key.shard) == [0] && again.first?.key.attempt == lease[0].key.attempt + 1, "the task came back after its lease")
+        #expect(s.complete(again[0].key, from: "a", output: 2) == .accepted && s.isPhaseComplete)
+    }
+
     /// With costs, the costliest tasks go first (ties in shard order); results stay in shard order.
     /// Shard costs 10, 6.7, 6.8, 10.3 s on two workers: shard order ends the phase at 20.6 s,
     /// costliest-first at 17.1 s.
