@@ -203,9 +203,26 @@ public struct LoopOptions: ParsableArguments {
         if !(percdamp >= 0 && percdamp <= 1) { throw ValidationError("--percdamp must be between 0 and 1") }
         if sparseBlockSize < 1 || sparseBlockSize > 65536 { throw ValidationError("--sparse-block-size must be between 1 and 65536") }
         do { _ = try RewardSpec(parsing: rewards) } catch { throw ValidationError("\(error)") }
-        if tune != .cpt, let g = try settings().grpo {
+        if let g = try grpoSettings() {
             do { try g.check(shards: shards) } catch { throw ValidationError("\(error)") }
         }
+    }
+
+    /// The GRPO settings of `--tune grpo|cpt+grpo` (nil for cpt): built here and nowhere else.
+    public func grpoSettings() throws -> GRPOTuneSettings? {
+        guard tune != .cpt else { return nil }
+        var g = GRPOTuneSettings()
+        g.tune = tune
+        g.promptsPerStep = promptsPerStep
+        g.rolloutsPerPrompt = rolloutsPerPrompt
+        g.temperature = temperature
+        g.topP = topP
+        g.beta = klBeta
+        g.clipLow = clipLow
+        g.clipHigh = clipHigh
+        g.rewards = try RewardSpec(parsing: rewards)
+        g.learningRate = grpoLr
+        return g
     }
 
     /// The loop's settings: built here and nowhere else.
@@ -248,20 +265,7 @@ public struct LoopOptions: ParsableArguments {
             // linear stays nil: checkpoints of runs before the option resume unchanged.
             if sparsitySchedule != "linear" { ls.sparse?.schedule = sparsitySchedule }
         }
-        if tune != .cpt {
-            var g = GRPOTuneSettings()
-            g.tune = tune
-            g.promptsPerStep = promptsPerStep
-            g.rolloutsPerPrompt = rolloutsPerPrompt
-            g.temperature = temperature
-            g.topP = topP
-            g.beta = klBeta
-            g.clipLow = clipLow
-            g.clipHigh = clipHigh
-            g.rewards = try RewardSpec(parsing: rewards)
-            g.learningRate = grpoLr
-            ls.grpo = g
-        }
+        ls.grpo = try grpoSettings()
         return ls
     }
 }

@@ -76,6 +76,9 @@ struct CoordinatorFaultOptions: ParsableArguments {
     @Option(help: "Fault injection: the local workers' delay before computing, ms.")
     var workerFaultDelayMs: Int = 0
 
+    @Option(help: "Fault injection: only the local workers' tasks of this phase meet faults (stats, grad, eval, rollout or trace).")
+    var workerFaultPhase: String?
+
     @Option(help: "Fault injection (tests): SIGKILL this process in the middle of its Nth checkpoint write.")
     var faultKillInCheckpoint: Int?
 
@@ -83,5 +86,6 @@ struct CoordinatorFaultOptions: ParsableArguments {
     var workerArguments: [String] {
         guard let workerFaultSeed else { return [] }
         return ["--fault-seed", "\(workerFaultSeed)", "--fault-rate", "\(workerFaultRate)", "--fault-delay-ms", "\(workerFaultDelayMs)"]
+            + (workerFaultPhase.map { ["--fault-phase", $0] } ?? [])
     }
 }

@@ -23,7 +23,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
         Writes OUT/config.yaml (the recipe of the run), OUT/metrics.jsonl, OUT/report.md,
         OUT/accuracy_vs_size.png, OUT/summary.json, OUT/rounds/round-NN/ and OUT/final/ (plain HF
         directories). `ptl prune` runs the same job in one process, with the same bits.
-        --method train: continual pre-training only (--steps).
+        --method train: continual pre-training only (--steps); with --tune grpo, GRPO only (as `ptl
+        grpo`: --prompts-per-step, --rollouts-per-prompt, --grpo-lr, --kl-beta, --rewards, …; held-out
+        accuracy every --eval-every steps; OUT/metrics.jsonl, OUT/report.md, OUT/reward.png).
 
         Work is split into --shards tasks per phase (independent of the worker count), reduced in
         shard order (bit-identical for any number of workers and any failures). OUT/checkpoint is
@@ -42,6 +44,9 @@ struct PTLCoordinatorCommand: ParsableCommand {
     @Option(help: "Optimizer steps (--method train).")
     var steps: Int = 20
 
+    @Option(help: "--method train --tune grpo: measure held-out accuracy (--eval-count problems) every K steps.")
+    var evalEvery: Int = 25
+
     static func main() {
         do {
             let args = try Recipe.expand(Array(CommandLine.arguments.dropFirst()), for: Self.self)
@@ -54,6 +59,7 @@ struct PTLCoordinatorCommand: ParsableCommand {
 
     func validate() throws {
         if steps < 1 { throw ValidationError("--steps must be at least 1") }
+        if evalEvery < 1 { throw ValidationError("--eval-every must be at least 1") }
     }
 
     var logger: Logger { log.logger("coordinator") }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import PTLTensor
 import PTLCluster
@@ -8,10 +9,15 @@ import PTLModel
 import PTLTokenizer
 import PTLTune
 
-/// --method train: continual pre-training over the cluster.
+/// --method train: continual pre-training (--tune cpt) or GRPO (--tune grpo) over the cluster.
 extension PTLCoordinatorCommand {
     /// Loads the data, the model and any checkpoint now; the returned job trains.
     func prepareTrain() throws -> (Coordinator, StatusLine) throws -> Void {
+        switch loop.tune {
+        case .grpo: return try prepareGRPO()
+        case .cptGRPO: throw ValidationError("--method train takes --tune cpt or --tune grpo; cpt+grpo splits the rounds of a pruning run")
+        case .cpt: break
+        }
         let tokenizerJSON = try ModelSource.tokenizerJSON(data.model)
         let tokenizer = try Tokenizer(data: Data(tokenizerJSON.utf8), source: "\(data.model) tokenizer")
         let records: [CorpusRecord]
@@ -40,6 +46,45 @@ extension PTLCoordinatorCommand {
         return { coordinator, status in
             coordinator.tokenizerJSON = tokenizerJSON
             try train(coordinator: coordinator, status: status, model: m, sequences: sequences, settings: settings, start: start, ledger: ledger)
+        }
+    }
+
+    /// --method train --tune grpo: `ptl grpo` over the workers — rollouts sampled and GRPO
+    /// gradients computed on the workers' shards, reduced in shard order (the same bits as `ptl
+    /// grpo` with the same settings, for any number of workers); OUT/checkpoint every
+    /// --checkpoint-every steps, a restarted coordinator resumes from it.
+    func prepareGRPO() throws -> (Coordinator, StatusLine) throws -> Void {
+        guard let g = try loop.grpoSettings() else { throw LoopError("internal: --tune grpo without GRPO settings") }
+        var c = GRPOConfig()
+        c.grpo = g
+        c.steps = steps
+        c.maxNewTokens = loop.maxNewTokens
+        c.shards = loop.shards
+        c.seed = loop.seed
+        c.evalEvery = evalEvery
+        c.checkpointEvery = loop.checkpointEvery
+        c.precision = loop.precision
+        do { try c.check() } catch { throw ValidationError("\(error)") }
+        let tokenizerJSON = try ModelSource.tokenizerJSON(data.model)
+        let start = try ModelSource.loadModel(data.model)
+        let (train, eval) = try GRPOData.lines(data: data.data, evalData: data.evalData, evalCount: data.evalCount)
+        let out = output.out
+        let tokenizerDir = (out as NSString).appendingPathComponent("tokenizer")
+        try ModelSource.writeTokenizerFiles(data.model, to: tokenizerDir)
+        logger.info("GRPO: \(train.count) training questions, \(eval.count) held-out; \(steps) steps of \(g.promptsPerStep) prompts × \(g.rolloutsPerPrompt) completions in \(loop.shards) shards, precision \(loop.precision)")
+        let logger = self.logger, fresh = output.fresh, exportGguf = output.exportGguf
+        return { coordinator, status in
+            let backend = ClusterBackend(coordinator: coordinator, tokenizerJSON: tokenizerJSON)
+            let trainer = try GRPOTrainer(backend: backend, model: start, trainLines: train, evalLines: eval, config: c, out: out,
+                                          tokenizerSource: tokenizerDir, fresh: fresh, logger: logger)
+            status.context = "GRPO"
+            let finished: Bool
+            do { finished = try trainer.train(stop: { terminateRequested }) } catch is Interrupted { finished = false }
+            guard finished else { logger.info("stopped; run the same command again to resume from \(out)/checkpoint"); return }
+            if let first = trainer.rows.first?.evalAccuracy, let last = trainer.rows.last?.evalAccuracy {
+                logger.info("\(String(format: "held-out accuracy %.1f%% → %.1f%% in %d steps; %@/report.md, %@/final", first * 100, last * 100, c.steps, out, out))")
+            }
+            try FinalExport.gguf(exportGguf, out: out, logger: logger)
         }
     }
 

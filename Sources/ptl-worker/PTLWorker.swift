@@ -46,6 +46,9 @@ struct PTLWorkerCommand: ParsableCommand {
     @Option(help: "Fault injection: milliseconds every task waits before computing (with --fault-seed).")
     var faultDelayMs: Int = 0
 
+    @Option(help: "Fault injection: only tasks of this phase meet faults (stats, grad, eval, rollout or trace; with --fault-seed).")
+    var faultPhase: String?
+
     @Option(help: "Fault injection (the chaos soak): every task of this shard fails, on every attempt (a poison shard).")
     var faultFailShard: UInt32?
 
@@ -58,6 +61,7 @@ struct PTLWorkerCommand: ParsableCommand {
         if !(faultRate >= 0 && faultRate <= 1) { throw ValidationError("--fault-rate must be between 0 and 1") }
         if let faultFlood, faultFlood < 0 || faultFlood > 1_000_000 { throw ValidationError("--fault-flood must be between 0 and 1000000") }
         if faultDelayMs < 0 { throw ValidationError("--fault-delay-ms must not be negative") }
+        if let faultPhase, FaultPlan.phase(named: faultPhase) == nil { throw ValidationError("--fault-phase must be stats, grad, eval, rollout or trace") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let id, id.isEmpty || id.utf8.count > 255 { throw ValidationError("--id must be 1 to 255 bytes (it is the ZeroMQ routing id)") }
         if (curveServerKey == nil) != (curveSecretKey == nil) { throw ValidationError("--curve-server-key and --curve-secret-key go together") }
@@ -72,7 +76,10 @@ struct PTLWorkerCommand: ParsableCommand {
         settings.liveness = heartbeats.liveness
         settings.minBackoff = heartbeats.heartbeat          // back-off: one heartbeat, doubling to 32 s
         settings.cacheDirectory = cache
-        if let faultSeed { settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs) }
+        if let faultSeed {
+            settings.faults = FaultPlan(seed: faultSeed, rate: faultRate, delayMilliseconds: faultDelayMs)
+            settings.faults?.phase = faultPhase.flatMap(FaultPlan.phase(named:))
+        }
         if let faultFailShard {
             if settings.faults == nil { settings.faults = FaultPlan(seed: 0, rate: 0) }
             settings.faults?.failShard = faultFailShard

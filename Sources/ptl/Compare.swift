@@ -63,6 +63,13 @@ struct Compare: ParsableCommand {
          "sparse-ptl-cubic with the same tune steps every round"),
         ("sparse-once", ["--method", "prune-once", "--prune", "sparse", "--recover", "kd", "--calibration", "on-policy"],
          "one-shot SparseGPT on-policy (RAC), then the same distillation budget"),
+        // Recovery by reinforcement learning (issue 17): the tune steps are GRPO steps on the
+        // tuning questions (rewards for the right final answer and its format; no worked solutions
+        // used), the same prompts × rollouts a step for both — an equal rollout budget.
+        ("ptl-grpo", ["--tune", "grpo", "--calibration", "on-policy", "--reconstruct", "ffn", "--damage", "probe", "--final-reserve", "0.3"],
+         "PTL recovering by GRPO alone (ptl-best's pruning, no distillation)"),
+        ("prune-once-grpo", ["--method", "prune-once", "--tune", "grpo", "--calibration", "on-policy", "--reconstruct", "ffn"],
+         "Prune-Once recovering by GRPO alone, the same rollout budget"),
     ]
 
     @Option(help: "The model (HF directory or .gguf).")

@@ -71,22 +71,13 @@ struct GRPOCommand: ParsableCommand {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
     }
 
-    /// JSONL lines of a file (blank lines skipped), or nil.
-    static func lines(_ path: String) throws -> [String] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("\(path): cannot be read as UTF-8 text") }
-        return text.split(separator: "\n").map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-    }
-
     func run() throws {
         ComputeThreads.set(threads ?? System.coreCount)
         let logger = log.logger("ptl")
         let c = try config()
         let start = try ModelSource.loadModel(model)
         let tokenizer = try ModelSource.loadTokenizer(model)
-        let task = try ArithmeticTask()
-        let train = try data.map(Self.lines) ?? task.jsonl(seed: 0, count: 20_000).split(separator: "\n").map(String.init)
-        let eval = Array((try evalData.map(Self.lines) ?? task.jsonl(seed: ArithmeticTask.testSeed(0), count: evalCount).split(separator: "\n").map(String.init))
-            .prefix(evalCount))
+        let (train, eval) = try GRPOData.lines(data: data, evalData: evalData, evalCount: evalCount)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let tokenizerDir = (out as NSString).appendingPathComponent("tokenizer")
         try ModelSource.writeTokenizerFiles(model, to: tokenizerDir)

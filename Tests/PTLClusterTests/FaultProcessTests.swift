@@ -342,4 +342,44 @@ enum FaultRun {
         let ledger = try FaultRun.expectLedgerExactlyOnce(out)
         #expect(ledger.allSatisfy { $0.worker == "allowed" })
     }
+
+    /// GRPO over the cluster (issue 17): `ptl-coordinator --method train --tune grpo` on the demo
+    /// model with local workers that die while sampling — before computing, mid-rollout, right
+    /// after sending, or drop or repeat their results, at rollout tasks only — and then with the
+    /// coordinator SIGKILLed mid-run and started again: both end at `ptl grpo`'s model in one
+    /// process, bit for bit, with the same rewards, accuracies and lengths every step.
+    @Test func grpoWithWorkersDyingMidRolloutAndAKilledCoordinatorEndsBitIdentical() throws {
+        let demo = packageRoot.appendingPathComponent("models/demo").path
+        let common = ["--model", demo, "--steps", "4", "--prompts-per-step", "4", "--rollouts-per-prompt", "4", "--shards", "2",
+                      "--eval-count", "4", "--eval-every", "2", "--max-new-tokens", "48", "--checkpoint-every", "1"]
+        let reference = FaultRun.tempDir("grpo-one-process")
+        let local = try runPTL(["grpo"] + common + ["--lr", "1e-4", "--out", reference])
+        try #require(local.status == 0, "\(local.stderr)")
+        let cluster = ["--method", "train", "--tune", "grpo", "--grpo-lr", "1e-4", "--bind", "tcp://127.0.0.1:0", "--heartbeat", "0.2"] + common
+        // Faults at rollout tasks only; seed 3 at rate 0.5 stages deaths mid-rollout on first attempts.
+        let faulty = FaultRun.tempDir("grpo-faults")
+        let run = try FaultRun.start(cluster + ["--local-workers", "2", "--lease", "2", "--worker-fault-seed", "3", "--worker-fault-rate", "0.5",
+                                                "--worker-fault-phase", "rollout", "--out", faulty])
+        run.process.waitUntilExit()
+        #expect(run.process.terminationStatus == 0, "\(run.text.suffix(2000))")
+        let log = run.text
+        #expect(log.contains("fault injection: dying while computing"), "no worker died mid-rollout")
+        #expect(log.contains("starting it again"))
+        let faultLines = log.split(separator: "\n").filter { $0.contains("fault injection:") }
+        #expect(!faultLines.isEmpty && faultLines.allSatisfy { $0.contains("/p4/") }, "faults outside the rollout phase: \(faultLines.prefix(3))")
+        // The coordinator SIGKILLed after step 2's checkpoint (metrics.jsonl: step 0 and steps 1–2), then resumed.
+        let killed = FaultRun.tempDir("grpo-killed")
+        try runCoordinator(cluster + ["--local-workers", "2", "--out", killed], killAfterSteps: 3)
+        try #require(!FileManager.default.fileExists(atPath: killed + "/final"), "the run finished before the kill")
+        #expect(try runCoordinator(cluster + ["--local-workers", "3", "--out", killed]) == 0)
+        func figures(_ dir: String) throws -> [String] {
+            try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                .map { $0.replacingOccurrences(of: #""seconds":[0-9.e+-]+"#, with: "", options: .regularExpression) }
+        }
+        #expect(try figures(reference).count == 5)
+        #expect(try figures(faulty) == figures(reference))
+        #expect(try figures(killed) == figures(reference))
+        #expect(try finalWeights(faulty) == finalWeights(reference))
+        #expect(try finalWeights(killed) == finalWeights(reference))
+    }
 }
