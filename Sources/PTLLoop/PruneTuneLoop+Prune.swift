@@ -11,11 +11,13 @@ extension PruneTuneLoop {
         progress(r, rounds, LoopPhase.stats.rawValue, 0)
         let t0 = Date()
         let stats = try calibrationStatistics()
-        // The probe before the cut (the round's on-policy traces already answered it).
+        // The probe before the cut.
         var probeBefore: Double? = nil
         if s.damage == .probe {
-            if s.calibration == .onPolicy, let c = roundCalibration, c.round == r { probeBefore = 1 - c.accuracy }
-            else { probeBefore = try damageMeasure(model, scale: scale) }
+            // On the probe's own held-out questions, as after the cut: the on-policy traces' accuracy is
+            // taken on the calibration questions, which the cut's refit is fitted to (a shortcut here
+            // compared two different sets and read cheap cuts as gains: 93.8 % → 98.4 % on the demo).
+            probeBefore = try damageMeasure(model, scale: scale)
         }
         let tStats = Date().timeIntervalSince(t0)
         let source = settings.calibration == .onPolicy ? roundCalibration.map { "; \($0.detail)" } ?? "" : ""

@@ -29,8 +29,10 @@ extension PruneTuneLoop {
         }
         var probeBefore: Double? = nil
         if s.damage == .probe {
-            if s.calibration == .onPolicy, let c = roundCalibration, c.round == r { probeBefore = 1 - c.accuracy }
-            else { probeBefore = try damageMeasure(model, scale: nil) }
+            // On the probe's own held-out questions, as after the cut: the on-policy traces' accuracy is
+            // taken on the calibration questions, which the cut's refit is fitted to (a shortcut here
+            // compared two different sets and read cheap cuts as gains: 93.8 % → 98.4 % on the demo).
+            probeBefore = try damageMeasure(model, scale: nil)
         }
         let tokens = sequences.reduce(0) { $0 + max(0, $1.count - 1) }
         let source = s.calibration == .onPolicy ? roundCalibration.map { "; \($0.detail)" } ?? "" : ""
