@@ -37,7 +37,7 @@ enum Seeds {
         var r = Ptl_V1_Result()
         r.lossSum = 12.5; r.tokenCount = 20; r.examples = 2; r.seconds = 0.1
         result.result = r
-        var stats = ActivationStatistics(layers: 2, intermediate: 8)
+        var stats = ActivationStatistics(layers: 2, intermediate: 8, hidden: 4)
         stats.tokens = 20
         var gram = FFNGram(layers: 2, intermediate: 8)
         gram.tokens = 20

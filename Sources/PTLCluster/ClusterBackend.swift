@@ -156,13 +156,13 @@ public final class ClusterBackend: ComputeBackend {
         let hash = TaskCoding.publish(model, on: coordinator)
         let tasks = sequenceTasks(sequences, shards: shards, key: key, phase: .stats, hash: hash, lossScale: nil, branchScale: branchScale)
         let c = model.config
-        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize, hidden: c.hiddenSize)
         var lossSum = 0.0
         let results = try coordinator.runPhase(tasks) { _, message in
-            try TaskCoding.checkStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+            try TaskCoding.checkStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize, hidden: c.hiddenSize)
         }
         for (_, message) in results {
-            total.add(try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize))
+            total.add(try TaskCoding.decodeStatistics(message, layers: c.numHiddenLayers, intermediate: c.intermediateSize, hidden: c.hiddenSize))
             lossSum += message.envelope.result.lossSum
         }
         return (total, lossSum / Double(max(1, total.tokens)))

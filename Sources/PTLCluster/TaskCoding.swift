@@ -58,19 +58,21 @@ public enum TaskCoding {
     public static func encode(_ s: ActivationStatistics) -> [WireTensor] {
         [f64("abs_sum", s.absSum), f64("square_sum", s.squareSum),
          WireTensor(name: "max_abs", shape: [s.maxAbs.count], floats: s.maxAbs),
-         f64("delta_norm_sum", s.deltaNormSum), f64("input_norm_sum", s.inputNormSum), f64("cosine_distance_sum", s.cosineDistanceSum)]
+         f64("delta_norm_sum", s.deltaNormSum), f64("input_norm_sum", s.inputNormSum), f64("cosine_distance_sum", s.cosineDistanceSum),
+         f64("channel_normalized_abs_sum", s.channelNormalizedAbsSum), f64("channel_square_sum", s.channelSquareSum)]
     }
 
     /// Checks a stats result without copying it out: every tensor present with the element count
     /// and type the model's shape asks for, and a finite loss.
-    public static func checkStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws {
-        let n = layers * intermediate
+    public static func checkStatistics(_ m: WireMessage, layers: Int, intermediate: Int, hidden: Int) throws {
+        let n = layers * intermediate, channels = (layers + 1) * hidden
         let expected: [(String, Ptl_V1_DType, Int)] = [("abs_sum", .f64, n), ("square_sum", .f64, n), ("max_abs", .f32, n),
                                                        ("delta_norm_sum", .f64, layers), ("input_norm_sum", .f64, layers),
-                                                       ("cosine_distance_sum", .f64, layers)]
+                                                       ("cosine_distance_sum", .f64, layers),
+                                                       ("channel_normalized_abs_sum", .f64, channels), ("channel_square_sum", .f64, channels)]
         for (name, dtype, count) in expected {
             guard let t = m.tensor(name), t.dtype == dtype, t.byteCount == count * (dtype == .f64 ? 8 : 4) else {
-                throw WireError(kind: .descriptorMismatch, message: "the stats result lacks \(name) as \(count) values of \(dtype) for \(layers) blocks × \(intermediate)")
+                throw WireError(kind: .descriptorMismatch, message: "the stats result lacks \(name) as \(count) values of \(dtype) for \(layers) blocks × \(intermediate) × hidden \(hidden)")
             }
         }
         guard m.envelope.result.lossSum.isFinite, abs(m.envelope.result.lossSum) <= maxSum else {
@@ -79,7 +81,8 @@ public enum TaskCoding {
         try checkTokens(m, "stats")
         // F64 frames are not checked by the decoder: each sum finite and far from overflowing
         // when the shards are added.
-        for name in ["abs_sum", "square_sum", "delta_norm_sum", "input_norm_sum", "cosine_distance_sum"] {
+        for name in ["abs_sum", "square_sum", "delta_norm_sum", "input_norm_sum", "cosine_distance_sum",
+                     "channel_normalized_abs_sum", "channel_square_sum"] {
             let t = m.tensor(name)!
             let ok = t.withBytes { b in (0..<(b.count / 8)).allSatisfy { i in let v = b.loadUnaligned(fromByteOffset: 8 * i, as: Double.self); return v.isFinite && abs(v) <= maxSum } }
             guard ok else { throw WireError(kind: .nonFinite, message: "the stats result's \(name) has a non-finite value or one above \(maxSum)") }
@@ -98,9 +101,9 @@ public enum TaskCoding {
     }
 
     /// The statistics of a result, checked against the model's shape.
-    public static func decodeStatistics(_ m: WireMessage, layers: Int, intermediate: Int) throws -> ActivationStatistics {
+    public static func decodeStatistics(_ m: WireMessage, layers: Int, intermediate: Int, hidden: Int) throws -> ActivationStatistics {
         try checkTokens(m, "stats")
-        var s = ActivationStatistics(layers: layers, intermediate: intermediate)
+        var s = ActivationStatistics(layers: layers, intermediate: intermediate, hidden: hidden)
         s.tokens = Int(m.envelope.result.tokenCount)
         s.absSum = try doubles(m.tensor("abs_sum"), "abs_sum")
         s.squareSum = try doubles(m.tensor("square_sum"), "square_sum")
@@ -109,9 +112,12 @@ public enum TaskCoding {
         s.deltaNormSum = try doubles(m.tensor("delta_norm_sum"), "delta_norm_sum")
         s.inputNormSum = try doubles(m.tensor("input_norm_sum"), "input_norm_sum")
         s.cosineDistanceSum = try doubles(m.tensor("cosine_distance_sum"), "cosine_distance_sum")
+        s.channelNormalizedAbsSum = try doubles(m.tensor("channel_normalized_abs_sum"), "channel_normalized_abs_sum")
+        s.channelSquareSum = try doubles(m.tensor("channel_square_sum"), "channel_square_sum")
         guard s.absSum.count == layers * intermediate, s.squareSum.count == s.absSum.count, s.maxAbs.count == s.absSum.count,
-              s.deltaNormSum.count == layers, s.inputNormSum.count == layers, s.cosineDistanceSum.count == layers else {
-            throw WireError(kind: .descriptorMismatch, message: "the stats result has the wrong sizes for \(layers) blocks × \(intermediate)")
+              s.deltaNormSum.count == layers, s.inputNormSum.count == layers, s.cosineDistanceSum.count == layers,
+              s.channelNormalizedAbsSum.count == (layers + 1) * hidden, s.channelSquareSum.count == (layers + 1) * hidden else {
+            throw WireError(kind: .descriptorMismatch, message: "the stats result has the wrong sizes for \(layers) blocks × \(intermediate) × hidden \(hidden)")
         }
         return s
     }

@@ -76,6 +76,9 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "Blocks removed per layer round.")
     public var layersPerRound: Int = 1
 
+    @Option(help: "Prune hidden (embedding) channels down to this hidden size, with the neuron rounds (PTL: in proportion to their neurons; Prune-Once: at once); channels scored by their normalised magnitude into every norm, the norm gains rescaled for the channels removed, head_dim kept. Default: the hidden size stays.")
+    public var hiddenSize: Int?
+
     @Option(help: "Which kind of round comes first.")
     public var order: PruneOrder = .neuronsFirst
 
@@ -234,6 +237,11 @@ public struct LoopOptions: ParsableArguments {
         ls.removeLayers = removeLayers
         ls.step = step
         ls.widthMultiple = widthMultiple
+        if let hiddenSize {
+            guard hiddenSize >= 1 else { throw ValidationError("--hidden-size must be a positive number of channels") }
+            guard prune == .structured else { throw ValidationError("--hidden-size removes channels; --prune sparse keeps every shape") }
+            ls.hiddenSize = hiddenSize
+        }
         ls.layersPerRound = layersPerRound
         ls.order = order
         ls.neuronScore = score

@@ -73,7 +73,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             _ = try? TaskCoding.decodeSequences(m.tensors)
             _ = try? TaskCoding.decodeBranchScale(m.tensors)
             for (layers, intermediate) in [(1, 4), (2, 8)] {
-                _ = try? TaskCoding.decodeStatistics(m, layers: layers, intermediate: intermediate)
+                _ = try? TaskCoding.decodeStatistics(m, layers: layers, intermediate: intermediate, hidden: 4)
                 _ = try? TaskCoding.decodeGram(m, layers: layers, intermediate: intermediate)
             }
             _ = try? TaskCoding.decodeHessians(m, block: 1, config: fuzzConfig)

@@ -54,7 +54,7 @@ public final class LocalBackend: ComputeBackend {
         -> (statistics: ActivationStatistics, loss: Double) {
         try Shards.check(shards, items: sequences.count, what: "statistics of \(key)")
         let c = model.config
-        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize)
+        var total = ActivationStatistics(layers: c.numHiddenLayers, intermediate: c.intermediateSize, hidden: c.hiddenSize)
         var lossSum = 0.0
         let longest = Self.seqLen(sequences)
         for s in 0..<shards {

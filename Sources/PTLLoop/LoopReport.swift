@@ -98,7 +98,7 @@ public enum LoopReport {
             md += "2:4 would need sparse tensor-core kernels (GPU) or a CPU kernel that skips the zeros.\n"
         } else {
             md += "Target \(String(format: "%.0f%%", s.target * 100)) of \(summary.originalParams) parameters; \(plan.rounds.count) round(s) "
-            md += "to \(plan.finalLayers) blocks × FFN \(plan.finalIntermediate) (\(plan.finalParameters) parameters, "
+            md += "to \(plan.finalLayers) blocks × FFN \(plan.finalIntermediate)\(plan.finalHidden.map { " × hidden \($0)" } ?? "") (\(plan.finalParameters) parameters, "
             md += String(format: "%.1f%%", 100 * Double(plan.finalParameters) / Double(plan.originalParameters)) + ").\n"
         }
         md += "Settings: order `\(s.order.rawValue)`, step \(s.step), budget `\(s.budget.rawValue)`, layer removal `\(s.layerRemoval.rawValue)`, "

@@ -96,6 +96,8 @@ public struct LoopSettings: Codable, Sendable, Equatable {
     public var removeLayers = 1
     public var step = 0.05
     public var widthMultiple = 32
+    /// The final hidden size (hidden / embedding channel pruning with the neuron rounds); nil: unchanged.
+    public var hiddenSize: Int?
     public var layersPerRound = 1
     public var order: PruneOrder = .neuronsFirst
     public var neuronScore: NeuronScore = .magnitude
@@ -158,7 +160,7 @@ public struct LoopSettings: Codable, Sendable, Equatable {
                                         cubic: sparse.schedule == "cubic")
         }
         return try PrunePlan.make(config: config, method: method, target: target, removeLayers: removeLayers, step: step,
-                                  widthMultiple: widthMultiple, layersPerRound: layersPerRound, order: order)
+                                  widthMultiple: widthMultiple, layersPerRound: layersPerRound, order: order, hiddenSize: hiddenSize)
     }
 
     /// What the tune phase asks of the backend's gradients: nil for cross-entropy.

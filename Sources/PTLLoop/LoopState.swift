@@ -43,6 +43,8 @@ public struct RemovalRecord: Codable, Sendable, Equatable {
     /// Removed blocks (numbered before this round) with their layer scores.
     public var layers: [ScoredIndex]
     public var how: RemovalKind?
+    /// Removed hidden channels (numbered before this round) with their scores (nil: none).
+    public var channels: [ScoredIndex]? = nil
 }
 
 /// How a round's blocks left the model.
@@ -137,8 +139,10 @@ extension LoopState {
         let done = stage == .original ? 0 : stage == .prune ? round - 1 : round
         let layers = start.numHiddenLayers - plan.rounds.prefix(done).reduce(0) { $0 + $1.layers }
         let width = start.intermediateSize - plan.rounds.prefix(done).reduce(0) { $0 + $1.neurons }
-        guard current.numHiddenLayers == layers, current.intermediateSize == width else {
-            throw bad("the checkpoint's model has \(current.numHiddenLayers) blocks of width \(current.intermediateSize), its state says \(layers) of \(width)")
+        let hidden = start.hiddenSize - plan.rounds.prefix(done).reduce(0) { $0 + $1.hiddenChannels }
+        guard current.numHiddenLayers == layers, current.intermediateSize == width, current.hiddenSize == hidden,
+              current.headDim == start.headDim else {
+            throw bad("the checkpoint's model has \(current.numHiddenLayers) blocks of width \(current.intermediateSize), hidden size \(current.hiddenSize), head_dim \(current.headDim); its state says \(layers) of \(width), hidden \(hidden), head_dim \(start.headDim)")
         }
         guard alpha.count == layers, alpha.allSatisfy({ $0.isFinite }) else {
             throw bad("\(alpha.count) branch scales for \(layers) blocks (or one not finite)")

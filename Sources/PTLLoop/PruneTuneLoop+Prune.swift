@@ -61,8 +61,27 @@ extension PruneTuneLoop {
             try Reconstruction.apply(to: model, surgery: surgery, original: unpruned, gram: gram, damping: s.reconstructDamping)
             reconstructed = String(format: "; down_proj refitted by least squares on %d tokens (held-out loss %.4f sliced)", gram.tokens, sliced)
         }
+        // Hidden channels: scored on the unpruned model, removed after the neuron and block cut
+        // (and its refit), the kept norms' gains rescaled for the energy that left.
+        var hiddenSurgery: HiddenSurgery? = nil
+        if plan.hiddenChannels > 0 {
+            let scores = try HiddenSurgery.channelScores(stats, model: unpruned)
+            let remove = HiddenSurgery.lowestChannels(scores: scores, count: plan.hiddenChannels)
+            let f = try HiddenSurgery.normFactors(stats, remove: remove)
+            let L0 = unpruned.config.numHiddenLayers
+            let factors = surgery.keptLayers.flatMap { [f[2 * $0], f[2 * $0 + 1]] } + [f[2 * L0]]
+            let hs = try HiddenSurgery(config: model.config, remove: remove, normFactors: factors)
+            model = try hs.apply(model: model)
+            record.channels = remove.map { ScoredIndex(index: $0, score: scores[$0]) }
+            hiddenSurgery = hs
+        }
         let adam = optimizer.settings
-        optimizer = s.optimizer == .carry ? surgery.apply(optimizer: optimizer) : AdamW(layout: model.layout, settings: adam)
+        if s.optimizer == .carry {
+            optimizer = surgery.apply(optimizer: optimizer)
+            if let hs = hiddenSurgery { optimizer = try hs.apply(optimizer: optimizer) }
+        } else {
+            optimizer = AdamW(layout: model.layout, settings: adam)
+        }
         state.alpha = surgery.apply(perLayer: state.alpha)
         grads = FloatBuffer(count: model.layout.count)
         let newIndex = Dictionary(uniqueKeysWithValues: surgery.keptLayers.enumerated().map { ($1, $0) })
@@ -102,8 +121,9 @@ extension PruneTuneLoop {
         state.stepInRound = 0
         state.tuneLossSum = 0
         let shape = "\(model.config.numHiddenLayers) blocks × FFN \(model.config.intermediateSize)"
+            + (state.plan.finalHidden == nil ? "" : " × hidden \(model.config.hiddenSize)")
         state.rows.append(row(.prune, seconds: Date().timeIntervalSince(t1), loss: after, steps: state.roundSteps,
-                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers) → \(shape); loss +\(String(format: "%.4f", after - state.lossBefore))\(probeDetail)\(reconstructed)"))
+                              detail: "removed \(plan.neurons) neurons/block, \(plan.layers) block(s) \(removeLayers)\(plan.hiddenChannels > 0 ? ", \(plan.hiddenChannels) hidden channels" : "") → \(shape); loss +\(String(format: "%.4f", after - state.lossBefore))\(probeDetail)\(reconstructed)"))
         logger.info("\(String(format: "round %d: pruned to %@ (%.1f%% of the parameters); held-out loss %.4f → %.4f; %d tune steps", r, shape, 100 * Double(model.parameterCount) / Double(original.parameters), state.lossBefore, after, state.roundSteps))",
                     metadata: ["round": "\(r)", "parameters": "\(model.parameterCount)", "tune_steps": "\(state.roundSteps)"])
         state.stage = .tune

@@ -4,7 +4,10 @@ import COpenBLAS
 
 /// Redundancy statistics of a model over calibration tokens (DESIGN.md §1.1): for every FFN
 /// neuron j of layer ℓ, with a = silu(x·W_gate[j])·(x·W_up[j]), the sums of |a| and a² and
-/// max |a|; for every block, Σ‖h_out − h_in‖, Σ‖h_in‖ and Σ(1 − cos(h_in, h_out)) over tokens.
+/// max |a|; for every block, Σ‖h_out − h_in‖, Σ‖h_in‖ and Σ(1 − cos(h_in, h_out)) over tokens;
+/// for every hidden channel c of every residual state h_ℓ (the input of block ℓ, and after the
+/// last block the input of the final norm), Σ|h_ℓ[c]|/rms(h_ℓ) and Σh_ℓ[c]² — what hidden
+/// (embedding) channel pruning scores channels by and rescales the norms with.
 ///
 /// Sums are Double and every entry is accumulated over tokens in order, so statistics of a
 /// shard are the same for any thread count, and shards add up in shard order.
@@ -18,10 +21,17 @@ public struct ActivationStatistics: Sendable, Equatable {
     public var deltaNormSum: [Double]  // (layers)
     public var inputNormSum: [Double]  // (layers)
     public var cosineDistanceSum: [Double]  // (layers)
+    /// Hidden channels of the residual-stream sums (0: none collected).
+    public let hidden: Int
+    public var channelNormalizedAbsSum: [Double]  // (layers + 1, hidden): Σ|h[c]| / rms(h)
+    public var channelSquareSum: [Double]         // (layers + 1, hidden): Σ h[c]²
 
-    public init(layers: Int, intermediate: Int) {
+    public init(layers: Int, intermediate: Int, hidden: Int = 0) {
         self.layers = layers
         self.intermediate = intermediate
+        self.hidden = hidden
+        channelNormalizedAbsSum = [Double](repeating: 0, count: (layers + 1) * hidden)
+        channelSquareSum = channelNormalizedAbsSum
         absSum = [Double](repeating: 0, count: layers * intermediate)
         squareSum = absSum
         maxAbs = [Float](repeating: 0, count: layers * intermediate)
@@ -32,8 +42,9 @@ public struct ActivationStatistics: Sendable, Equatable {
 
     /// Adds another shard's statistics (call in shard order).
     public mutating func add(_ o: ActivationStatistics) {
-        precondition(o.layers == layers && o.intermediate == intermediate)
+        precondition(o.layers == layers && o.intermediate == intermediate && o.hidden == hidden)
         tokens += o.tokens
+        for i in channelSquareSum.indices { channelNormalizedAbsSum[i] += o.channelNormalizedAbsSum[i]; channelSquareSum[i] += o.channelSquareSum[i] }
         for i in absSum.indices { absSum[i] += o.absSum[i]; squareSum[i] += o.squareSum[i]; maxAbs[i] = max(maxAbs[i], o.maxAbs[i]) }
         for l in 0..<layers {
             deltaNormSum[l] += o.deltaNormSum[l]; inputNormSum[l] += o.inputNormSum[l]; cosineDistanceSum[l] += o.cosineDistanceSum[l]
@@ -66,7 +77,7 @@ extension TrainingPass {
     public func statistics() -> ActivationStatistics {
         let c = model.config
         let L = c.numHiddenLayers, I = c.intermediateSize, H = c.hiddenSize, N = batch * seq
-        var s = ActivationStatistics(layers: L, intermediate: I)
+        var s = ActivationStatistics(layers: L, intermediate: I, hidden: H)
         let rows = (0..<N).filter { targets[$0] >= 0 }
         s.tokens = rows.count
         s.absSum.withUnsafeMutableBufferPointer { absSum in
@@ -105,6 +116,26 @@ extension TrainingPass {
                 cossum += 1 - io / max(1e-30, (ii * oo).squareRoot())
             }
             s.deltaNormSum[l] = dsum; s.inputNormSum[l] = insum; s.cosineDistanceSum[l] = cossum
+        }
+        // Per channel of every residual state: split over states, each summing its tokens in order.
+        let eps = Double(c.rmsNormEps)
+        s.channelNormalizedAbsSum.withUnsafeMutableBufferPointer { na in
+            s.channelSquareSum.withUnsafeMutableBufferPointer { sq in
+                let p = UncheckedSendable((na.baseAddress!, sq.baseAddress!))
+                parallelChunks(L + 1) { l0, l1 in
+                    let (naP, sqP) = p.value
+                    for l in l0..<l1 {
+                        let h = resid.at(l * N * H), a = naP + l * H, q = sqP + l * H
+                        for r in rows {
+                            let x = h + r * H
+                            var ms = 0.0
+                            for j in 0..<H { ms += Double(x[j]) * Double(x[j]) }
+                            let inv = 1 / (ms / Double(H) + eps).squareRoot()
+                            for j in 0..<H { let v = Double(x[j]); a[j] += abs(v) * inv; q[j] += v * v }
+                        }
+                    }
+                }
+            }
         }
         return s
     }

@@ -34,7 +34,13 @@ public struct RoundPlan: Codable, Sendable, Equatable {
     /// With `--prune sparse`: the sparsity pattern every linear layer has after this round
     /// ("0.3", "2:4"); the masks only grow from round to round.
     public var sparsity: String?
-    public init(neurons: Int, layers: Int, sparsity: String? = nil) { self.neurons = neurons; self.layers = layers; self.sparsity = sparsity }
+    /// Hidden (embedding) channels removed this round (nil: none), with the round's neurons.
+    public var hidden: Int?
+    public init(neurons: Int, layers: Int, sparsity: String? = nil, hidden: Int? = nil) {
+        self.neurons = neurons; self.layers = layers; self.sparsity = sparsity; self.hidden = hidden
+    }
+    /// Hidden channels removed this round.
+    public var hiddenChannels: Int { hidden ?? 0 }
 }
 
 /// The rounds of a run, fixed at its start from the original shape and the target.
@@ -44,12 +50,15 @@ public struct PrunePlan: Codable, Sendable, Equatable {
     public var finalIntermediate: Int
     public var finalParameters: Int
     public var originalParameters: Int
+    /// The final hidden size when the plan prunes hidden channels (nil: unchanged).
+    public var finalHidden: Int?
 
-    /// Parameters of `config` with `layers` blocks of FFN width `width`.
-    public static func parameters(_ config: ModelConfig, layers: Int, width: Int) -> Int {
+    /// Parameters of `config` with `layers` blocks of FFN width `width` (and hidden size `hidden`).
+    public static func parameters(_ config: ModelConfig, layers: Int, width: Int, hidden: Int? = nil) -> Int {
         var c = config
         c.numHiddenLayers = layers
         c.intermediateSize = width
+        if let hidden { c.hiddenSize = hidden }   // qDim and kvDim keep the config's head_dim
         return ParameterLayout(config: c).count
     }
 
@@ -57,10 +66,18 @@ public struct PrunePlan: Codable, Sendable, Equatable {
     /// - removeLayers: blocks the PTL and Prune-Once plans delete (the FFN width then shrinks until
     ///   the target is met); ShortGPT deletes as many blocks as the target needs and no neurons.
     /// - step: fraction of the original FFN width removed per neuron round (rounded to `widthMultiple`).
+    /// - hiddenSize: the final hidden size (PTL and Prune-Once; nil: unchanged). PTL removes the
+    ///   channels with its neuron rounds, in proportion to their neurons (multiples of
+    ///   `widthMultiple` where the amount allows); the FFN width then shrinks until the target is met.
     public static func make(config: ModelConfig, method: PruneMethod, target: Double, removeLayers: Int, step: Double,
-                            widthMultiple: Int, layersPerRound: Int, order: PruneOrder) throws -> PrunePlan {
-        let L = config.numHiddenLayers, I = config.intermediateSize
+                            widthMultiple: Int, layersPerRound: Int, order: PruneOrder, hiddenSize: Int? = nil) throws -> PrunePlan {
+        let L = config.numHiddenLayers, I = config.intermediateSize, H = config.hiddenSize
         let original = ParameterLayout(config: config).count
+        if let h = hiddenSize {
+            guard method != .shortgpt else { throw ModelError("ShortGPT deletes blocks only; --hidden-size needs --method ptl or prune-once") }
+            guard h >= 1, h < H else { throw ModelError("--hidden-size must be between 1 and the model's hidden size \(H) − 1 (got \(h))") }
+        }
+        let finalH = hiddenSize.map { $0 < H ? $0 : H }
         // Checked here as well as on the command line: a resumed checkpoint's settings reach here too.
         guard target > 0, target < 1 else { throw ModelError("--target-params must be between 0 and 1 (got \(target))") }
         guard step > 0, step < 1 else { throw ModelError("--step must be between 0 and 1 (got \(step))") }
@@ -76,15 +93,17 @@ public struct PrunePlan: Codable, Sendable, Equatable {
         guard removeLayers >= 0, removeLayers < L else { throw ModelError("--remove-layers must be between 0 and \(L - 1)") }
         let finalL = L - removeLayers
         var width = (I / widthMultiple) * widthMultiple
-        while width > 0 && parameters(config, layers: finalL, width: width) > budget { width -= widthMultiple }
+        while width > 0 && parameters(config, layers: finalL, width: width, hidden: finalH) > budget { width -= widthMultiple }
         guard width > 0 else {
-            throw ModelError("\(target) of the parameters is out of reach with \(finalL) blocks and an FFN width that is a multiple of \(widthMultiple); remove more layers")
+            throw ModelError("\(target) of the parameters is out of reach with \(finalL) blocks\(finalH.map { ", hidden size \($0)" } ?? "") and an FFN width that is a multiple of \(widthMultiple); remove more layers\(finalH == nil ? "" : " or hidden channels")")
         }
+        let hiddenCut = finalH.map { H - $0 } ?? 0
         let final = PrunePlan(rounds: [], finalLayers: finalL, finalIntermediate: width,
-                              finalParameters: parameters(config, layers: finalL, width: width), originalParameters: original)
+                              finalParameters: parameters(config, layers: finalL, width: width, hidden: finalH), originalParameters: original,
+                              finalHidden: finalH)
         if method == .pruneOnce {
             var p = final
-            p.rounds = [RoundPlan(neurons: I - width, layers: removeLayers)]
+            p.rounds = [RoundPlan(neurons: I - width, layers: removeLayers, hidden: hiddenCut > 0 ? hiddenCut : nil)]
             return p
         }
         // Neuron rounds: step·I rounded to the width multiple (at least one multiple) each.
@@ -118,6 +137,24 @@ public struct PrunePlan: Codable, Sendable, Equatable {
         }
         var p = final
         p.rounds = rounds
+        if hiddenCut > 0 {
+            // The channels go with the neuron rounds, in proportion to their neurons (rounded to
+            // the width multiple where the cut allows, the remainder in the last of them).
+            let neuronRoundIndices = p.rounds.indices.filter { p.rounds[$0].neurons > 0 }
+            guard let last = neuronRoundIndices.last else {
+                throw ModelError("--hidden-size: the plan has no neuron round to remove hidden channels with (the FFN keeps its width)")
+            }
+            let totalNeurons = neuronRoundIndices.reduce(0) { $0 + p.rounds[$1].neurons }
+            let unit = hiddenCut >= widthMultiple * neuronRoundIndices.count ? widthMultiple : 1
+            var done = 0, neuronsSoFar = 0
+            for i in neuronRoundIndices {
+                neuronsSoFar += p.rounds[i].neurons
+                let upTo = i == last ? hiddenCut : Int((Double(hiddenCut) * Double(neuronsSoFar) / Double(totalNeurons) / Double(unit)).rounded()) * unit
+                let k = max(0, min(hiddenCut, upTo) - done)
+                p.rounds[i].hidden = k > 0 ? k : nil
+                done += k
+            }
+        }
         return p
     }
 }

@@ -163,7 +163,7 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         #expect(one == three)
         // The same shards computed in this process and added in order.
         let model = try clusterModel()
-        var local = ActivationStatistics(layers: 2, intermediate: 32)
+        var local = ActivationStatistics(layers: 2, intermediate: 32, hidden: 16)
         for s in 0..<3 {
             let part = Array(clusterLines[(s * clusterLines.count / 3)..<((s + 1) * clusterLines.count / 3)])
             let batch = TokenBatch(sequences: part, multiple: 8)

@@ -219,6 +219,25 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
         #expect(try rows(base + "/three").contains { $0.phase == "stats" && $0.detail?.contains("on-policy traces of 8 calibration questions") == true })
     }
 
+    /// `--hidden-size` over the cluster: the channel sums of every residual state come back from
+    /// the workers with the statistics, reduced in shard order; one process, one worker and three
+    /// workers end at the same 96-channel model, bit for bit.
+    @Test func hiddenChannelPruningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-hidden-\(UUID().uuidString)").path
+        let hidden = ["--hidden-size", "96", "--target-params", "0.6", "--calibration", "on-policy", "--reconstruct", "ffn"]
+        let args = Array(loopArgs(out: base + "/prune", extra: hidden).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+        let local = try runPTL(["prune"] + args)
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: hidden + ["--local-workers", "1"])) == 0)
+        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: hidden + ["--local-workers", "3"])) == 0)
+        let w = try finalWeights(base + "/prune")
+        #expect(try w == finalWeights(base + "/one"))
+        #expect(try w == finalWeights(base + "/three"))
+        let config = try ModelConfig(directory: base + "/three/final")
+        #expect(config.hiddenSize == 96 && config.headDim == 32)
+        #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("32 hidden channels") == true })
+    }
+
     /// `--prune sparse` (issue 16), calibrated on-policy: SparseGPT's Hessians reduced over the
     /// workers in shard order, the masks applied while tuning — one process, one worker and three
     /// workers end at the same sparse model, bit for bit.

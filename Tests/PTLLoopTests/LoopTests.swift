@@ -147,6 +147,41 @@ func metrics(_ out: String) throws -> [PhaseRow] {
         #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
     }
 
+    /// `--hidden-size`: the neuron round also removes hidden channels (the demo's 128 → 96), with
+    /// every recovery option and the optimizer carried through the cut; the run shrinks to the
+    /// plan's parameters, saves an HF model with an explicit head_dim, and a run stopped anywhere
+    /// resumes to the same bits.
+    @Test func hiddenChannelRoundsShrinkTheStreamAndResumeToTheSameModel() throws {
+        var job = ShortJob()
+        job.settings.target = 0.6
+        job.settings.hiddenSize = 96
+        job.settings.recover = .kd
+        job.settings.calibration = .onPolicy
+        job.settings.reconstruct = .ffn
+        job.settings.damage = .probe
+        job.settings.optimizer = .carry
+        let straightOut = temporaryDirectory("ptl-loop-hidden")
+        let straight = try job.run(out: straightOut)
+        let rows = try metrics(straightOut)
+        let prunes = rows.filter { $0.phase == .prune }
+        #expect(prunes.count == 2)
+        #expect(prunes.first?.detail?.contains("32 hidden channels") == true, "\(prunes.first?.detail ?? "")")
+        let final = try HFModel.load(directory: straightOut + "/final")
+        #expect(final.config.hiddenSize == 96 && final.config.headDim == 32 && final.config.intermediateSize == 448)
+        #expect(final.config.numHiddenLayers == 7)
+        #expect(Double(final.parameterCount) <= 0.6 * 2_070_656)
+        #expect(rows.filter { $0.phase == .eval }.last?.params == final.parameterCount)
+        let config = try String(contentsOfFile: straightOut + "/final/config.json", encoding: .utf8)
+        #expect(config.contains("\"head_dim\" : 32") || config.contains("\"head_dim\": 32"), "\(config)")
+        let out = temporaryDirectory("ptl-loop-hidden-resume")
+        for stopAt in [2, 3, 1] {
+            var n = 0
+            #expect(try !job.loop(out: out).runLoop { n += 1; return n > stopAt })
+        }
+        #expect(try job.loop(out: out).runLoop { false })
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/final/model.safetensors")) == straight)
+    }
+
     /// `--prune sparse` (issue 16): SparseGPT raises every linear layer's sparsity round by round
     /// (0.25 → 0.5 unstructured; 1:4 → 2:4), calibrated on the model's own traces; the masks only
     /// grow, tuning keeps every masked weight an exact zero, and the saved model has exactly the
