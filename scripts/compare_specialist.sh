@@ -7,7 +7,9 @@
 #   VARIANTS=ptl,prune-once,ptl-kd scripts/compare_specialist.sh 0.3
 # Environment: VARIANTS, OUT (default out/compare-smollm2-<target>), TUNE_STEPS (20 a round),
 # REMOVE_LAYERS and LAYERS_PER_ROUND (1 and 1; at 30 % the tied embedding and the attention alone
-# are 40 % of SmolLM2, so 18 of its 30 blocks must go: 18 and 6 below 35 %).
+# are 40 % of SmolLM2, so 18 of its 30 blocks must go: 18 and 6 below 35 %), HIDDEN (a final hidden
+# size for --hidden-size: channels go with the neuron rounds and the FFN keeps more width; e.g.
+# HIDDEN=448 at 0.5 leaves 30 blocks × FFN 608 instead of 29 × 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-0.5}
@@ -26,6 +28,6 @@ start=$(date +%s)
     --variants "${VARIANTS:-ptl-best,prune-once-best}" -- \
     --data "$D/train.jsonl" --eval-data "$D/test.jsonl" --eval-count 200 --round-eval-count 100 \
     --calibration-lines 32 --heldout-lines 64 --max-new-tokens 96 --seq-len 192 \
-    --remove-layers "$LAYERS" --layers-per-round "$PER_ROUND" \
+    --remove-layers "$LAYERS" --layers-per-round "$PER_ROUND" ${HIDDEN:+--hidden-size "$HIDDEN"} \
     --step 0.2 --tune-steps "${TUNE_STEPS:-20}" --batch-size 16 --shards 4 --lr 1e-4 --checkpoint-every 5
 echo "compare took $(( $(date +%s) - start )) s (this invocation); $OUT/compare.md"

@@ -51,6 +51,23 @@ func waitForRows(_ out: String, _ n: Int) {
     }
 }
 
+/// Runs the short loop with `extra` as `ptl prune` in one process (BASE/prune) and over one and
+/// three local workers (BASE/one, BASE/three), expects the same final weights from all three and
+/// returns BASE.
+func sameModelInOneProcessAndOverOneOrThreeWorkers(_ name: String, extra: [String]) throws -> String {
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)").path
+    // ptl prune takes neither --heartbeat nor --bind (and no "0.5" value is left of them).
+    let args = Array(loopArgs(out: base + "/prune", extra: extra).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
+    let local = try runPTL(["prune"] + args)
+    #expect(local.status == 0, "\(local.stderr)")
+    #expect(try runCoordinator(loopArgs(out: base + "/one", extra: extra + ["--local-workers", "1"])) == 0)
+    #expect(try runCoordinator(loopArgs(out: base + "/three", extra: extra + ["--local-workers", "3"])) == 0)
+    let w = try finalWeights(base + "/prune")
+    #expect(try w == finalWeights(base + "/one"))
+    #expect(try w == finalWeights(base + "/three"))
+    return base
+}
+
 @Suite(.serialized) struct LoopProcessTests {
     @Test func theLoopShrinksTheModelEveryRoundAndMeasuresAccuracy() throws {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-loop-\(UUID().uuidString)").path
@@ -223,16 +240,8 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
     /// the workers with the statistics, reduced in shard order; one process, one worker and three
     /// workers end at the same 96-channel model, bit for bit.
     @Test func hiddenChannelPruningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-hidden-\(UUID().uuidString)").path
         let hidden = ["--hidden-size", "96", "--target-params", "0.6", "--calibration", "on-policy", "--reconstruct", "ffn"]
-        let args = Array(loopArgs(out: base + "/prune", extra: hidden).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
-        let local = try runPTL(["prune"] + args)
-        #expect(local.status == 0, "\(local.stderr)")
-        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: hidden + ["--local-workers", "1"])) == 0)
-        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: hidden + ["--local-workers", "3"])) == 0)
-        let w = try finalWeights(base + "/prune")
-        #expect(try w == finalWeights(base + "/one"))
-        #expect(try w == finalWeights(base + "/three"))
+        let base = try sameModelInOneProcessAndOverOneOrThreeWorkers("ptl-hidden", extra: hidden)
         let config = try ModelConfig(directory: base + "/three/final")
         #expect(config.hiddenSize == 96 && config.headDim == 32)
         #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("32 hidden channels") == true })
@@ -242,17 +251,9 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
     /// workers in shard order, the masks applied while tuning — one process, one worker and three
     /// workers end at the same sparse model, bit for bit.
     @Test func sparsePruningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-sparse-\(UUID().uuidString)").path
         // ("0.50": the filter below drops every "0.5", the heartbeat's value.)
         let sparse = ["--prune", "sparse", "--sparsity", "0.50", "--step", "0.25", "--sparse-block-size", "32", "--calibration", "on-policy"]
-        let args = Array(loopArgs(out: base + "/prune", extra: sparse).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
-        let local = try runPTL(["prune"] + args)
-        #expect(local.status == 0, "\(local.stderr)")
-        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: sparse + ["--local-workers", "1"])) == 0)
-        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: sparse + ["--local-workers", "3"])) == 0)
-        let w = try finalWeights(base + "/prune")
-        #expect(try w == finalWeights(base + "/one"))
-        #expect(try w == finalWeights(base + "/three"))
+        let base = try sameModelInOneProcessAndOverOneOrThreeWorkers("ptl-sparse", extra: sparse)
         let masks = try Data(contentsOf: URL(fileURLWithPath: base + "/prune/final/masks.safetensors"))
         #expect(try masks == Data(contentsOf: URL(fileURLWithPath: base + "/three/final/masks.safetensors")))
         #expect(try rows(base + "/three").contains { $0.phase == "prune" && $0.detail?.contains("SparseGPT to 0.5") == true })
@@ -264,16 +265,8 @@ func runPTL(_ args: [String]) throws -> (status: Int32, stderr: String) {
     /// reference fetched once by each — one process, one worker and three workers end at the same
     /// model, bit for bit, with the same GRPO figures every step.
     @Test func grpoTuningGivesTheSameModelInOneProcessAndOverOneOrThreeWorkers() throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("ptl-grpo-\(UUID().uuidString)").path
         let grpo = ["--tune", "grpo", "--prompts-per-step", "4", "--rollouts-per-prompt", "2", "--grpo-lr", "1e-4"]
-        let args = Array(loopArgs(out: base + "/prune", extra: grpo).filter { !["--heartbeat", "0.5", "--bind", "tcp://127.0.0.1:0"].contains($0) })
-        let local = try runPTL(["prune"] + args)
-        #expect(local.status == 0, "\(local.stderr)")
-        #expect(try runCoordinator(loopArgs(out: base + "/one", extra: grpo + ["--local-workers", "1"])) == 0)
-        #expect(try runCoordinator(loopArgs(out: base + "/three", extra: grpo + ["--local-workers", "3"])) == 0)
-        let w = try finalWeights(base + "/prune")
-        #expect(try w == finalWeights(base + "/one"))
-        #expect(try w == finalWeights(base + "/three"))
+        let base = try sameModelInOneProcessAndOverOneOrThreeWorkers("ptl-grpo", extra: grpo)
         func figures(_ dir: String) throws -> [String] {
             try String(contentsOfFile: dir + "/grpo.jsonl", encoding: .utf8).split(separator: "\n")
                 .map { $0.replacingOccurrences(of: #""seconds":[0-9.e+-]+"#, with: "", options: .regularExpression) }
