@@ -238,7 +238,7 @@ public struct LoopOptions: ParsableArguments {
         ls.step = step
         ls.widthMultiple = widthMultiple
         if let hiddenSize {
-            guard hiddenSize >= 1 else { throw ValidationError("--hidden-size must be a positive number of channels") }
+            // Its range (1 … the model's hidden size − 1) is checked with the plan, against the model.
             guard prune == .structured else { throw ValidationError("--hidden-size removes channels; --prune sparse keeps every shape") }
             ls.hiddenSize = hiddenSize
         }

@@ -21,12 +21,12 @@ public struct ActivationStatistics: Sendable, Equatable {
     public var deltaNormSum: [Double]  // (layers)
     public var inputNormSum: [Double]  // (layers)
     public var cosineDistanceSum: [Double]  // (layers)
-    /// Hidden channels of the residual-stream sums (0: none collected).
+    /// Hidden channels of the residual-stream sums.
     public let hidden: Int
     public var channelNormalizedAbsSum: [Double]  // (layers + 1, hidden): Σ|h[c]| / rms(h)
     public var channelSquareSum: [Double]         // (layers + 1, hidden): Σ h[c]²
 
-    public init(layers: Int, intermediate: Int, hidden: Int = 0) {
+    public init(layers: Int, intermediate: Int, hidden: Int) {
         self.layers = layers
         self.intermediate = intermediate
         self.hidden = hidden

@@ -77,7 +77,7 @@ public struct PrunePlan: Codable, Sendable, Equatable {
             guard method != .shortgpt else { throw ModelError("ShortGPT deletes blocks only; --hidden-size needs --method ptl or prune-once") }
             guard h >= 1, h < H else { throw ModelError("--hidden-size must be between 1 and the model's hidden size \(H) − 1 (got \(h))") }
         }
-        let finalH = hiddenSize.map { $0 < H ? $0 : H }
+        let finalH = hiddenSize
         // Checked here as well as on the command line: a resumed checkpoint's settings reach here too.
         guard target > 0, target < 1 else { throw ModelError("--target-params must be between 0 and 1 (got \(target))") }
         guard step > 0, step < 1 else { throw ModelError("--step must be between 0 and 1 (got \(step))") }
