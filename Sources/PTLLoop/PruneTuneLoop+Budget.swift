@@ -20,6 +20,12 @@ extension PruneTuneLoop {
         if s.budget == .equal || R == 1 { return Budget.equalShare(total: state.totalSteps, rounds: R, round: r - 1) }
         // Damage this round carries: its cut plus its share of any annealed layer's removal.
         let own = max(0, damage) + annealShare(round: r)
+        let floor = min(s.minRoundSteps, state.totalSteps / R)
+        // A cut the probe does not see takes the floor (Budget.damageShare): no trial cuts needed.
+        if s.damage == .probe && own <= 0 && r < R {
+            return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: [], floor: floor,
+                                      harmlessGetsFloor: true)
+        }
         // Damage expected of later rounds, from what this kind of cut did so far (or a trial now);
         // an annealed block's removal is spread over the rounds of its window.
         var later: [Double] = []
@@ -39,10 +45,9 @@ extension PruneTuneLoop {
             }
             later.append(e)
         }
-        let floor = min(s.minRoundSteps, state.totalSteps / R)
         let reserve = Int((s.finalReserve * Double(state.totalSteps)).rounded())
         return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor,
-                                  finalReserve: min(reserve, remaining))
+                                  finalReserve: min(reserve, remaining), harmlessGetsFloor: s.damage == .probe)
     }
 
     /// Loss increase of cutting the current model's least useful block (by the layer score).
