@@ -158,6 +158,23 @@ struct Compare: ParsableCommand {
                             yLabel: "accuracy (%)", series: series, yRange: 0...100, invertX: true)
     }
 
+    /// What one tune step is, for the table's header: next-token (or distillation) steps of a
+    /// batch of lines, GRPO steps of sampled completions, or both — per variant when they differ.
+    static func stepKind(_ runs: [(variant: String, settings: LoopSettings)]) -> String {
+        func kind(_ s: LoopSettings) -> String {
+            let lines = "\(s.batchSize) lines a step"
+            guard let g = s.grpo, g.tune != .cpt else { return lines }
+            let rollouts = "GRPO steps of \(g.promptsPerStep) questions × \(g.rolloutsPerPrompt) sampled completions"
+            return g.tune == .grpo ? rollouts : "each round's first half \(lines), the second half \(rollouts)"
+        }
+        let kinds = runs.map { kind($0.settings) }
+        guard let k = kinds.first else { return "" }
+        if kinds.allSatisfy({ $0 == k }) { return k }
+        var seen: [String] = []
+        for (r, k) in zip(runs, kinds) where !seen.contains(r.variant + ": " + k) { seen.append(r.variant + ": " + k) }
+        return seen.joined(separator: "; ")
+    }
+
     func table(_ results: [(variant: String, what: String, seed: UInt64, summary: LoopReport.Summary)]) -> String {
         /// Mean accuracy of a variant over its seeds.
         func meanAccuracy(_ variant: String) -> Double? {
@@ -174,7 +191,7 @@ struct Compare: ParsableCommand {
         } else {
             md += ". Target \(String(format: "%.0f", first.settings.target * 100)) % of the parameters"
         }
-        md += "; every run tunes \(first.tuneSteps) steps × \(first.settings.batchSize) lines in total.\n\n"
+        md += "; every run tunes \(first.tuneSteps) steps in total: \(Self.stepKind(results.map { ($0.variant, $0.summary.settings) })).\n\n"
         md += "| variant | what | accuracy % (per seed) | mean | kept of original | params | zeros (linear) | mean generated tokens | FLOPs/token | decode speed-up | FLOPs ratio | loss right after the first cut | tune time s |\n"
         md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         var order: [String] = []
