@@ -21,10 +21,10 @@ extension PruneTuneLoop {
         // Damage this round carries: its cut plus its share of any annealed layer's removal.
         let own = max(0, damage) + annealShare(round: r)
         let floor = min(s.minRoundSteps, state.totalSteps / R)
-        // A cut the probe does not see takes the floor (Budget.damageShare): no trial cuts needed.
+        // A cut the probe does not see gets no steps (Budget.damageShare): no trial cuts needed.
         if s.damage == .probe && own <= 0 && r < R {
             return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: [], floor: floor,
-                                      harmlessGetsFloor: true)
+                                      harmlessGetsNone: true)
         }
         // Damage expected of later rounds, from what this kind of cut did so far (or a trial now);
         // an annealed block's removal is spread over the rounds of its window.
@@ -47,7 +47,7 @@ extension PruneTuneLoop {
         }
         let reserve = Int((s.finalReserve * Double(state.totalSteps)).rounded())
         return Budget.damageShare(remaining: remaining, roundsLeft: R - r + 1, damage: own, expectedLater: later, floor: floor,
-                                  finalReserve: min(reserve, remaining), harmlessGetsFloor: s.damage == .probe)
+                                  finalReserve: min(reserve, remaining), harmlessGetsNone: s.damage == .probe)
     }
 
     /// Loss increase of cutting the current model's least useful block (by the layer score).

@@ -248,15 +248,17 @@ public enum Budget {
     /// expected of the rounds still to come; `floor` steps at least while any remain for later rounds.
     /// `finalReserve`: steps kept for the last round whatever the damage estimates say (the last
     /// cut is the one nothing after it repairs).
-    /// `harmlessGetsFloor`: a round whose damage is 0 or less (with `--damage probe`: no held-out
-    /// question lost) gets the floor — not a share computed against later rounds' estimates, which,
-    /// extrapolated from this round's zero, would split the steps evenly. On the SmolLM2 specialist
-    /// such steps only drifted the model (SparseGPT 1:4: +0.0001 nats, probe 90.6 → 93.8 %, yet 12
-    /// distillation steps took it from 92.5 to 90.0 %); they belong to the rounds that hurt.
+    /// `harmlessGetsNone`: a round whose damage is 0 or less (with `--damage probe`: no held-out
+    /// question lost) gets no steps — not a share computed against later rounds' estimates, which,
+    /// extrapolated from this round's zero, would split the steps evenly, and not the floor. Both
+    /// were measured on the SmolLM2 specialist after SparseGPT 1:4 (+0.0001 nats, probe 90.6 →
+    /// 93.8 %): 12 distillation steps took it from 92.5 to 90.0 %, one step at the full rate (a
+    /// round of fewer than 4 steps has no warm-up, so fresh AdamW's first step moves every weight
+    /// by about the learning rate) to 77.0 %. The steps belong to the rounds that hurt.
     public static func damageShare(remaining: Int, roundsLeft: Int, damage: Double, expectedLater: [Double], floor: Int,
-                                   finalReserve: Int = 0, harmlessGetsFloor: Bool = false) -> Int {
+                                   finalReserve: Int = 0, harmlessGetsNone: Bool = false) -> Int {
         if roundsLeft <= 1 { return remaining }
-        if harmlessGetsFloor && damage <= 0 { return min(floor, remaining) }
+        if harmlessGetsNone && damage <= 0 { return 0 }
         let d = max(damage, 1e-6)
         let later = expectedLater.reduce(0) { $0 + max($1, 1e-6) }
         let reserve = floor * (roundsLeft - 2) + max(floor, finalReserve)

@@ -150,13 +150,14 @@ func maxRelDiff(_ a: [Float], _ b: [Float]) -> Float {
         #expect(reserved == 100 - 5 - 5 - 30)
         // The last-but-one round with a reserve the estimate already respects: the estimate stands.
         #expect(Budget.damageShare(remaining: 100, roundsLeft: 2, damage: 1, expectedLater: [1], floor: 5, finalReserve: 30) == 50)
-        // A harmless cut (the probe lost nothing) takes the floor, even when the later estimates,
-        // extrapolated from it, are as small; without the rule the two split evenly.
+        // A harmless cut (the probe lost nothing) gets no steps, even when the later estimates,
+        // extrapolated from it, are as small (without the rule the two split evenly) and whatever
+        // the floor.
         #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: 0, expectedLater: [0], floor: 1, finalReserve: 7) == 12)
-        #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: 0, expectedLater: [0], floor: 1, finalReserve: 7, harmlessGetsFloor: true) == 1)
-        #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: -0.03, expectedLater: [0], floor: 0, harmlessGetsFloor: true) == 0)
+        #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: 0, expectedLater: [0], floor: 1, finalReserve: 7, harmlessGetsNone: true) == 0)
+        #expect(Budget.damageShare(remaining: 24, roundsLeft: 3, damage: -0.03, expectedLater: [0.1, 0.1], floor: 2, harmlessGetsNone: true) == 0)
         // Any damage at all: the share as before; the last round: everything left.
-        #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: 0.03, expectedLater: [0.03], floor: 1, finalReserve: 7, harmlessGetsFloor: true) == 12)
-        #expect(Budget.damageShare(remaining: 24, roundsLeft: 1, damage: 0, expectedLater: [], floor: 1, harmlessGetsFloor: true) == 24)
+        #expect(Budget.damageShare(remaining: 24, roundsLeft: 2, damage: 0.03, expectedLater: [0.03], floor: 1, finalReserve: 7, harmlessGetsNone: true) == 12)
+        #expect(Budget.damageShare(remaining: 24, roundsLeft: 1, damage: 0, expectedLater: [], floor: 1, harmlessGetsNone: true) == 24)
     }
 }
