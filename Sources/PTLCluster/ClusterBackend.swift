@@ -29,6 +29,15 @@ public final class ClusterBackend: ComputeBackend {
         if let tokenizerJSON { coordinator.tokenizerJSON = tokenizerJSON }
     }
 
+    /// Measured here, on the coordinator's machine, while the workers wait — and hear from the
+    /// coordinator (`Coordinator.answeringWorkers`) instead of reconnecting.
+    public func decodeTokensPerSecond(model: Model, promptTokens: Int, newTokens: Int, reps: Int) throws -> Double {
+        coordinator.answeringWorkers {
+            SpeedMeasurement.decodeTokensPerSecond(model: model, promptTokens: promptTokens, newTokens: newTokens, reps: reps,
+                                                   precision: precision.resolved().precision)
+        }
+    }
+
     /// The task key of shard `shard` of a phase of `key`.
     static func taskKey(_ key: WorkKey, phase: Ptl_V1_Phase, shard: Int, measurement: UInt64? = nil) -> Ptl_V1_TaskKey {
         var k = Ptl_V1_TaskKey()

@@ -187,6 +187,30 @@ public final class Coordinator: @unchecked Sendable {
         return scheduler.orderedResults()!.map { ($0.key, $0.output) }
     }
 
+    /// Runs `body` on this thread while another turns the event loop, so that workers keep
+    /// hearing from a coordinator that computes in-process between phases (the decode-speed
+    /// measurement: 20–90 s on SmolLM2). Silent for longer than their liveness, idle workers
+    /// reconnect and say READY again, and a task leased between two READYs queued here was
+    /// computed twice (its first result stale); they also backed off up to 32 s before the next
+    /// phase. No phase runs meanwhile, so the other thread only hears and heartbeats workers
+    /// (and the supervisor's `onPump` restarts dead local ones); `body` must not use the
+    /// coordinator.
+    public func answeringWorkers<T>(_ body: () throws -> T) rethrows -> T {
+        let stop = PumpFlag(), me = UncheckedCoordinator(self)
+        let finished = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            while !stop.isSet {
+                do { try me.value.pump(milliseconds: 50) } catch {
+                    me.value.logger.warning("event loop beside in-process work: \(error)")
+                    usleep(50_000)
+                }
+            }
+            finished.signal()
+        }
+        defer { stop.set(); finished.wait() }
+        return try body()
+    }
+
     /// One turn of the event loop: receive what arrived, expire, lease, heartbeat.
     public func pump(milliseconds: Int) throws {
         onPump()
@@ -445,4 +469,18 @@ public final class Coordinator: @unchecked Sendable {
             break
         }
     }
+}
+
+/// A flag one thread sets and another polls.
+final class PumpFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// The coordinator handed to the thread of `answeringWorkers`, which alone uses it meanwhile.
+struct UncheckedCoordinator: @unchecked Sendable {
+    let value: Coordinator
+    init(_ value: Coordinator) { self.value = value }
 }

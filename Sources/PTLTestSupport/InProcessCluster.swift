@@ -10,6 +10,8 @@ public final class InProcessCluster: @unchecked Sendable {
     let lock = NSLock()
     var stopped = false
     let group = DispatchGroup()
+    /// The workers, in the order they were started (read their counters after `shutdown()`).
+    public private(set) var clients: [WorkerClient] = []
 
     /// `handler(i)` is worker i's task handler (default: the real one).
     public init(workers: Int, heartbeat: Double = 0.05, configure: (inout CoordinatorSettings) -> Void = { _ in },
@@ -29,6 +31,7 @@ public final class InProcessCluster: @unchecked Sendable {
         var ws = WorkerSettings()
         ws.heartbeatInterval = heartbeat
         let client = try WorkerClient(id: id, connect: coordinator.endpoint, context: context, settings: ws, handler: handler)
+        clients.append(client)
         DispatchQueue.global().async(group: group) { [self] in try? client.run(shouldStop: { self.isStopped }) }
     }
 

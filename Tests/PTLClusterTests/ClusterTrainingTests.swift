@@ -235,4 +235,25 @@ func statsOverCluster(workers: Int, shards: Int) throws -> ActivationStatistics 
         #expect(one.texts.allSatisfy { $0.contains("####") })
         #expect(one.counts.correct >= 19, "demo model: \(one.counts.correct)/24 traces right")
     }
+
+    /// In-process work between phases (the decode-speed measurement) outlasting the workers'
+    /// liveness (10 heartbeats of 0.05 s): inside `answeringWorkers` the coordinator keeps
+    /// heartbeating and they stay; outside it they give it up and reconnect (the control).
+    @Test func workersWaitingOnInProcessWorkDoNotReconnect() throws {
+        func reconnects(answering: Bool) throws -> Int {
+            let cluster = try InProcessCluster(workers: 1)
+            defer { cluster.shutdown() }
+            let deadline = Date() + 10
+            while cluster.coordinator.scheduler.workers.isEmpty && Date() < deadline { try cluster.coordinator.pump(milliseconds: 10) }
+            #expect(cluster.coordinator.scheduler.workers.count == 1)
+            let work = { () -> Int in Thread.sleep(forTimeInterval: 2); return 7 }
+            let value = answering ? cluster.coordinator.answeringWorkers(work) : work()
+            #expect(value == 7)
+            try cluster.coordinator.pump(milliseconds: 10)   // the event loop is this thread's again
+            cluster.shutdown()
+            return cluster.clients[0].reconnects
+        }
+        #expect(try reconnects(answering: false) >= 1)
+        #expect(try reconnects(answering: true) == 0)
+    }
 }
