@@ -24,7 +24,13 @@ public struct TaskID: Hashable, Sendable, CustomStringConvertible {
     public init(_ key: Ptl_V1_TaskKey) {
         run = key.run; round = key.round; phase = key.phase.rawValue; step = key.step; measurement = key.measurement; shard = key.shard
     }
-    public var description: String { "\(run)/r\(round)/p\(phase)/s\(step)/m\(measurement)/shard\(shard)" }
+    /// `run/r2/p2/s41/m0/shard3`; a GRPO step's gradient tasks (the measurement's bit 62) read
+    /// `…/mgrad/…`, not `m4611686018427387904`.
+    public var description: String {
+        let g = ClusterBackend.grpoGradientMeasurement
+        let m = measurement & g != 0 ? (measurement == g ? "grad" : "grad+\(measurement & ~g)") : "\(measurement)"
+        return "\(run)/r\(round)/p\(phase)/s\(step)/m\(m)/shard\(shard)"
+    }
 }
 
 /// The coordinator's bookkeeping, apart from sockets: workers and their liveness, the tasks of

@@ -71,6 +71,9 @@ func sampleResult() -> WireMessage {
         let back = try Wire.decode(try Wire.encode(m))
         #expect(back.envelope.task == m.envelope.task && back.envelope.task.measurement == 12 && back.envelope.task.step == 0)
         #expect(TaskID(back.envelope.task).description == "run-7/r2/p1/s0/m12/shard5")
+        var grpo = back.envelope.task
+        grpo.measurement = ClusterBackend.grpoGradientMeasurement
+        #expect(TaskID(grpo).description == "run-7/r2/p1/s0/mgrad/shard5")
         #expect(back.envelope.task.logMetadata["measurement"] == "12")
     }
 
