@@ -91,7 +91,7 @@ public struct LoopOptions: ParsableArguments {
     @Option(help: "damage: each round's tune steps follow its held-out loss increase; equal: the same every round.")
     public var budget: BudgetKind = .damage
 
-    @Option(help: "With --budget damage: the fewest tune steps a round gets (with --damage probe, a round whose cut loses no probe question gets none).")
+    @Option(help: "With --budget damage: the fewest tune steps a round gets (with --damage probe, a round whose cut loses no probe question gets none — unless the model already failed 90 % of the probe and the cut raised the held-out loss).")
     public var minRoundSteps: Int = 1
 
     @Option(help: "With --budget damage: what a cut's damage is measured by — loss (held-out loss on dataset text) or probe (the error rate on held-out questions — as many as --calibration-lines, never the calibration ones — answered greedily).")

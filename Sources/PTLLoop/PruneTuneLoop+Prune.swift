@@ -97,7 +97,7 @@ extension PruneTuneLoop {
         var probeDetail = ""
         if let before = probeBefore {
             measureAfter = try damageMeasure(model, scale: scale)
-            damage = measureAfter - before
+            damage = Self.probeDamage(errorBefore: before, errorAfter: measureAfter, lossRise: after - state.lossBefore)
             probeDetail = String(format: "; probe (held-out questions) accuracy %.1f%% → %.1f%%", (1 - before) * 100, (1 - measureAfter) * 100)
         }
         // Anneal: layers removed in a later round are chosen now when their window opens here.

@@ -46,6 +46,29 @@ func metrics(_ out: String) throws -> [PhaseRow] {
 }
 
 @Suite(.serialized) struct LoopTests {
+    /// The probe's damage, and what the budget makes of it: a cut the probe does not see is
+    /// harmless (no steps) only while the probe has questions to lose.
+    @Test func aProbeAtItsFloorDoesNotMakeACutHarmless() {
+        // The probe lost questions: its error rise, whatever the loss did.
+        #expect(PruneTuneLoop.probeDamage(errorBefore: 0.2, errorAfter: 0.5, lossRise: 0.01) == 0.5 - 0.2)
+        // It lost none and had room to: harmless (≤ 0), even when the loss rose.
+        #expect(PruneTuneLoop.probeDamage(errorBefore: 0.1, errorAfter: 0.1, lossRise: 1.3) <= 0)
+        #expect(PruneTuneLoop.probeDamage(errorBefore: 0.5, errorAfter: 0.4, lossRise: 0.2) < 0)
+        // 6 % right (under the 10 % floor): no question to lose, the loss rose 1.28 nats — not harmless.
+        let floored = PruneTuneLoop.probeDamage(errorBefore: 0.938, errorAfter: 0.938, lossRise: 1.28)
+        #expect(floored > 0)
+        // ... unless the loss did not rise either; and a floored probe that lost a question counts it.
+        #expect(PruneTuneLoop.probeDamage(errorBefore: 0.938, errorAfter: 0.938, lossRise: -0.01) <= 0)
+        #expect(PruneTuneLoop.probeDamage(errorBefore: 0.938, errorAfter: 0.969, lossRise: 0.5) == 0.969 - 0.938)
+        // SmolLM2 at 30 %, round 6 of 8: 85 steps left, 48 kept for the last round; the two block
+        // rounds after it are estimated from this one (as floored): the steps split, not 0 here.
+        let share = Budget.damageShare(remaining: 85, roundsLeft: 3, damage: floored, expectedLater: [floored, floored], floor: 1,
+                                       finalReserve: 48, harmlessGetsNone: true)
+        #expect(share == 28)
+        #expect(Budget.damageShare(remaining: 85, roundsLeft: 3, damage: 0, expectedLater: [0, 0], floor: 1,
+                                   finalReserve: 48, harmlessGetsNone: true) == 0)
+    }
+
     @Test func everyRoundShrinksTheModelAndTheBudgetAddsUp() throws {
         let out = temporaryDirectory("ptl-loop-local")
         _ = try ShortJob().run(out: out)
