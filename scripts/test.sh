@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The tests' scratch directories (models, checkpoints, logs) go under one directory, removed
+# at the end: left in /tmp they had filled this machine's disk (27 GB over many runs).
+TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/ptl-tests.XXXXXX")
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 swift test
 scripts/test-asan.sh
 scripts/fuzz.sh all 30
